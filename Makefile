@@ -1,0 +1,36 @@
+# Set-up and checks. `make install` then `make test` on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -c constraints.txt
+
+.PHONY: install test test-fast test-slow bench lint clean
+
+install: $(BIN)/evit
+
+$(BIN)/evit: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch first, pinned, so no later requirement can pull a CUDA build.
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[all,dev]'
+	touch $@
+
+# Everything this machine can run: the default suite plus the slow end-to-end matrix.
+test: install
+	$(BIN)/pytest -n 2 -m "not gpu and not macos or gpu or macos" tests
+
+test-fast: install
+	$(BIN)/pytest -n 2 -m "not slow" tests
+
+test-slow: install
+	$(BIN)/pytest -m slow tests
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+lint: install
+	$(BIN)/ruff check evit_deploy tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

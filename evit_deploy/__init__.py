@@ -1,0 +1,1 @@
+"""evit: deploy EfficientViT models."""
