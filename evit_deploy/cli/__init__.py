@@ -1,0 +1,72 @@
+"""The ``evit`` command: parse, call the API, render. Each command lives in its own module."""
+from __future__ import annotations
+
+import os
+import warnings
+from importlib import metadata
+from typing import Annotated, Optional
+
+import typer
+
+from evit_deploy.cli._errors import DEBUG_ENV
+
+app = typer.Typer(
+    name="evit",
+    help="Export, verify and profile EfficientViT models for ONNX Runtime, TensorRT, Core ML and LiteRT.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            print(metadata.version("evit-deploy"))
+        except metadata.PackageNotFoundError:
+            print("unknown")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+    else:
+        warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: object = None, line: str | None = None) -> None:
+    """Warnings are for users here: one line, no source location."""
+    if issubclass(category, (FutureWarning, DeprecationWarning)):
+        return  # third-party deprecations are our problem, not the user's
+    from evit_deploy.cli._common import err
+
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def _register() -> None:
+    from evit_deploy.cli import export, profile, verify
+    from evit_deploy.cli._common import target_options_help
+
+    extra = {"allow_extra_args": True, "ignore_unknown_options": True}
+    app.command("export", no_args_is_help=True, context_settings=extra, epilog=target_options_help())(export.export)
+    app.command("verify", no_args_is_help=True)(verify.verify)
+    app.command("profile", no_args_is_help=True)(profile.profile)
+    try:
+        from evit_deploy.cli.models import models_app
+    except ImportError:  # pragma: no cover - while the zoo CLI is not installed
+        return
+    app.add_typer(models_app, name="models")
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,61 @@
+"""``evit export``: a checkpoint becomes a deployable artifact with its manifest."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from evit_deploy.cli._common import err, parse_target_options, stage_progress
+from evit_deploy.cli._errors import handle_errors
+
+
+def export(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="Zoo name, e.g. efficientvit-seg-b1-cityscapes (see `evit models`).")],
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="onnx, tflite, coreml, trt.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.pt/.pth/.safetensors, official or timm layout).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, fp16 or int8.")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="HxW, multiples of 32 (default: the card's).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size (static, or the example for --dynamic).")] = None,
+    dynamic: Annotated[Optional[bool], typer.Option("--dynamic/--static", help="Dynamic batch/height/width.")] = None,
+    config: Annotated[Optional[str], typer.Option(help="Recipe YAML path or shipped recipe name (export_configs/).")] = None,
+    calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (int8).")] = None,
+    calib_samples: Annotated[Optional[int], typer.Option(help="Calibration images to use.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
+    name: Annotated[Optional[str], typer.Option(help="File stem of the artifact (default: the model name).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for random weights when no --weights is given.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the artifact path.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Export MODEL to a deployable artifact plus NAME.evit.json (how it was made).
+
+    Flags a target adds (e.g. --opset, --simplify for onnx; --layout for tflite) go after
+    the others and are validated by that target: `evit export --help` lists them.
+    """
+    from evit_deploy import api
+    from evit_deploy.configs import parse_resolution
+
+    with handle_errors():
+        overrides = {
+            "precision": precision,
+            "resolution": parse_resolution(resolution) if resolution else None,
+            "batch": batch,
+            "dynamic": dynamic,
+            "calibration": {k: v for k, v in (("source", calib), ("samples", calib_samples)) if v is not None} or None,
+            "options": parse_target_options(ctx.args) or None,
+        }
+        with stage_progress(quiet or json_out) as progress:
+            result = api.export(model, target=target, weights=weights, config=config, out=out, seed=seed, name=name,
+                                progress=progress, **overrides)
+        if json_out:
+            print(json.dumps(result.manifest.model_dump(mode="json"), indent=2))
+        else:
+            if not quiet:
+                for note in result.manifest.notes:
+                    err.print(f"note: {note}")
+                err.print(f"exported {result.manifest.model} -> {result.manifest.target} {result.manifest.precision} "
+                          f"in {result.seconds:.1f} s; manifest {result.manifest_path}")
+            print(result.artifact)
+

@@ -1,0 +1,167 @@
+"""Export recipes: YAML files in ``export_configs/`` plus CLI overrides, validated.
+
+A recipe is every decision an export makes, so the manifest can record it resolved
+and a colleague can reproduce the artifact from the recipe alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from evit_deploy._resources import data_dir
+from evit_deploy.errors import UsageError
+
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class Tolerances(BaseModel):
+    """Pass criteria of ``verify``; a criterion left at None is reported, not enforced.
+
+    ``max_rel`` is max|artifact - reference| / max|reference| per output: relative to the
+    output's scale, so near-zero logits do not dominate (elementwise relative error does).
+    ``atol``/``rtol`` add an allclose-style check on every element.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_rel: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    cosine: float | None = None
+    pixel_agreement: float | None = None
+    miou: float | None = None
+    top1_agreement: float | None = None
+    top5_agreement: float | None = None
+
+
+DEFAULT_TOLERANCES: dict[str, Tolerances] = {
+    "fp32": Tolerances(max_rel=1e-4, cosine=0.99999, pixel_agreement=0.999, top1_agreement=1.0),
+    "fp16": Tolerances(max_rel=5e-2, cosine=0.999, pixel_agreement=0.999, top1_agreement=0.99),
+    "int8": Tolerances(cosine=0.95, pixel_agreement=0.99, top1_agreement=0.95),
+}
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: Path | None = None  # an image folder
+    samples: int = Field(64, ge=1)
+
+
+class Recipe(BaseModel):
+    """One export, fully decided. ``options`` is validated by the target's own model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = "onnx"
+    precision: Precision = "fp32"
+    resolution: tuple[int, int] | None = None  # None: the model card's input size
+    batch: int = Field(1, ge=1)
+    dynamic: bool = False
+    calibration: Calibration = Field(default_factory=Calibration)
+    tolerances: Tolerances | None = None  # None: DEFAULT_TOLERANCES[precision]
+    options: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_32(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None:
+            h, w = value
+            if h <= 0 or w <= 0 or h % 32 or w % 32:
+                raise ValueError(
+                    f"resolution {h}x{w} is not a multiple of 32 (EfficientViT downsamples 32x); "
+                    f"try {max(32, round(h / 32) * 32)}x{max(32, round(w / 32) * 32)}"
+                )
+        return value
+
+    def resolved_tolerances(self) -> Tolerances:
+        return self.tolerances if self.tolerances is not None else DEFAULT_TOLERANCES[self.precision]
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'512x1024' or '224' -> (H, W), checked to be a multiple of 32."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"resolution {text!r} is not HxW (e.g. 512x1024) or a single size (e.g. 224)") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise UsageError(f"resolution {text!r} is not HxW (e.g. 512x1024)")
+    h, w = values
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise UsageError(
+            f"resolution {h}x{w} is not a multiple of 32 (EfficientViT downsamples 32x); "
+            f"try {max(32, round(h / 32) * 32)}x{max(32, round(w / 32) * 32)}"
+        )
+    return h, w
+
+
+def _format_validation(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{origin}: unknown recipe field {where!r}; check its spelling (see export_configs/ for examples)"
+    return f"{origin}: invalid recipe field {where!r}: {first['msg']}"
+
+
+def recipe_path(config: str | Path) -> Path:
+    """A recipe file, by path or by the name of a shipped recipe (``onnx-fp16``)."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    shipped = data_dir("export_configs")
+    for candidate in (shipped / path.name, shipped / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
+    raise UsageError(f"recipe {config!r} not found; give a YAML path or a shipped recipe: {names}")
+
+
+def load_recipe(config: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Recipe from YAML (optional) with CLI overrides applied on top, validated once."""
+    data: dict[str, Any] = {}
+    origin = "recipe"
+    if config is not None:
+        path = recipe_path(config)
+        origin = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise UsageError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"{path}: a recipe is a YAML mapping of fields (target, precision, ...)")
+        data.update(loaded)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "options":
+            data["options"] = {**data.get("options", {}), **value}
+        elif key == "calibration":
+            data["calibration"] = {**data.get("calibration", {}), **value}
+        elif key == "tolerances":
+            data["tolerances"] = {**(data.get("tolerances") or {}), **value}
+        else:
+            data[key] = value
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise UsageError(_format_validation(err, origin)) from None
+
+
+def validate_options(recipe: Recipe, model: type[BaseModel], origin: str = "recipe") -> BaseModel:
+    """The recipe's ``options`` checked against a target's options model."""
+    try:
+        return model.model_validate(recipe.options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(["options", *(str(p) for p in first["loc"])])
+        if first["type"] == "extra_forbidden":
+            allowed = ", ".join(model.model_fields) or "none"
+            raise UsageError(f"{origin}: unknown recipe field {where!r} for target {recipe.target!r} (allowed: {allowed})") from None
+        raise UsageError(f"{origin}: invalid recipe field {where!r}: {first['msg']}") from None

@@ -1,0 +1,118 @@
+"""Input sources for verify, calibration and profiling: seeded random images, image
+folders preprocessed as the model card says, and ``.npy`` tensors.
+
+Random inputs are random *pixels* pushed through the card's normalisation, not unit
+Gaussians: they stay in the value range the real preprocessing produces, which matters
+for fp16 and int8 parity.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from evit_deploy.errors import UsageError
+from evit_deploy.spec import InputSpec
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def normalise(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """HxWx3 floats in [0, 1] -> 3xHxW, normalised with the card's mean/std."""
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(((pixels.astype(np.float32) - mean) / std).transpose(2, 0, 1))
+
+
+def random_batch(spec: InputSpec, seed: int, index: int = 0) -> np.ndarray:
+    """One reproducible NCHW batch of random pixels, normalised."""
+    rng = np.random.default_rng([seed, index])
+    pixels = rng.random((spec.batch, spec.height, spec.width, 3), dtype=np.float32)
+    return np.stack([normalise(p, spec) for p in pixels])
+
+
+def list_images(folder: Path, minimum: int = 1) -> list[Path]:
+    """Image files of a folder (sorted), refusing an empty folder or one with other files."""
+    if not folder.exists():
+        raise UsageError(f"{folder}: no such folder; pass a folder of images")
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder; pass a folder of images (jpg, png, ...)")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        raise UsageError(
+            f"{folder}: {others[0]!r} is not an image ({len(others)} non-image file(s)); "
+            "keep only images (jpg, png, bmp, webp, tif) in the folder"
+        )
+    if not files:
+        raise UsageError(f"{folder}: the folder holds no images; add jpg/png files or drop the option")
+    if len(files) < minimum:
+        raise UsageError(f"{folder}: {len(files)} image(s) but {minimum} are needed; add images or ask for fewer")
+    return files
+
+
+def load_image(path: Path, spec: InputSpec) -> np.ndarray:
+    """One image, preprocessed as the model card says, as a 3xHxW float32 array.
+
+    Classification: resize the shorter side to ceil(size / crop_ratio) (bicubic), centre
+    crop, as the official eval script does. Segmentation: resize to the input size
+    (bicubic), as the official demo does.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert(spec.color)
+            crop_ratio = spec.extra.get("crop_ratio")
+            if crop_ratio:
+                target = math.ceil(max(spec.height, spec.width) / crop_ratio)
+                scale = target / min(image.size)
+                size = (max(spec.width, round(image.width * scale)), max(spec.height, round(image.height * scale)))
+                image = image.resize(size, Image.Resampling.BICUBIC)
+                left, top = (image.width - spec.width) // 2, (image.height - spec.height) // 2
+                image = image.crop((left, top, left + spec.width, top + spec.height))
+            else:
+                image = image.resize((spec.width, spec.height), Image.Resampling.BICUBIC)
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as err:
+        raise UsageError(f"{path}: cannot be read as an image ({err.__class__.__name__}); remove or replace it") from None
+    return normalise(pixels, spec)
+
+
+def image_batches(folder: Path, spec: InputSpec, samples: int) -> Iterator[np.ndarray]:
+    """``samples`` batches from a folder's images, cycling if the folder is smaller."""
+    files = list_images(folder)
+    for index in range(samples):
+        batch = [load_image(files[(index * spec.batch + b) % len(files)], spec) for b in range(spec.batch)]
+        yield np.stack(batch)
+
+
+def npy_batches(path: Path, spec: InputSpec, samples: int) -> Iterator[np.ndarray]:
+    """Batches from a saved NCHW (or CHW) float array, e.g. a real preprocessed frame."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path}: not a .npy array ({err}); save inputs with numpy.save") from None
+    if array.ndim == 3:
+        array = array[None]
+    expected = (3, spec.height, spec.width)
+    if array.ndim != 4 or tuple(array.shape[1:]) != expected:
+        raise UsageError(f"{path}: shape {tuple(array.shape)} does not match the artifact's input N x {expected}")
+    array = array.astype(np.float32)
+    for index in range(samples):
+        rows = [(index * spec.batch + b) % len(array) for b in range(spec.batch)]
+        yield array[rows]
+
+
+def input_batches(spec: InputSpec, *, samples: int, seed: int, source: Path | None = None) -> Iterator[np.ndarray]:
+    """The one place verify, calibration and profiling get their inputs from."""
+    if samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {samples}")
+    if source is None:
+        return (random_batch(spec, seed, i) for i in range(samples))
+    if source.suffix == ".npy":
+        return npy_batches(source, spec, samples)
+    list_images(source)  # fail early, before any work, on a bad folder
+    return image_batches(source, spec, samples)

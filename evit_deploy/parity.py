@@ -1,0 +1,253 @@
+"""Compare two runners' outputs: tensor metrics, task metrics, and pass/fail checks.
+
+A comparison result is plain data (``ParityReport``); rendering it as a table, JSON or
+JUnit lives in ``report.py``. Metrics accumulate over every sample, and each is judged
+at its worst: the largest error, the smallest cosine.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from evit_deploy.configs import Tolerances
+
+
+@dataclass
+class OutputMetrics:
+    """Errors of one output over all samples (artifact vs reference)."""
+
+    max_abs: float = 0.0
+    mean_abs: float = 0.0
+    max_rel: float = 0.0  # max|a - r| / max|r|, per sample, worst sample
+    cosine: float = 1.0  # cosine similarity of the flattened outputs, worst sample
+    allclose_violations: int = 0  # elements outside atol + rtol*|ref|
+    nonfinite: int = 0  # NaN/Inf elements in the artifact's output
+    elements: int = 0
+    _abs_sum: float = 0.0
+
+    def update(self, art: np.ndarray, ref: np.ndarray, tol: Tolerances) -> None:
+        art64, ref64 = art.astype(np.float64), ref.astype(np.float64)
+        bad = ~np.isfinite(art64)
+        self.nonfinite += int(bad.sum())
+        diff = np.abs(np.where(bad, np.inf, art64 - ref64))
+        self.elements += diff.size
+        self._abs_sum += float(diff.sum())
+        self.mean_abs = self._abs_sum / self.elements
+        self.max_abs = max(self.max_abs, float(diff.max()))
+        for a, r, d in zip(art64, ref64, diff):  # per sample of the batch
+            scale = float(np.abs(r).max()) or 1.0
+            self.max_rel = max(self.max_rel, float(d.max()) / scale)
+            self.cosine = min(self.cosine, _cosine(a.ravel(), r.ravel()))
+        if tol.atol is not None or tol.rtol is not None:
+            limit = (tol.atol or 0.0) + (tol.rtol or 0.0) * np.abs(ref64)
+            self.allclose_violations += int((diff > limit).sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_abs": _finite(self.max_abs),
+            "mean_abs": _finite(self.mean_abs),
+            "max_rel": _finite(self.max_rel),
+            "cosine": _finite(self.cosine),
+            "nonfinite": self.nonfinite,
+            "allclose_violations": self.allclose_violations,
+            "elements": self.elements,
+        }
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    if not np.all(np.isfinite(a)):
+        return float("nan")
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN/Inf: a non-finite metric is reported as null (and fails its check)."""
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class SegmentationAgreement:
+    """Argmax labels of the artifact vs the reference's: agreement and mIoU."""
+
+    num_classes: int
+    agree: int = 0
+    pixels: int = 0
+    intersection: np.ndarray = field(init=False)
+    union: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.intersection = np.zeros(self.num_classes, dtype=np.int64)
+        self.union = np.zeros(self.num_classes, dtype=np.int64)
+
+    def update(self, art: np.ndarray, ref: np.ndarray) -> None:
+        art_labels = np.nan_to_num(art, nan=-np.inf).argmax(axis=1).ravel()
+        ref_labels = ref.argmax(axis=1).ravel()
+        self.agree += int((art_labels == ref_labels).sum())
+        self.pixels += ref_labels.size
+        n = self.num_classes
+        art_count = np.bincount(art_labels, minlength=n)
+        ref_count = np.bincount(ref_labels, minlength=n)
+        both = np.bincount(ref_labels[art_labels == ref_labels], minlength=n)
+        self.intersection += both
+        self.union += art_count + ref_count - both
+
+    def metrics(self) -> dict[str, float]:
+        present = self.union > 0
+        miou = float((self.intersection[present] / self.union[present]).mean()) if present.any() else 1.0
+        return {"pixel_agreement": self.agree / max(1, self.pixels), "miou": miou}
+
+
+@dataclass
+class ClassificationAgreement:
+    """top1: same argmax; top5: the reference's argmax is among the artifact's top five."""
+
+    top1: int = 0
+    top5: int = 0
+    samples: int = 0
+
+    def update(self, art: np.ndarray, ref: np.ndarray) -> None:
+        art = np.nan_to_num(art.reshape(len(art), -1), nan=-np.inf)
+        ref_top = ref.reshape(len(ref), -1).argmax(axis=1)
+        art_top5 = np.argsort(-art, axis=1)[:, :5]
+        self.top1 += int((art_top5[:, 0] == ref_top).sum())
+        self.top5 += int((art_top5 == ref_top[:, None]).any(axis=1).sum())
+        self.samples += len(ref)
+
+    def metrics(self) -> dict[str, float]:
+        n = max(1, self.samples)
+        return {"top1_agreement": self.top1 / n, "top5_agreement": self.top5 / n}
+
+
+@dataclass
+class Check:
+    """One pass/fail criterion: ``value op threshold``."""
+
+    name: str
+    value: float | None
+    threshold: float
+    op: str  # "<=" or ">="
+    passed: bool
+
+    def describe(self) -> str:
+        shown = "nan" if self.value is None else f"{self.value:.6g}"
+        return f"{self.name} = {shown} (needs {self.op} {self.threshold:g})"
+
+
+@dataclass
+class ParityReport:
+    """Everything ``verify`` measured, as data."""
+
+    model: str
+    task: str
+    artifact: str
+    precision: str
+    samples: int
+    input_source: str
+    outputs: dict[str, OutputMetrics]
+    task_metrics: dict[str, float]
+    checks: list[Check]
+    reference: dict[str, Any] = field(default_factory=dict)
+    runner: dict[str, Any] = field(default_factory=dict)
+    tolerances: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "model": self.model,
+            "model_task": self.task,
+            "artifact": self.artifact,
+            "precision": self.precision,
+            "samples": self.samples,
+            "inputs": self.input_source,
+            "outputs": {name: m.to_dict() for name, m in self.outputs.items()},
+            "task": self.task_metrics,
+            "checks": [c.__dict__ for c in self.checks],
+            "failed": [c.name for c in self.failures],
+            "tolerances": self.tolerances,
+            "reference": self.reference,
+            "runner": self.runner,
+            "notes": self.notes,
+        }
+
+
+class Comparator:
+    """Feeds pairs of output dicts in, produces a ``ParityReport`` at the end."""
+
+    def __init__(self, task: str, num_classes: int, tolerances: Tolerances) -> None:
+        self.task = task
+        self.tol = tolerances
+        self.outputs: dict[str, OutputMetrics] = {}
+        self.samples = 0
+        self.seg = SegmentationAgreement(num_classes) if task == "segmentation" else None
+        self.cls = ClassificationAgreement() if task == "classification" else None
+
+    def update(self, artifact: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
+        if len(artifact) != len(reference):
+            raise ValueError(f"artifact gives {sorted(artifact)} but the reference gives {sorted(reference)}")
+        # Outputs pair by name when the names agree, else by position (converters rename outputs).
+        pairs = (
+            [(n, artifact[n], reference[n]) for n in reference]
+            if set(artifact) == set(reference)
+            else [(rn, artifact[an], reference[rn]) for an, rn in zip(artifact, reference)]
+        )
+        for name, art, ref in pairs:
+            if art.shape != ref.shape:
+                raise ValueError(f"output {name!r}: artifact shape {art.shape} but reference {ref.shape}")
+            self.outputs.setdefault(name, OutputMetrics()).update(art, ref, self.tol)
+            if self.seg is not None:
+                self.seg.update(art, ref)
+            if self.cls is not None:
+                self.cls.update(art, ref)
+        self.samples += 1
+
+    def checks(self, task_metrics: dict[str, float]) -> list[Check]:
+        tol = self.tol
+        checks: list[Check] = []
+
+        def add(name: str, value: float | None, threshold: float | None, op: str) -> None:
+            if threshold is None:
+                return
+            ok = value is not None and math.isfinite(value) and (value <= threshold if op == "<=" else value >= threshold)
+            checks.append(Check(name, value, threshold, op, ok))
+
+        for name, m in self.outputs.items():
+            add(f"outputs.{name}.nonfinite", m.nonfinite, 0, "<=")
+            add(f"outputs.{name}.max_rel", _finite(m.max_rel), tol.max_rel, "<=")
+            add(f"outputs.{name}.cosine", _finite(m.cosine), tol.cosine, ">=")
+            if tol.atol is not None or tol.rtol is not None:
+                add(f"outputs.{name}.allclose_violations", m.allclose_violations, 0, "<=")
+        for key in ("pixel_agreement", "miou", "top1_agreement", "top5_agreement"):
+            if key in task_metrics:
+                add(f"task.{key}", task_metrics[key], getattr(tol, key), ">=")
+        return checks
+
+    def report(self, **fields: Any) -> ParityReport:
+        task_metrics: dict[str, float] = {}
+        if self.seg is not None:
+            task_metrics.update(self.seg.metrics())
+        if self.cls is not None:
+            task_metrics.update(self.cls.metrics())
+        return ParityReport(
+            task=self.task,
+            samples=self.samples,
+            outputs=self.outputs,
+            task_metrics=task_metrics,
+            checks=self.checks(task_metrics),
+            tolerances=self.tol.model_dump(exclude_none=True),
+            **fields,
+        )
