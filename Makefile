@@ -16,15 +16,15 @@ $(BIN)/evit: pyproject.toml constraints.txt
 	$(PIP) -e '.[all,dev]'
 	touch $@
 
-# Everything this machine can run: the default suite plus the slow end-to-end matrix.
-test: install
-	$(BIN)/pytest -n 2 -m "not gpu and not macos or gpu or macos" tests
+# Everything this machine can run: the fast suite, then the slow end-to-end matrix.
+# Tests that need a GPU or macOS skip with the reason (-ra prints it).
+test: test-fast test-slow
 
 test-fast: install
 	$(BIN)/pytest -n 2 -m "not slow" tests
 
 test-slow: install
-	$(BIN)/pytest -m slow tests
+	$(BIN)/pytest -n 2 -m slow tests
 
 bench: install
 	$(BIN)/python benchmarks/run.py
