@@ -1,0 +1,385 @@
+"""The model zoo: one validated card per official EfficientViT model, and models built from them.
+
+Cards are data (``models/<name>.yaml``, read with ``yaml.safe_load``): what the model is
+(task, family, variant, dataset, classes), how to feed it (input size, preprocessing),
+how to build it (builder, kwargs, norm eps), which official checkpoint fits it, and the
+published figures with their source tags. ``computed:`` holds params/MACs counted from
+the built model (``scripts/update_card_stats.py`` writes it; a test recomputes it).
+
+Importing this module does not import torch: ``evit models`` stays fast.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from evit_deploy._resources import data_dir
+from evit_deploy.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "ComputedStats",
+    "Latency",
+    "ModelCard",
+    "OutputSpec",
+    "Preprocessing",
+    "Published",
+    "RandomWeightsWarning",
+    "create_model",
+    "get_card",
+    "list_cards",
+    "load_card",
+    "model_names",
+]
+
+Task = Literal["classification", "segmentation"]
+Dataset = Literal["imagenet", "cityscapes", "ade20k"]
+_TASK_DATASETS: dict[str, tuple[str, ...]] = {
+    "classification": ("imagenet",),
+    "segmentation": ("cityscapes", "ade20k"),
+}
+_FIGURE = re.compile(r"^(\d+(?:\.\d+)?)([KMG])$")
+_UNITS = {"K": 1e3, "M": 1e6, "G": 1e9}
+
+
+class RandomWeightsWarning(UserWarning):
+    """A model was built without weights: its outputs are meaningless."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_figure(text: str) -> float:
+    """``"9.1M"`` -> 9.1e6, ``"0.52G"`` -> 5.2e8: a figure as printed by the source."""
+    m = _FIGURE.match(text)
+    if not m:
+        raise ValueError(f"not a figure like '9.1M' or '0.52G': {text!r}")
+    return float(m[1]) * _UNITS[m[2]]
+
+
+def figure_resolution(text: str) -> float:
+    """Half a unit of the figure's last printed digit: ``"0.1G"`` -> 5e7, ``"9.1M"`` -> 5e4."""
+    m = _FIGURE.match(text)
+    if not m:
+        raise ValueError(f"not a figure: {text!r}")
+    decimals = len(m[1].split(".")[1]) if "." in m[1] else 0
+    return 0.5 * 10.0 ** (-decimals) * _UNITS[m[2]]
+
+
+class Latency(_Strict):
+    """One published speed figure, as measured by its source."""
+
+    device: str
+    runtime: str
+    precision: str
+    batch: int | None  # None: the source does not state it
+    value: float
+    unit: Literal["ms", "img/s"]
+    source: str
+
+
+class Published(_Strict):
+    """Figures published for the checkpoint, verbatim; ``source`` tags them (zoo_facts.md)."""
+
+    source: str
+    top1: float | None = None
+    top5: float | None = None
+    miou: float | None = None
+    params: str | None = Field(default=None, pattern=_FIGURE.pattern)  # as printed: "9.1M"
+    macs: str | None = Field(default=None, pattern=_FIGURE.pattern)  # as printed: "0.52G"
+    note: str | None = None
+    latency: list[Latency] = Field(default_factory=list)
+
+    @property
+    def params_value(self) -> float | None:
+        return None if self.params is None else parse_figure(self.params)
+
+    @property
+    def macs_value(self) -> float | None:
+        return None if self.macs is None else parse_figure(self.macs)
+
+    @property
+    def metric(self) -> str:
+        """The headline accuracy, e.g. ``top-1 80.41`` or ``mIoU 80.55``; ``-`` when unpublished."""
+        if self.top1 is not None:
+            return f"top-1 {self.top1:.2f}"
+        if self.miou is not None:
+            return f"mIoU {self.miou:.2f}"
+        return "-"
+
+
+class Preprocessing(_Strict):
+    """How the official evaluation feeds images (zoo_facts.md section 6); values in 0..1 scale."""
+
+    color: Literal["RGB"]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: Literal["shorter_side_center_crop", "fixed", "shorter_side_keep_aspect"]
+    resize_shorter: int | None = None  # shorter side before the crop / target shorter side
+    crop_ratio: float | None = None  # crop fraction: resize_shorter == ceil(size / crop_ratio)
+    resize_to: tuple[int, int] | None = None  # [H, W] for "fixed"
+    size_multiple: int | None = None  # long side rounded up to a multiple (keep_aspect)
+    interpolation: Literal["bicubic", "bilinear"]
+
+    @model_validator(mode="after")
+    def _fields_for_mode(self) -> Preprocessing:
+        need = {
+            "shorter_side_center_crop": ("resize_shorter", "crop_ratio"),
+            "fixed": ("resize_to",),
+            "shorter_side_keep_aspect": ("resize_shorter", "size_multiple"),
+        }[self.resize]
+        optional = ("resize_shorter", "crop_ratio", "resize_to", "size_multiple")
+        for field in need:
+            if getattr(self, field) is None:
+                raise ValueError(f"resize: {self.resize} needs {field}")
+        for field in optional:
+            if field not in need and getattr(self, field) is not None:
+                raise ValueError(f"resize: {self.resize} does not use {field}")
+        return self
+
+
+class OutputSpec(_Strict):
+    """What the model returns: logits, no softmax."""
+
+    name: str = "logits"
+    layout: Literal["NC", "NCHW"]
+    channels: int
+    stride: int | None = None  # output stride of a dense prediction (seg: 8)
+    description: str
+
+    def shape(self, input_size: tuple[int, int], batch: int = 1) -> tuple[int, ...]:
+        """Output shape for an input of ``input_size`` ([H, W])."""
+        if self.layout == "NC":
+            return (batch, self.channels)
+        stride = self.stride or 1
+        return (batch, self.channels, -(-input_size[0] // stride), -(-input_size[1] // stride))
+
+
+class ComputedStats(_Strict):
+    """Counted from the built model by ``scripts/update_card_stats.py`` (checked by the tests)."""
+
+    params: int  # trainable parameters (BatchNorm running statistics excluded)
+    macs: int  # multiply-accumulates at input_size, batch 1: FlopCounterMode FLOPs / 2
+    input_size: tuple[int, int]
+    counted_with: str
+
+
+class ModelCard(_Strict):
+    """One official zoo model. ``card.classes`` is always the resolved list of class names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(pattern=r"^efficientvit-[a-z0-9-]+$")
+    task: Task
+    family: Literal["B", "L"]
+    variant: str = Field(pattern=r"^[bl]\d$")
+    dataset: Dataset
+    builder: str
+    builder_kwargs: dict[str, Any] = Field(default_factory=dict)
+    norm_eps: float = Field(gt=0)
+    num_classes: int = Field(gt=0)
+    class_names: list[str] | None = Field(default=None, alias="classes")
+    classes_file: str | None = None
+    input_size: tuple[int, int]
+    preprocessing: Preprocessing
+    checkpoint: str
+    output: OutputSpec
+    published: Published
+    computed: ComputedStats | None = None
+
+    _card_dir: Path | None = PrivateAttr(default=None)
+    _resolved_classes: tuple[str, ...] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        if (self.class_names is None) == (self.classes_file is None):
+            raise ValueError("give exactly one of classes (inline) and classes_file")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} classes listed, num_classes is {self.num_classes}")
+        if self.dataset not in _TASK_DATASETS[self.task]:
+            raise ValueError(f"dataset {self.dataset} does not go with task {self.task}")
+        if self.variant[0].upper() != self.family:
+            raise ValueError(f"variant {self.variant} is not in family {self.family}")
+        if self.output.channels != self.num_classes:
+            raise ValueError(f"output.channels {self.output.channels} != num_classes {self.num_classes}")
+        if (self.output.layout == "NC") != (self.task == "classification"):
+            raise ValueError(f"output.layout {self.output.layout} does not go with task {self.task}")
+        if min(self.input_size) <= 0:
+            raise ValueError(f"input_size must be positive: {self.input_size}")
+        return self
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in output-channel order (read from ``classes_file`` when the card names one)."""
+        if self.class_names is not None:
+            return list(self.class_names)
+        if self._resolved_classes is None:
+            path = (self._card_dir or data_dir("models")) / str(self.classes_file)
+            try:
+                names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            except OSError as err:
+                raise UsageError(f"model card {self.name}: cannot read classes_file {path}: {err}") from None
+            if len(names) != self.num_classes:
+                raise UsageError(f"model card {self.name}: {path} lists {len(names)} classes, "
+                                 f"num_classes is {self.num_classes}")
+            self._resolved_classes = tuple(names)
+        return list(self._resolved_classes)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Output shape at the card's input size, batch 1."""
+        return self.output.shape(self.input_size)
+
+    @property
+    def params(self) -> int | None:
+        """Counted trainable parameters (from the ``computed:`` block)."""
+        return self.computed.params if self.computed else None
+
+    @property
+    def macs(self) -> int | None:
+        """Counted MACs at ``input_size`` (from the ``computed:`` block)."""
+        return self.computed.macs if self.computed else None
+
+    def to_dict(self, *, resolve_classes: bool = True) -> dict[str, Any]:
+        """JSON-ready dict of every field (``classes`` resolved unless told otherwise)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=False)
+        if resolve_classes:
+            data["classes"] = self.classes
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+def load_card(path: str | Path) -> ModelCard:
+    """Read and validate one card; any problem is a one-line ``UsageError`` naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise UsageError(f"model card {path}: cannot read it: {_one_line(err)}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"model card {path}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        card = ModelCard.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "card"
+        raise UsageError(f"model card {path}: {where}: {first['msg']} "
+                         f"({err.error_count()} problem(s))") from None
+    if card.name != path.stem:
+        raise UsageError(f"model card {path}: name {card.name!r} does not match the file name")
+    card._card_dir = path.parent
+    return card
+
+
+def _sort_key(card: ModelCard) -> tuple[Any, ...]:
+    datasets = ("imagenet", "cityscapes", "ade20k")
+    return (card.task != "classification", datasets.index(card.dataset), card.family,
+            card.variant, card.input_size[0] * card.input_size[1])
+
+
+@functools.lru_cache(maxsize=4)
+def _load_all(models_dir: Path) -> tuple[ModelCard, ...]:
+    if not models_dir.is_dir():
+        raise UsageError(f"model cards folder not found: {models_dir} (reinstall evit-deploy)")
+    cards = [load_card(p) for p in sorted(models_dir.glob("*.yaml"))]
+    return tuple(sorted(cards, key=_sort_key))
+
+
+def list_cards() -> list[ModelCard]:
+    """Every card, classification first, then Cityscapes and ADE20K segmentation."""
+    return list(_load_all(data_dir("models")))
+
+
+def model_names() -> list[str]:
+    return [c.name for c in list_cards()]
+
+
+def _normalise(name: str) -> str:
+    name = name.strip().lower()
+    for suffix in (".pt", ".pth", ".safetensors", ".yaml"):
+        name = name.removesuffix(suffix)
+    return name.replace("_", "-")
+
+
+def get_card(name: str) -> ModelCard:
+    """The card called ``name`` (``efficientvit_b1_r224`` and ``efficientvit_b1_r224.pt`` work too).
+
+    Unknown names raise ``UsageError`` with the closest names.
+    """
+    cards = {c.name: c for c in list_cards()}
+    key = _normalise(name)
+    if key in cards:
+        return cards[key]
+    raise UsageError(_unknown_message(name, key, list(cards)))
+
+
+def _unknown_message(name: str, key: str, names: list[str]) -> str:
+    close: list[str] = []
+    if len(key) >= 2:
+        close = [n for n in names if key in n]
+    for n in difflib.get_close_matches(key, names, n=6, cutoff=0.5):
+        if n not in close:
+            close.append(n)
+    if not close:
+        # a bare variant (e.g. "b1", "seg-l2") is a substring of the names without the prefix
+        close = [n for n in names if key and key in n.removeprefix("efficientvit-")]
+    close = close[:3]
+    if close:
+        return f"unknown model '{name}'; did you mean: {', '.join(close)}? (evit models lists all)"
+    return f"unknown model '{name}' (evit models lists all)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+def create_model(
+    name: str | ModelCard,
+    weights: str | Path | Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """Build the zoo model ``name`` in eval mode.
+
+    ``weights``: a ``.pt``/``.pth`` or ``.safetensors`` file (official or timm layout,
+    optionally wrapped and/or ``module.``-prefixed; see ``evit_deploy.checkpoints``), or an
+    already loaded state dict. Without weights the model is randomly initialised from
+    ``seed`` (reproducibly, without touching the global RNG) and a
+    ``RandomWeightsWarning`` says its outputs are meaningless.
+    """
+    import torch
+
+    from evit_deploy.nn import build_model
+
+    card = name if isinstance(name, ModelCard) else get_card(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(card.builder, norm_eps=card.norm_eps, **card.builder_kwargs)
+    if weights is None:
+        warnings.warn(
+            f"{card.name} has random weights (seed {seed}): its outputs are meaningless; "
+            f"pass --weights with a checkpoint (official file: {card.checkpoint})",
+            RandomWeightsWarning,
+            stacklevel=2,
+        )
+    else:
+        from evit_deploy.checkpoints import load_weights
+
+        load_weights(model, weights, card)
+    return model.eval()
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
