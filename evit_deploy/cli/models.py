@@ -19,7 +19,8 @@ from evit_deploy.cli._errors import handle_errors
 from evit_deploy.errors import UsageError
 
 models_app = typer.Typer(
-    help="The model zoo: official EfficientViT classification and segmentation models.",
+    help="The model zoo: list the official EfficientViT cls and seg models (params, MACs, published accuracy); "
+    "show NAME prints one card.",
     invoke_without_command=True,
     pretty_exceptions_enable=False,
 )
