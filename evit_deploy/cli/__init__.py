@@ -58,10 +58,8 @@ def _register() -> None:
     app.command("export", no_args_is_help=True, context_settings=extra, epilog=target_options_help())(export.export)
     app.command("verify", no_args_is_help=True)(verify.verify)
     app.command("profile", no_args_is_help=True)(profile.profile)
-    try:
-        from evit_deploy.cli.models import models_app
-    except ImportError:  # pragma: no cover - while the zoo CLI is not installed
-        return
+    from evit_deploy.cli.models import models_app
+
     app.add_typer(models_app, name="models")
 
 
