@@ -69,7 +69,8 @@ def export_onnx_graph(model: torch.nn.Module, spec: InputSpec, options: OnnxOpti
             batch = torch.export.Dim("batch", min=1, max=256)
             # EfficientViT needs H and W divisible by 32: say so to the exporter, which
             # then keeps every stride-2 size an exact integer expression.
-            h32, w32 = torch.export.Dim("h32", min=1, max=256), torch.export.Dim("w32", min=1, max=256)
+            # (torch specialises a size of 1, so the stride-32 map must be at least 2x2: 64x64 pixels.)
+            h32, w32 = torch.export.Dim("h32", min=2, max=256), torch.export.Dim("w32", min=2, max=256)
             dynamic_shapes = ({0: batch, 2: 32 * h32, 3: 32 * w32},)
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=options.opset,
                                     input_names=[spec.name], output_names=["logits"],
@@ -116,6 +117,11 @@ def add_metadata(graph: onnx.ModelProto, spec: InputSpec, ctx: ExportContext, pr
         "evit.classes": json.dumps(ctx.classes),
         "evit.output": "logits at 1/8 input resolution (NCHW)" if ctx.task == "segmentation" else "logits",
     }
+    for value in graph.graph.output:  # readable names for the exporter's symbolic output sizes
+        dims = value.type.tensor_type.shape.dim
+        for index, label in ((0, "batch"), (2, "out_height"), (3, "out_width")):
+            if len(dims) == 4 and dims[index].HasField("dim_param"):
+                dims[index].dim_param = label
     del graph.metadata_props[:]
     for key, value in props.items():
         entry = graph.metadata_props.add()
