@@ -377,6 +377,9 @@ def profile(
             raise UsageError(f"{artifact} is a model name: profile it with --target torch, or export it first")
         raise UsageError(f"{artifact}: no such artifact")
     handle = open_artifact(path)
+    reason = handle.target.timing_available(device)
+    if reason is not None:
+        raise RuntimeMissing(f"cannot profile {path.name} here: {reason}")
     spec = _run_spec(handle, resolution, batch)
     feed = {spec.name: next(iter(input_batches(spec, samples=1, seed=seed)))}
     measured = measure(lambda: handle.runner(device=device, threads=threads), feed, warmup=warmup, iters=iters,

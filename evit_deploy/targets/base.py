@@ -147,6 +147,14 @@ class Target(ABC):
         """None when artifacts of this target can run here, else the reason."""
         return self.available()
 
+    def timing_available(self, device: str = "cpu") -> str | None:
+        """None when ``profile`` can time artifacts of this target here, else the reason.
+
+        A target may run (``verify``) where its timings mean nothing, e.g. Core ML through a
+        numpy MIL interpreter on Linux; ``profile`` asks this before timing anything.
+        """
+        return None
+
     @abstractmethod
     def export(self, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, ctx: ExportContext) -> ExportOutput:
         """Write the artifact's files into ``ctx.workdir``."""
