@@ -273,8 +273,13 @@ def verify(
     threads: int | None = None,
     record: bool = True,
     progress: Progress = _quiet,
+    inventory: str | Path | None = None,
 ) -> ParityReport:
-    """Run the artifact and its PyTorch reference on the same inputs and compare."""
+    """Run the artifact and its PyTorch reference on the same inputs and compare.
+
+    ``device`` is ``cpu``/``cuda`` here, or an inventory device (``evit_deploy.devices``):
+    then only the artifact runs there, inputs and the reference stay on this machine.
+    """
     from evit_deploy.targets.torch_ref import TorchRunner
 
     handle = open_artifact(artifact)
@@ -293,12 +298,13 @@ def verify(
     if rtol is not None:
         tol_data["rtol"] = rtol
     tol = Tolerances.model_validate(tol_data)
+    artifact_runner = _artifact_runner(handle, device, threads, inventory, progress)  # a device fails early
     progress("building the PyTorch reference")
     model, reference_info, notes = reference_model(handle.manifest, weights)
     num_classes = _num_classes(handle.manifest.model)
     comparator = Comparator(handle.manifest.task, num_classes, tol)
     out_names = [o["name"] for o in handle.manifest.outputs] or ["logits"]
-    with TorchRunner(model, spec, output_names=out_names) as reference, handle.runner(device=device, threads=threads) as runner:
+    with TorchRunner(model, spec, output_names=out_names) as reference, artifact_runner as runner:
         for index, batch in enumerate(batches):
             progress(f"sample {index + 1}/{samples}")
             feed = {spec.name: batch}
@@ -316,6 +322,17 @@ def verify(
     if record:
         _record_parity(handle, report)
     return report
+
+
+def _artifact_runner(handle: ArtifactHandle, device: str, threads: int | None, inventory: str | Path | None,
+                     progress: Progress) -> Runner:
+    from evit_deploy.devices import is_local
+
+    if is_local(device):
+        return handle.runner(device=device, threads=threads)
+    from evit_deploy.remote.flows import remote_runner
+
+    return remote_runner(handle, device, threads=threads, inventory=inventory, progress=progress)
 
 
 def _num_classes(model: str) -> int:
@@ -360,10 +377,28 @@ def profile(
     per_layer: bool = False,
     seed: int = 0,
     on_iteration: Callable[[int, int], None] = lambda done, total: None,
+    lock_clocks: bool = False,
+    power: bool = False,
+    inventory: str | Path | None = None,
+    progress: Progress = _quiet,
 ) -> ProfileResult:
-    """Time an artifact (or, with ``target='torch'``, a zoo model in eager PyTorch)."""
+    """Time an artifact (or, with ``target='torch'``, a zoo model in eager PyTorch).
+
+    ``device`` is ``cpu``/``cuda`` here, or an inventory device (``evit_deploy.devices``), where
+    the artifact is uploaded and timed. ``lock_clocks`` and ``power`` are for Jetsons.
+    """
+    from evit_deploy.devices import is_local
+
     if warmup < 0 or iters < 1:
         raise UsageError(f"--iters must be at least 1 and --warmup at least 0 (got {iters}, {warmup})")
+    if not is_local(device):
+        if target is not None:
+            raise UsageError(f"--target {target} profiles on this machine; export an artifact to profile it on {device}")
+        from evit_deploy.remote.flows import profile_remote
+
+        return profile_remote(artifact, device, inventory=inventory, threads=threads, warmup=warmup, iters=iters,
+                              batch=batch, resolution=resolution, per_layer=per_layer, seed=seed,
+                              lock_clocks=lock_clocks, power=power, on_iteration=on_iteration, progress=progress)
     if target == "torch":
         return _profile_torch(str(artifact), weights=weights, threads=threads, warmup=warmup, iters=iters,
                               batch=batch or 1, resolution=resolution, seed=seed, on_iteration=on_iteration)
@@ -382,8 +417,20 @@ def profile(
         raise RuntimeMissing(f"cannot profile {path.name} here: {reason}")
     spec = _run_spec(handle, resolution, batch)
     feed = {spec.name: next(iter(input_batches(spec, samples=1, seed=seed)))}
-    measured = measure(lambda: handle.runner(device=device, threads=threads), feed, warmup=warmup, iters=iters,
-                       per_layer=per_layer, on_iteration=on_iteration)
+
+    def timed(tick: Callable[[int, int], None]) -> dict[str, Any]:
+        return measure(lambda: handle.runner(device=device, threads=threads), feed, warmup=warmup, iters=iters,
+                       per_layer=per_layer, on_iteration=tick)
+
+    if lock_clocks or power:  # Jetson: jetson_clocks around the run, tegrastats during the timed part
+        from evit_deploy.remote.state import ProfileConditions
+
+        conditions = ProfileConditions(lock_clocks=lock_clocks, power=power, warmup=warmup, on_iteration=on_iteration)
+        with conditions.applied():
+            measured = timed(conditions.tick)
+        conditions.annotate(measured["host"], measured["throughput_ips"])
+    else:
+        measured = timed(on_iteration)
     return ProfileResult(artifact=str(path), model=handle.manifest.model, target=handle.manifest.target,
                          precision=handle.manifest.precision, batch=spec.batch, input_shape=list(spec.shape),
                          threads=threads, warmup=warmup, iters=iters, device=device, **measured)

@@ -50,6 +50,13 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     err.print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
+def _worker(ctx: typer.Context) -> None:
+    """Device side of `--device NAME` (internal): answers evit on the host over ssh."""
+    from evit_deploy.remote.worker import main as worker_main
+
+    raise typer.Exit(worker_main(list(ctx.args)))
+
+
 def _register() -> None:
     from evit_deploy.cli import export, profile, verify
     from evit_deploy.cli._common import target_options_help
@@ -58,6 +65,11 @@ def _register() -> None:
     app.command("export", no_args_is_help=True, context_settings=extra, epilog=target_options_help())(export.export)
     app.command("verify", no_args_is_help=True)(verify.verify)
     app.command("profile", no_args_is_help=True)(profile.profile)
+    app.command("_worker", hidden=True, add_help_option=False,
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_worker)
+    from evit_deploy.cli.devices import devices_app
+
+    app.add_typer(devices_app, name="devices")
     from evit_deploy.cli.models import models_app
 
     app.add_typer(models_app, name="models")

@@ -1,13 +1,16 @@
-"""``evit profile``: latency, throughput and memory of an artifact (or eager PyTorch)."""
+"""``evit profile``: latency, throughput and memory of an artifact (or eager PyTorch), here or on devices."""
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from evit_deploy.cli._common import iteration_progress, out
+from evit_deploy.cli._common import err, iteration_progress, out
 from evit_deploy.cli._errors import handle_errors
 
 
@@ -15,36 +18,167 @@ def profile(
     artifact: Annotated[str, typer.Argument(help="An exported artifact, or a zoo model name with --target torch.")],
     target: Annotated[Optional[str], typer.Option(help="'torch' to time a zoo model in eager PyTorch.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Weights for --target torch.")] = None,
-    device: Annotated[str, typer.Option(help="Where to run: cpu, cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(
+        help="Where to run: cpu or cuda here, or inventory devices NAME[,NAME...] over SSH, in parallel "
+             "(NAME:cpu picks the runtime device there; see `evit devices`).")] = "cpu",
+    inventory: Annotated[Optional[Path], typer.Option(
+        help="devices.yaml (default: $EVIT_DEVICES, else ~/.config/evit/devices.yaml).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Runtime threads (default: the runtime's).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 10,
     iters: Annotated[int, typer.Option(help="Timed runs.")] = 50,
     batch: Annotated[Optional[int], typer.Option(help="Batch (dynamic artifacts only).")] = None,
     resolution: Annotated[Optional[str], typer.Option(help="HxW (dynamic artifacts and --target torch).")] = None,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Top operators from the runtime's profiler.")] = False,
+    lock_clocks: Annotated[bool, typer.Option(
+        "--lock-clocks", help="Jetson: run jetson_clocks for the measurement, then restore the clocks.")] = False,
+    power: Annotated[bool, typer.Option(
+        "--power", help="Jetson: sample board power (tegrastats) during the timed runs: mean W, mJ/image.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON ('-' for stdout).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Time ARTIFACT: latency p50/p90/p99/mean/std/min, throughput, load, first inference, peak RSS."""
+    """Time ARTIFACT: latency p50/p90/p99/mean/std/min, throughput, load, first inference, peak RSS.
+
+    With several devices, each device's failure is its own error line; the others' results are
+    still shown and written, and the exit code is non-zero (2) if any device failed.
+    """
     from evit_deploy import api
     from evit_deploy.configs import parse_resolution
-    from evit_deploy.report import layer_table, profile_table, write_json
+    from evit_deploy.devices import is_local, parse_device_list
+    from evit_deploy.report import layer_table, write_json
 
     with handle_errors():
+        names = parse_device_list(device)
         to_stdout = json_path is not None and str(json_path) == "-"
+        options: dict[str, Any] = {
+            "threads": threads, "warmup": warmup, "iters": iters, "batch": batch, "per_layer": per_layer,
+            "resolution": parse_resolution(resolution) if resolution else None,
+            "lock_clocks": lock_clocks, "power": power}
+        if len(names) > 1 or not is_local(names[0]):
+            if target is not None:
+                raise_target(target, device)
+            _profile_devices(artifact, names, inventory, options, json_path, quiet or to_stdout, quiet)
+            return
         with iteration_progress(quiet or to_stdout, "profiling") as tick:
-            result = api.profile(artifact, target=target, weights=weights, device=device, threads=threads,
-                                 warmup=warmup, iters=iters, batch=batch,
-                                 resolution=parse_resolution(resolution) if resolution else None,
-                                 per_layer=per_layer, on_iteration=tick)
+            result = api.profile(artifact, target=target, weights=weights, device=device, on_iteration=tick,
+                                 **options)
         if to_stdout:
             print(json.dumps(result.to_dict(), indent=2))
             return
         if json_path is not None:
             write_json(json_path, result.to_dict())
         if not quiet:
-            out.print(profile_table([result], title=f"{result.model} · {result.target} {result.precision}"))
+            out.print(_table([result], f"{result.model} · {result.target} {result.precision}"))
             if per_layer:
                 out.print(layer_table(result))
         else:
             out.print(f"p50 {result.latency_ms.p50:.2f} ms  {result.throughput_ips:.1f} img/s", markup=False)
+
+
+def raise_target(target: str, device: str) -> None:
+    from evit_deploy.errors import UsageError
+
+    raise UsageError(f"--target {target} profiles on this machine; export an artifact to profile it on {device}")
+
+
+def _profile_devices(artifact: str, names: list[str], inventory: Path | None, options: dict[str, Any],
+                     json_path: Path | None, silent: bool, quiet: bool) -> None:
+    """Every device at once; a failed device is an error line, the others still report."""
+    from evit_deploy.devices import is_local, load_inventory, resolve
+    from evit_deploy.errors import EvitError
+    from evit_deploy.remote.flows import profile_many
+    from evit_deploy.report import layer_table, write_json
+
+    inv = load_inventory(inventory)
+    for name in names:  # unknown names are a usage error before anything connects
+        if not is_local(name):
+            resolve(name, inv)
+    with device_progress(silent, names) as (on_stage, on_iteration):
+        outcomes = profile_many(artifact, names, inventory=inv, on_stage=on_stage, on_iteration=on_iteration,
+                                **options)
+    results = [o.result for o in outcomes if o.result is not None]
+    failures = [o for o in outcomes if o.result is None]
+    if len(names) == 1 and failures:
+        raise EvitError(failures[0].error or "failed", exit_code=failures[0].exit_code)
+    if json_path is not None:
+        data: dict[str, Any] = (results[0].to_dict() if len(names) == 1 else
+                                {"results": [r.to_dict() for r in results],
+                                 "errors": [o.to_dict() for o in failures]})
+        if str(json_path) == "-":
+            print(json.dumps(data, indent=2))
+        else:
+            write_json(json_path, data)
+    if results and not silent:
+        first = results[0]
+        out.print(_table(results, f"{first.model} · {first.target} {first.precision} · "
+                                  f"{len(results)} of {len(names)} device(s)"))
+        if options.get("per_layer"):
+            for result in results:
+                out.print(layer_table(result))
+    elif results and quiet:
+        for r in results:
+            out.print(f"{r.device}: p50 {r.latency_ms.p50:.2f} ms  {r.throughput_ips:.1f} img/s", markup=False)
+    for failure in failures:
+        err.print(f"error: {failure.error}", markup=False, highlight=False)
+    if failures:
+        err.print(f"{len(failures)} of {len(names)} device(s) failed: {', '.join(f.device for f in failures)}",
+                  markup=False, highlight=False)
+        raise typer.Exit(max(f.exit_code for f in failures))
+
+
+def _table(results: list[Any], title: str) -> Any:
+    """``report.profile_table`` plus, for devices, the conditions each figure was measured under."""
+    from evit_deploy.remote.state import state_summary
+    from evit_deploy.report import profile_table
+
+    table = profile_table(results, title=title)
+    if any("remote" in r.host or "state" in r.host for r in results):
+        table.add_row("device state", *(state_summary(r.host.get("state", {})) for r in results))
+    if any("remote" in r.host for r in results):
+        table.add_row("artifact copy", *(_copy(r.host.get("remote")) for r in results))
+    if any("power" in r.host for r in results):
+        table.add_row("board power W", *(_power(r.host.get("power"), "mean_w", "{:.2f}") for r in results))
+        table.add_row("energy mJ/image", *(_power(r.host.get("power"), "mj_per_image", "{:.1f}") for r in results))
+    return table
+
+
+def _copy(remote: dict[str, Any] | None) -> str:
+    if not remote:
+        return "local"
+    if remote.get("copy") == "skipped":
+        return "already there"
+    return f"{remote.get('copy')} {remote.get('uploaded_bytes', 0) / 2**20:.1f} MB in {remote.get('upload_s', 0):.1f} s"
+
+
+def _power(power: dict[str, Any] | None, key: str, fmt: str) -> str:
+    value = (power or {}).get(key)
+    return fmt.format(value) if isinstance(value, (int, float)) else "-"
+
+
+@contextmanager
+def device_progress(quiet: bool, names: list[str]) -> Iterator[tuple[Callable[[str, str], None],
+                                                                     Callable[[str, int, int], None]]]:
+    """One progress line per device: its stage, then its timed iterations."""
+    if quiet or not sys.stderr.isatty():
+        yield (lambda name, message: None), (lambda name, done, total: None)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (SpinnerColumn(), TextColumn("{task.fields[device]:<16}"), TextColumn("{task.description:<36}"),
+               BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        tasks = {name: bar.add_task("waiting", total=None, device=name) for name in names}
+
+        def on_stage(name: str, message: str) -> None:
+            bar.update(tasks[name], description=message[:36])
+
+        def on_iteration(name: str, done: int, total: int) -> None:
+            bar.update(tasks[name], description="profiling", completed=done, total=total)
+
+        yield on_stage, on_iteration

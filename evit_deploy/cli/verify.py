@@ -21,7 +21,11 @@ def verify(
     max_rel: Annotated[Optional[float], typer.Option(help="Override the recipe's max relative error.")] = None,
     resolution: Annotated[Optional[str], typer.Option(help="HxW to verify a dynamic artifact at.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
-    device: Annotated[str, typer.Option(help="Where the artifact runs: cpu, cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(
+        help="Where the artifact runs: cpu or cuda here, or an inventory device NAME[:RUNTIME] over SSH "
+             "(inputs and the PyTorch reference stay here).")] = "cpu",
+    inventory: Annotated[Optional[Path], typer.Option(
+        help="devices.yaml (default: $EVIT_DEVICES, else ~/.config/evit/devices.yaml).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Runtime threads.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON ('-' for stdout).")] = None,
     junit: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML report (one testcase per metric).")] = None,
@@ -39,7 +43,7 @@ def verify(
             report = api.verify(artifact, weights=weights, images=images, samples=samples, seed=seed, atol=atol,
                                 rtol=rtol, tolerances={"max_rel": max_rel},
                                 resolution=parse_resolution(resolution) if resolution else None,
-                                device=device, threads=threads, progress=progress)
+                                device=device, threads=threads, progress=progress, inventory=inventory)
         if to_stdout:
             print(json.dumps(report.to_dict(), indent=2))
         elif json_path is not None:
@@ -52,6 +56,12 @@ def verify(
                 out.print(f"{verdict} {artifact}", markup=False)
             else:
                 print_parity(out, report)
+                remote = report.runner.get("remote")
+                if remote:
+                    from evit_deploy.remote.state import state_summary
+
+                    out.print(f"device: {remote['device']} ({remote['address']}) · "
+                              f"{state_summary(remote.get('state', {}))}", markup=False)
         if not report.passed:
             failed = ", ".join(c.name for c in report.failures)
             raise CheckFailed(f"parity failed: {failed}")
