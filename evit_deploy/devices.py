@@ -241,8 +241,12 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
     for name, entry in entries:
         if not isinstance(entry, dict):
             raise UsageError(f"{source}: device {name!r} must be a mapping of fields (host, user, preset, ...)")
+        merged = {**defaults, **entry}
+        for mine, other in (("python", "evit"), ("evit", "python")):  # an entry's command replaces the default's
+            if entry.get(mine) is not None and other not in entry:
+                merged.pop(other, None)
         try:
-            device = Device.model_validate({**defaults, **entry})
+            device = Device.model_validate(merged)
         except ValidationError as err:
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "entry"
