@@ -24,6 +24,11 @@ def export(
     calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (int8).")] = None,
     calib_samples: Annotated[Optional[int], typer.Option(help="Calibration images to use.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
+    device: Annotated[Optional[str], typer.Option(
+        help="An inventory device: its preset picks the default target and precision; for trt the engine is "
+             "built there (plan here, engine and manifest copied back).")] = None,
+    inventory: Annotated[Optional[Path], typer.Option(
+        help="devices.yaml (default: $EVIT_DEVICES, else ~/.config/evit/devices.yaml).")] = None,
     name: Annotated[Optional[str], typer.Option(help="File stem of the artifact (default: the model name).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for random weights when no --weights is given.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the artifact path.")] = False,
@@ -47,8 +52,12 @@ def export(
             "options": parse_target_options(ctx.args) or None,
         }
         with stage_progress(quiet or json_out) as progress:
-            result = api.export(model, target=target, weights=weights, config=config, out=out, seed=seed, name=name,
-                                progress=progress, **overrides)
+            if device is not None:
+                result = _export_for_device(model, device, inventory, target=target, weights=weights, config=config,
+                                            out=out, seed=seed, name=name, progress=progress, **overrides)
+            else:
+                result = api.export(model, target=target, weights=weights, config=config, out=out, seed=seed,
+                                    name=name, progress=progress, **overrides)
         if json_out:
             print(json.dumps(result.manifest.model_dump(mode="json"), indent=2))
         else:
@@ -59,3 +68,25 @@ def export(
                           f"in {result.seconds:.1f} s; manifest {result.manifest_path}")
             print(result.artifact)
 
+
+
+def _export_for_device(model: str, device: str, inventory: Optional[Path], *, target: Optional[str],
+                       config: Optional[str], **kwargs: object) -> object:
+    """``--device NAME``: the preset's target and precision unless given; trt engines are built there."""
+    from evit_deploy import api
+    from evit_deploy.devices import is_local, load_inventory
+    from evit_deploy.errors import UsageError
+
+    if is_local(device) or "," in device:
+        raise UsageError(f"export --device takes one inventory device (see `evit devices`), not {device!r}")
+    inv = load_inventory(inventory)
+    entry = inv.get(device.partition(":")[0])
+    if config is None:
+        target = target or entry.default_target
+        if kwargs.get("precision") is None:
+            kwargs["precision"] = entry.default_precision
+    if target is not None and target.lower() in ("trt", "tensorrt"):
+        from evit_deploy.remote.export import export_on_device
+
+        return export_on_device(model, device, inventory=inv, config=config, **kwargs)
+    return api.export(model, target=target, config=config, **kwargs)

@@ -84,13 +84,14 @@ class DeviceSession:
 
     # -- artifacts ----------------------------------------------------------------------
     def place(self, artifact: Path, manifest: Any, *, runtime_device: str, lock_clocks: bool = False,
-              power: bool = False) -> Placed:
+              power: bool = False, check_runtime: bool = True) -> Placed:
         """Check the device can run the artifact, then make sure it is in the device's store."""
         directory = store.remote_dir(self.device.workdir, manifest)
         expect = store.expectation(artifact, manifest)
-        hello = self.hello(target=manifest.target, runtime_device=runtime_device, probe=(directory, expect))
+        hello = self.hello(target=manifest.target if check_runtime else None, runtime_device=runtime_device,
+                           probe=(directory, expect))
         reason = (hello.get("targets") or {}).get(manifest.target)
-        if reason is not None:
+        if check_runtime and reason is not None:
             raise RuntimeMissing(f"device {self.name} cannot run {manifest.target} artifacts: {reason} (install it "
                                  "there, or choose another device)")
         self.check_conditions(hello, lock_clocks=lock_clocks, power=power)

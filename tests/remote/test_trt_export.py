@@ -1,0 +1,119 @@
+"""`evit export --target trt --device NAME`: plan here, engine built on the device, engine + manifest back.
+
+The loopback device has no GPU: it gets a TensorRT version (a dist-info) and a ``trtexec``
+that writes an engine file, both on its PYTHONPATH/PATH through the inventory's ``env``.
+The plan-only export is the TensorRT target's (another module); where that target is not
+in this checkout yet, a stand-in writes a plan artifact of the same shape.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from evit_deploy.artifact import load_manifest
+
+MODEL = "efficientvit-seg-b0-cityscapes"
+
+
+def _fake_trt_device(root: Path, version: str = "10.3.0") -> dict:
+    site = root / "site"
+    dist = site / f"tensorrt-{version}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tensorrt\nVersion: {version}\n")
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    trtexec = bin_dir / "trtexec"
+    trtexec.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import sys
+        args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+        open(args["saveEngine"], "wb").write(b"fake engine for " + args["onnx"].encode())
+        print("&&&& PASSED TensorRT.trtexec")
+        """))
+    trtexec.chmod(0o755)
+    return {"env": {"PYTHONPATH": str(site), "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin"},
+            "preset": "jetson-orin-nano"}
+
+
+def _stand_in_plan_export(monkeypatch, seen: dict) -> None:
+    """A plan-only TensorRT export of the target's shape: typed ONNX + plan + manifest."""
+    from evit_deploy import api
+    from evit_deploy.targets.base import all_targets
+
+    if "trt" in all_targets():
+        return  # the real target is here: use it
+    from evit_deploy.trt.plan import BuildPlan
+
+    real_export = api.export
+
+    def export(model, *, target=None, out="out", options=None, **kwargs):
+        seen.update(target=target, options=options)
+        kwargs.pop("precision", None)  # the stand-in's ONNX stays fp32: only the plan's shape matters here
+        result = real_export(model, target="onnx", out=out, **kwargs)
+        folder = result.artifact.parent
+        plan = BuildPlan(model=model, task="segmentation", precision="fp16", trt_version=options["trt_version"],
+                         trt_major=int(options["trt_version"].split(".")[0]), typing="strong",
+                         platform=options["platform"], onnx=result.artifact.name,
+                         onnx_sha256=result.manifest.files[0].sha256, engine=f"{model}.engine",
+                         layer_info=f"{model}.layers.json")
+        plan_path = folder / f"{model}.trt-plan.json"
+        plan.save(plan_path)
+        from evit_deploy.artifact import FileEntry, manifest_path_for, sha256_path, write_json_atomic
+
+        data = result.manifest.model_dump(mode="json")
+        data.update(target="trt", precision="fp16")
+        data["files"].append(FileEntry(path=plan_path.name, sha256=sha256_path(plan_path),
+                                       bytes=plan_path.stat().st_size).model_dump())
+        write_json_atomic(manifest_path_for(result.artifact), data)
+        return api.ExportResult(result.artifact, manifest_path_for(result.artifact), load_manifest(result.artifact),
+                                result.seconds)
+
+    monkeypatch.setattr(api, "export", export)
+
+
+def test_trt_export_builds_the_engine_on_the_device(cli, inventory, tmp_path, monkeypatch):
+    seen: dict = {}
+    _stand_in_plan_export(monkeypatch, seen)
+    inv = inventory(orin=_fake_trt_device(tmp_path / "fake-trt"))
+    out = tmp_path / "out"
+    result = cli("export", MODEL, "--device", "orin", "--inventory", inv, "--resolution", "64x128", "--out", out,
+                 "--json")
+    assert result.code == 0, result
+    manifest = json.loads(result.stdout)
+    engine = out / f"{MODEL}.engine"
+    assert manifest["files"][0]["path"] == engine.name and engine.read_bytes().startswith(b"fake engine")
+    assert {f["path"] for f in manifest["files"]} >= {f"{MODEL}.trt-plan.json", engine.name}
+    build = manifest["details"]["device_build"]
+    assert build["device"] == "orin" and build["tensorrt"] == "10.3.0" and build["report"]["builder"] == "trtexec"
+    assert manifest["versions"]["tensorrt"] == "10.3.0"
+    assert load_manifest(engine).target == "trt"  # every file's hash checks out: a complete artifact
+    if seen:  # the stand-in saw what the real target gets: the device's major, plan only
+        assert seen["target"] == "trt"
+        assert seen["options"]["trt_version"] == "10" and seen["options"]["plan_only"] is True
+
+
+def test_trt_export_needs_tensorrt_on_the_device(cli, inventory, tmp_path):
+    inv = inventory(pi={"preset": "raspberry-pi"})
+    result = cli("export", MODEL, "--target", "trt", "--device", "pi", "--inventory", inv, "--out", tmp_path / "o")
+    assert result.code == 2, result
+    assert len(result.error_lines) == 1 and "has no TensorRT" in result.error_lines[0]
+
+
+def test_trt_version_flag_must_match_the_device(cli, inventory, tmp_path, monkeypatch):
+    _stand_in_plan_export(monkeypatch, {})
+    inv = inventory(orin=_fake_trt_device(tmp_path / "fake-trt", version="8.6.2.3"))
+    result = cli("export", MODEL, "--device", "orin", "--inventory", inv, "--out", tmp_path / "o",
+                 "--trt-version", "10")
+    assert result.code == 2, result
+    assert "has TensorRT 8.6.2.3" in result.error_lines[0]
+
+
+@pytest.mark.parametrize("found,option", [("8.5.2.2", "8.5"), ("8.6.2", "8.6"), ("10.3.0", "10"), ("11.0.1", "11")])
+def test_device_tensorrt_picks_the_plan_version(found, option):
+    from evit_deploy.remote.export import trt_option_version
+
+    assert trt_option_version(found) == option
