@@ -177,6 +177,8 @@ def device_progress(quiet: bool, names: list[str]) -> Iterator[tuple[Callable[[s
 
         def on_stage(name: str, message: str) -> None:
             bar.update(tasks[name], description=message[:36])
+            if message == "done" or message.startswith("failed"):
+                bar.stop_task(tasks[name])
 
         def on_iteration(name: str, done: int, total: int) -> None:
             bar.update(tasks[name], description="profiling", completed=done, total=total)

@@ -186,8 +186,8 @@ def state_summary(state: dict[str, Any]) -> str:
         mode = (state.get("power_mode") or {}).get("name") or "mode ?"
         locked = {True: "clocks locked", False: "clocks not locked"}.get(state.get("clocks_locked"), "clocks ?")
         return f"{mode} · {locked}"
-    governor = state.get("cpu_governor") or "unknown (no cpufreq)"
-    return f"{state.get('kind', '?')} · governor {governor}"
+    governor = state.get("cpu_governor")
+    return f"{state.get('kind', '?')} · " + (f"governor {governor}" if governor else "no cpufreq governor")
 
 
 def system_info() -> dict[str, Any]:

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import sys
 import tarfile
 import tempfile
@@ -309,8 +310,16 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def _hang_up(signum: int, frame: Any) -> None:
+    """The host went away (ssh dropped, Ctrl-C there): unwind so ``finally`` restores clocks."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one operation; the reply goes to the real stdout, everything else to stderr."""
+    for name in ("SIGHUP", "SIGTERM"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _hang_up)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a runtime that prints must not corrupt the message stream
     sys.stdout = sys.stderr
@@ -343,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
                             "exit_code": 2, "kind": "internal"})
         return 2
     finally:
-        out.flush()
+        try:
+            out.flush()
+        except OSError:
+            pass  # the host is gone; nobody is listening
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ def test_a_damaged_copy_on_the_device_is_replaced(cli, inventory, onnx_artifact,
     assert json.loads(result.stdout)["host"]["remote"]["copy"] == "uploaded"
 
 
+@pytest.mark.slow  # the TFLite conversion takes a minute on two cores
 def test_tflite_profile_on_device(cli, inventory, tmp_path):
     from evit_deploy.targets.base import all_targets, get_target
 
@@ -73,10 +74,14 @@ def test_tflite_profile_on_device(cli, inventory, tmp_path):
     reason = get_target("tflite").available() or get_target("tflite").runtime_available()
     if reason:
         pytest.skip(f"tflite cannot export or run here: {reason}")
+    import warnings
+
     from evit_deploy import api
 
-    artifact = api.export("efficientvit-seg-b0-cityscapes", target="tflite", out=tmp_path / "tfl",
-                          resolution=(64, 128)).artifact
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seeded random weights are the point here
+        artifact = api.export("efficientvit-seg-b0-cityscapes", target="tflite", out=tmp_path / "tfl",
+                              resolution=(64, 128)).artifact
     inv = inventory()
     local = cli("profile", artifact, *FAST, "--json", "-")
     remote = cli("profile", artifact, "--device", "loop", "--inventory", inv, *FAST, "--json", "-")
