@@ -99,18 +99,25 @@ def cpu_governor() -> str | None:
     return ",".join(sorted(g for g in governors if g)) or None
 
 
-def clocks_locked() -> bool | None:
-    """True when every CPU core and the GPU run at their maximum (what jetson_clocks sets)."""
-    cpus = glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq")
-    if not cpus:
-        return None
-    for cpu in cpus:
-        low, high = _read(f"{cpu}/scaling_min_freq"), _read(f"{cpu}/cpuinfo_max_freq")
+def clocks_locked(sys_root: str = "/sys") -> bool | None:
+    """True when every online CPU core and the GPU are pinned at their current maximum.
+
+    That is what ``jetson_clocks`` does (min = max under the active power mode); None when
+    the machine exposes no cpufreq to tell.
+    """
+    seen = False
+    for cpu in glob.glob(f"{sys_root}/devices/system/cpu/cpu[0-9]*"):
+        if _read(f"{cpu}/online") == "0":
+            continue
+        low, high = _read(f"{cpu}/cpufreq/scaling_min_freq"), _read(f"{cpu}/cpufreq/scaling_max_freq")
         if low is None or high is None:
-            return None
+            continue
+        seen = True
         if low != high:
             return False
-    for gpu in glob.glob("/sys/class/devfreq/*"):
+    if not seen:
+        return None
+    for gpu in glob.glob(f"{sys_root}/class/devfreq/*"):
         if any(tag in gpu for tag in ("gpu", "ga10b", "gv11b", "gp10b", "gb10b")):
             low, high = _read(f"{gpu}/min_freq"), _read(f"{gpu}/max_freq")
             if low is not None and high is not None and low != high:

@@ -164,6 +164,29 @@ def test_power_and_clocks_off_jetson_say_unsupported(monkeypatch, tmp_path):
             pass
 
 
+def _sysfs(root: Path, cpus: list[tuple[str, str, str]], gpu: tuple[str, str] | None) -> str:
+    for index, (online, low, high) in enumerate(cpus):
+        cpu = root / "devices/system/cpu" / f"cpu{index}"
+        (cpu / "cpufreq").mkdir(parents=True)
+        (cpu / "online").write_text(online)
+        (cpu / "cpufreq/scaling_min_freq").write_text(low)
+        (cpu / "cpufreq/scaling_max_freq").write_text(high)
+    if gpu:
+        dev = root / "class/devfreq/17000000.ga10b"
+        dev.mkdir(parents=True)
+        (dev / "min_freq").write_text(gpu[0])
+        (dev / "max_freq").write_text(gpu[1])
+    return str(root)
+
+
+def test_clocks_locked_reads_min_against_max(tmp_path):
+    locked = [("1", "1510400", "1510400"), ("0", "115200", "1510400")]  # an offline core does not count
+    assert state.clocks_locked(_sysfs(tmp_path / "a", locked, ("624750000", "624750000"))) is True
+    assert state.clocks_locked(_sysfs(tmp_path / "b", locked, ("306000000", "624750000"))) is False
+    assert state.clocks_locked(_sysfs(tmp_path / "c", [("1", "115200", "1510400")], None)) is False
+    assert state.clocks_locked(str(tmp_path / "none")) is None
+
+
 def test_device_state_here_has_cpu_and_governor_keys():
     found = state.device_state()
     assert found["cpu"] and "cpu_governor" in found and found["kind"]
