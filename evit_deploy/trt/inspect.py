@@ -1,0 +1,203 @@
+"""Check a built engine's layer information against the plan: the fp32 islands must be fp32.
+
+TensorRT 8.6/10 may silently ignore per-layer precision requests inside fused (Myelin) layers
+(NVIDIA/TensorRT #3889, #3224, #4505), so an engine is checked, never trusted. The input is
+the engine inspector's JSON (``IEngineInspector.get_engine_information(JSON)`` of an engine
+built with detailed profiling verbosity, or trtexec's ``--exportLayerInfo`` file). Both
+schemas are read: TensorRT 10 writes ``"Format/Datatype"`` per layer input/output, TensorRT 11
+splits it into ``"Format"`` and ``"DataType"``.
+
+How a planned island node is judged, from what the engine shows:
+
+* every layer input/output that is an island tensor (an output of an island node) must be
+  fp32: a visible fp16/int8 island tensor fails, whatever the typing mode;
+* a layer made only of island nodes must have all its float inputs and outputs in fp32;
+* an island node that is fused into a layer with non-island nodes, or that shows up in no
+  layer, cannot be seen. In a strongly typed engine the ONNX's types bind the builder, so it
+  is reported, not failed; in a weakly typed engine (8.x, ``--typing weak``) the arithmetic
+  nodes (MatMul, Div, ...) must be *shown* in fp32, so they fail.
+
+Run standalone after a trtexec build: ``python -m evit_deploy.trt.inspect PLAN LAYERS.json``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evit_deploy.errors import CheckFailed, EvitError, UsageError
+from evit_deploy.trt.plan import BuildPlan
+
+FLOAT_KINDS = ("fp32", "fp16", "bf16", "fp8", "int8")  # value types a compute layer can run in
+_ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+_FOREIGN = re.compile(r"^\{?ForeignNode\[(.*)\]\}?$")
+
+
+@dataclass
+class Binding:
+    name: str
+    dtype: str  # fp32 | fp16 | bf16 | fp8 | int8 | int32 | int64 | bool | uint8 | unknown
+
+
+@dataclass
+class Layer:
+    name: str
+    type: str
+    inputs: list[Binding]
+    outputs: list[Binding]
+    onnx_nodes: list[str]  # ONNX nodes this layer implements, from its metadata (or its name)
+    complete: bool  # False when only a fused range's endpoints are known
+    tactic: str = ""
+
+    def float_types(self) -> set[str]:
+        return {b.dtype for b in [*self.inputs, *self.outputs] if b.dtype in FLOAT_KINDS}
+
+
+def dtype_of(entry: dict[str, Any]) -> str:
+    """The value type of one layer input/output entry, in either TensorRT's schema."""
+    text = " ".join(str(entry.get(k, "")) for k in ("DataType", "Format/Datatype", "Format")).lower()
+    for needle, kind in (("bf16", "bf16"), ("bfloat", "bf16"), ("fp8", "fp8"), ("e4m3", "fp8"), ("fp16", "fp16"),
+                         ("half", "fp16"), ("fp32", "fp32"), ("float", "fp32"), ("int8", "int8"), ("int32", "int32"),
+                         ("int64", "int64"), ("uint8", "uint8"), ("bool", "bool"), ("int4", "int4")):
+        if needle in text:
+            return kind
+    return "unknown"
+
+
+def parse_layers(info: str | dict[str, Any]) -> list[Layer]:
+    """Layers of an engine from the inspector's JSON (engine information, either version)."""
+    data = json.loads(info) if isinstance(info, str) else info
+    raw = data.get("Layers", data) if isinstance(data, dict) else data
+    if not isinstance(raw, list):
+        raise UsageError("the layer information has no 'Layers' list; export it with the engine inspector (JSON)")
+    layers = []
+    for item in raw:
+        if isinstance(item, str):
+            raise UsageError("the engine was built without detailed profiling verbosity, so its layers show no types; "
+                             "rebuild with --profilingVerbosity=detailed (ProfilingVerbosity.DETAILED)")
+        name = str(item.get("Name", ""))
+        nodes, complete = _onnx_nodes(name, str(item.get("Metadata", "")))
+        layers.append(Layer(
+            name=name,
+            type=str(item.get("LayerType", "")),
+            inputs=[Binding(str(b.get("Name", "")), dtype_of(b)) for b in item.get("Inputs", [])],
+            outputs=[Binding(str(b.get("Name", "")), dtype_of(b)) for b in item.get("Outputs", [])],
+            onnx_nodes=nodes,
+            complete=complete,
+            tactic=str(item.get("TacticName", "")),
+        ))
+    return layers
+
+
+def _onnx_nodes(name: str, metadata: str) -> tuple[list[str], bool]:
+    found = _ONNX_LAYER.findall(metadata)
+    if found:
+        return list(dict.fromkeys(f.strip() for f in found)), True
+    foreign = _FOREIGN.match(name.strip())
+    if foreign:  # Myelin names only the first and last node of its range
+        return [p.strip() for p in foreign.group(1).split("...") if p.strip()], False
+    return [p.strip() for p in name.split(" + ") if p.strip()], True
+
+
+@dataclass
+class PrecisionReport:
+    typing: str
+    passed: bool
+    violations: list[dict[str, str]] = field(default_factory=list)  # node/tensor, layer, found, why
+    shown_fp32: list[str] = field(default_factory=list)  # island nodes the engine shows in fp32
+    unseen: list[dict[str, str]] = field(default_factory=list)  # island nodes fused away or absent
+    layers: int = 0
+    layer_types: dict[str, int] = field(default_factory=dict)  # compute layers by the precision they show
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def message(self) -> str:
+        names = ", ".join(f"{v['node']} ({v['found']} in layer {v['layer']!r})" for v in self.violations[:6])
+        more = f" and {len(self.violations) - 6} more" if len(self.violations) > 6 else ""
+        return (f"the engine does not run every planned fp32 island layer in fp32: {names}{more}; "
+                "TensorRT ignored the precision request (fused layer?); use --typing strong on TensorRT 10+")
+
+
+def check_layers(plan: BuildPlan, layers: list[Layer]) -> PrecisionReport:
+    """Judge every planned island node against the engine's layers (see module doc)."""
+    expected = {e.node: e for e in plan.expected_layers}
+    island_tensors = set(plan.island_tensors)
+    report = PrecisionReport(typing=plan.typing, passed=True, layers=len(layers))
+    shown: set[str] = set()
+    seen_in: dict[str, list[Layer]] = {}
+    for layer in layers:
+        for node in layer.onnx_nodes:
+            seen_in.setdefault(node, []).append(layer)
+        kinds = layer.float_types()
+        kind = "fp32" if kinds == {"fp32"} else ("+".join(sorted(kinds)) if kinds else "none")
+        report.layer_types[kind] = report.layer_types.get(kind, 0) + 1
+        # 1) island tensors wherever visible
+        for binding in [*layer.inputs, *layer.outputs]:
+            if binding.name in island_tensors and binding.dtype in FLOAT_KINDS and binding.dtype != "fp32":
+                report.violations.append({"node": binding.name, "layer": layer.name, "found": binding.dtype,
+                                          "why": "island tensor not fp32"})
+        # 2) layers made of island nodes only
+        members = [n for n in layer.onnx_nodes if n in expected]
+        if members and layer.complete and all(n in expected for n in layer.onnx_nodes):
+            bad = sorted(k for k in kinds if k != "fp32")
+            if bad:
+                for node in members:
+                    report.violations.append({"node": node, "layer": layer.name, "found": "/".join(bad),
+                                              "why": "island layer runs in reduced precision"})
+            elif kinds:
+                shown.update(members)
+    # 3) what could not be seen
+    for node, exp in expected.items():
+        if node in shown:
+            continue
+        where = seen_in.get(node, [])
+        state = "fused" if where else "absent"
+        entry = {"node": node, "op": exp.op, "state": state, "layer": where[0].name if where else ""}
+        if plan.typing == "weak" and exp.key and not any(v["node"] == node for v in report.violations):
+            report.violations.append({"node": node, "layer": entry["layer"] or "(none)", "found": state,
+                                      "why": "cannot be shown to run in fp32 under weak typing"})
+        else:
+            report.unseen.append(entry)
+    report.shown_fp32 = sorted(shown)
+    report.passed = not report.violations
+    return report
+
+
+def check_file(plan_path: Path, layer_info: Path) -> PrecisionReport:
+    plan = BuildPlan.load(plan_path)
+    if not layer_info.is_file():
+        raise UsageError(f"{layer_info}: no such layer information file (trtexec --exportLayerInfo)")
+    return check_layers(plan, parse_layers(layer_info.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evit_deploy.trt.inspect PLAN LAYERS.json``: exit 0 ok, 1 a violation, 2 bad input."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m evit_deploy.trt.inspect",
+                                     description="Check an engine's layer precisions against an evit build plan.")
+    parser.add_argument("plan", type=Path, help="NAME.trt-plan.json")
+    parser.add_argument("layers", type=Path, help="the engine's layer information (trtexec --exportLayerInfo)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    try:
+        report = check_file(args.plan, args.layers)
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+        if not report.passed:
+            raise CheckFailed(report.message())
+    except EvitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    if not args.json:
+        print(f"ok: {len(report.shown_fp32)} planned fp32 island layer(s) shown in fp32, "
+              f"{len(report.unseen)} fused or folded ({report.typing} typing), {report.layers} engine layers")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The TensorRT target's recipe options, and every rule about combining them.
+
+CLI flags arrive as strings (``--trt-version 10 --workspace 4 --min-shape 256x512``), YAML
+recipes as typed values; both pass through ``TrtOptions``. Rules that involve more than one
+field (DLA on TensorRT 11, min > max, weak typing on 11, ...) live in ``check_options`` so
+the CLI refuses them before any model is built, with one line naming the flag.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, field_validator
+
+from evit_deploy.errors import UsageError
+from evit_deploy.targets.base import TargetOptions
+
+if TYPE_CHECKING:
+    from evit_deploy.configs import Recipe
+    from evit_deploy.spec import InputSpec
+
+# The TensorRT releases a plan can target. JetPack 5 ships 8.5, JetPack 6.0 ships 8.6,
+# JetPack 6.1/6.2 ship 10.3; datacenter wheels are 10.x and 11.x.
+TRT_VERSIONS = ("8.5", "8.6", "10", "11")
+Typing = Literal["strong", "weak"]
+
+
+class TrtOptions(TargetOptions):
+    """``options:`` of a ``target: trt`` recipe (CLI: ``--trt-version 10`` -> ``trt_version``)."""
+
+    trt_version: str = "10"
+    typing: Typing | None = None  # None: strong on 10/11, weak on 8.x
+    platform: Literal["generic", "jetson", "datacenter"] = "generic"
+    workspace: float | None = Field(None, gt=0)  # GiB; None: TensorRT's default (the device's memory)
+    dla_core: int | None = Field(None, ge=0)
+    min_shape: str | None = None  # HxW, BxHxW or BxCxHxW
+    opt_shape: str | None = None
+    max_shape: str | None = None
+    min_batch: int | None = Field(None, ge=1)
+    opt_batch: int | None = Field(None, ge=1)
+    max_batch: int | None = Field(None, ge=1)
+    timing_cache: Path | None = None
+    builder_opt_level: int | None = Field(None, ge=0, le=5)
+    plan_only: bool = False
+    keep_fp32: list[Literal["attention", "resize"]] = Field(default_factory=lambda: ["attention", "resize"])
+    opset: int = Field(18, ge=17)
+    simplify: Literal["onnxslim", "onnxsim", "none"] = "none"
+    calib_method: Literal["minmax", "entropy", "percentile"] = "percentile"
+    quantize_ops: list[str] = Field(default_factory=lambda: ["Conv"])  # op types that get Q/DQ in int8
+    overflow_check: bool = True
+    overflow_samples: int = Field(2, ge=1)
+
+    @field_validator("trt_version", mode="before")
+    @classmethod
+    def _known_version(cls, value: Any) -> str:
+        text = str(value).strip().lower().removeprefix("trt").removeprefix("tensorrt").strip()
+        parts = text.split(".")
+        major = parts[0]
+        if major == "8" and len(parts) > 1 and parts[1] in ("5", "6"):
+            return f"8.{parts[1]}"
+        if major in ("10", "11"):
+            return major
+        raise ValueError(f"unknown TensorRT version {str(value)!r}; choose one of {', '.join(TRT_VERSIONS)}")
+
+    @field_validator("keep_fp32", "quantize_ops", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        """``--keep-fp32 attention,resize`` and ``--keep-fp32 none`` from the CLI."""
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and value in (["none"], ["None"]):
+            return []
+        return value
+
+    @property
+    def major(self) -> int:
+        return int(self.trt_version.split(".")[0])
+
+    @property
+    def typing_mode(self) -> Typing:
+        if self.typing is not None:
+            return self.typing
+        return "weak" if self.major < 10 else "strong"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimization profile for the single image input (NCHW)."""
+
+    min: tuple[int, int, int, int]
+    opt: tuple[int, int, int, int]
+    max: tuple[int, int, int, int]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+def parse_shape(text: str, flag: str) -> tuple[int | None, int, int]:
+    """'512x1024' -> (None, 512, 1024); '8x512x1024' -> (8, 512, 1024); '8x3x512x1024' too."""
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not HxW (e.g. 512x1024), BxHxW or BxCxHxW") from None
+    if len(values) == 2:
+        batch, (h, w) = None, values
+    elif len(values) == 3:
+        batch, h, w = values
+    elif len(values) == 4:
+        batch, channels, h, w = values
+        if channels != 3:
+            raise UsageError(f"{flag} {text!r}: EfficientViT takes 3 channels, not {channels}")
+    else:
+        raise UsageError(f"{flag} {text!r} is not HxW (e.g. 512x1024), BxHxW or BxCxHxW")
+    if batch is not None and batch < 1:
+        raise UsageError(f"{flag} {text!r}: the batch must be at least 1")
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise UsageError(f"{flag} {text!r}: height and width must be positive multiples of 32 "
+                         f"(EfficientViT downsamples 32x); try {max(32, round(h / 32) * 32)}x{max(32, round(w / 32) * 32)}")
+    return batch, h, w
+
+
+def _profile_requested(o: TrtOptions) -> bool:
+    return any(v is not None for v in (o.min_shape, o.opt_shape, o.max_shape, o.min_batch, o.opt_batch, o.max_batch))
+
+
+def check_options(options: TrtOptions, recipe: Recipe) -> None:
+    """Refuse combinations TensorRT cannot honour, each with one line naming the flag."""
+    major = options.major
+    if options.typing == "weak" and major >= 11:
+        raise UsageError("TensorRT 11 removed weak typing (--fp16, --int8, precision constraints): "
+                         "drop --typing weak (the typed ONNX carries the precisions) or use --trt-version 10")
+    if options.typing == "strong" and major < 10:
+        raise UsageError(f"TensorRT {options.trt_version} has no strongly typed networks: use --typing weak, "
+                         "or --trt-version 10 (JetPack 6.1+)")
+    if options.dla_core is not None:
+        if major >= 11:
+            raise UsageError("--dla-core: TensorRT 11 does not support DLA (10.7 is the last release with it); "
+                             "use --trt-version 10 (JetPack 6.1+) or drop --dla-core")
+        if options.platform != "jetson":
+            raise UsageError(f"--dla-core: DLA exists only on Jetson, but this recipe is for the {options.platform!r} "
+                             "platform; use --config trt-fp16-orin (or --platform jetson) or drop --dla-core")
+        if recipe.precision == "fp32":
+            raise UsageError("--dla-core: DLA runs fp16 or int8 only; use --precision fp16 or int8")
+    if options.builder_opt_level is not None and options.trt_version == "8.5":
+        raise UsageError("--builder-opt-level arrived in TensorRT 8.6; drop it for --trt-version 8.5")
+    if options.timing_cache is not None and options.timing_cache.is_dir():
+        raise UsageError(f"--timing-cache {options.timing_cache}: a folder; give a file (created if missing)")
+    if _profile_requested(options):
+        if not recipe.dynamic:
+            raise UsageError("--min-shape/--opt-shape/--max-shape (and --*-batch) need a dynamic ONNX: add --dynamic")
+        if options.dla_core is not None:
+            raise UsageError("--dla-core: DLA engines take static shapes only; drop the shape profile or --dla-core")
+    shapes = {flag: parse_shape(text, flag) for flag, text in
+              (("--min-shape", options.min_shape), ("--opt-shape", options.opt_shape), ("--max-shape", options.max_shape))
+              if text is not None}
+    _check_order(shapes, options)
+
+
+def _check_order(shapes: dict[str, tuple[int | None, int, int]], options: TrtOptions) -> None:
+    """min <= opt <= max, per dimension, wherever two of them are given."""
+    order = ["--min-shape", "--opt-shape", "--max-shape"]
+    given = [(flag, shapes[flag]) for flag in order if flag in shapes]
+    for (fa, a), (fb, b) in pairwise(given):
+        if a[1] > b[1] or a[2] > b[2]:
+            raise UsageError(f"{fa} {a[1]}x{a[2]} is larger than {fb} {b[1]}x{b[2]}: "
+                             "need min <= opt <= max in height and in width")
+        if a[0] is not None and b[0] is not None and a[0] > b[0]:
+            raise UsageError(f"{fa} batch {a[0]} is larger than {fb} batch {b[0]}: need min <= opt <= max")
+    batches = [(f, v) for f, v in (("--min-batch", options.min_batch), ("--opt-batch", options.opt_batch),
+                                   ("--max-batch", options.max_batch)) if v is not None]
+    for (fa, a), (fb, b) in pairwise(batches):
+        if a > b:
+            raise UsageError(f"{fa} {a} is larger than {fb} {b}: need min <= opt <= max")
+
+
+def resolve_profile(options: TrtOptions, spec: InputSpec) -> Profile | None:
+    """The optimization profile of a dynamic export (None for a static one).
+
+    Unset sizes default to the export resolution; unset batches to 1 (min) and the recipe's
+    batch (opt, max). The export resolution and batch must lie inside the profile.
+    """
+    if not spec.dynamic:
+        return None
+    sizes = {}
+    for key, text in (("min", options.min_shape), ("opt", options.opt_shape), ("max", options.max_shape)):
+        sizes[key] = parse_shape(text, f"--{key}-shape") if text is not None else (None, spec.height, spec.width)
+    batches = {
+        "min": options.min_batch or sizes["min"][0] or 1,
+        "opt": options.opt_batch or sizes["opt"][0] or spec.batch,
+        "max": options.max_batch or sizes["max"][0] or max(spec.batch, options.opt_batch or sizes["opt"][0] or 1),
+    }
+    dims = {k: (batches[k], 3, sizes[k][1], sizes[k][2]) for k in sizes}
+    for k_lo, k_hi in (("min", "opt"), ("opt", "max"), ("min", "max")):
+        lo, hi = dims[k_lo], dims[k_hi]
+        if any(a > b for a, b in zip(lo, hi)):
+            raise UsageError(f"the {k_lo} shape {_fmt(lo)} is larger than the {k_hi} shape {_fmt(hi)} "
+                             "(unset sizes default to the export resolution): need min <= opt <= max")
+    example = spec.shape
+    if any(e < lo or e > hi for e, lo, hi in zip(example, dims["min"], dims["max"])):
+        raise UsageError(f"the export shape {_fmt(example)} lies outside the profile {_fmt(dims['min'])} .. "
+                         f"{_fmt(dims['max'])}; change --resolution/--batch or the profile")
+    return Profile(dims["min"], dims["opt"], dims["max"])
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
