@@ -124,6 +124,11 @@ def test_casts_on_every_island_edge(exports):
                     leaving += 1
     n_islands = len(islands)
     assert entering >= n_islands and leaving >= n_islands
+    # edges between island nodes stay fp32: no Cast sits between two nodes of an island
+    for cast in (n for n in mixed.graph.node if n.op_type == "Cast"):
+        src = producer.get(cast.input[0])
+        readers = consumers.get(cast.output[0], [])
+        assert not (src is not None and src.name in in_island and any(r.name in in_island for r in readers))
 
 
 def test_resize_inputs_and_shape_math_untouched(exports):

@@ -82,12 +82,13 @@ def test_one_attention_island_per_litemla_block(exports, builder, height, width,
         assert 0 < expected_quadratic < litemla_count(model)  # both paths covered
 
 
+@pytest.mark.parametrize("simplifier", ["onnxslim", "onnxsim"])
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-def test_islands_survive_onnxslim(exports, dynamic):
-    onnxslim = pytest.importorskip("onnxslim")
+def test_islands_survive_simplifiers(exports, simplifier, dynamic):
+    tool = pytest.importorskip(simplifier)
     graph = exports.graph("efficientvit_seg_b1", 128, 256, dynamic)
-    slim = onnxslim.slim(graph)
-    check_islands(slim, find_fp32_islands(slim), litemla_count(exports.model("efficientvit_seg_b1")), 0)
+    simple = tool.slim(graph) if simplifier == "onnxslim" else tool.simplify(graph)[0]
+    check_islands(simple, find_fp32_islands(simple), litemla_count(exports.model("efficientvit_seg_b1")), 0)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
