@@ -77,8 +77,8 @@ def export_on_device(model: str, device: str, *, inventory: Inventory | str | Pa
                                         json.dumps({"timeout": entry.command_timeout})],
                                        timeout=entry.command_timeout, what="building the engine").header
         progress("fetching the engine")
-        fetched = session.transport.call(["fetch", built["dir"], *built["files"]], timeout=entry.command_timeout,
-                                         what="fetching the engine")
+        fetched = session.transport.call(["fetch", built["dir"], *built["files"], "--remove"],
+                                         timeout=entry.command_timeout, what="fetching the engine")
         with staging_dir(out_dir) as staging:
             names = _untar(fetched.payload, staging, set(built["files"]))
             for file in planned.manifest.files:
@@ -88,16 +88,16 @@ def export_on_device(model: str, device: str, *, inventory: Inventory | str | Pa
             data = planned.manifest.model_dump(mode="json")
             data["files"] = [FileEntry(path=p.name, sha256=sha256_path(p), bytes=size_of(p)).model_dump() for p in order]
             data["versions"] = {**data.get("versions", {}), "tensorrt": str(built.get("tensorrt") or found)}
-            data["details"] = {**data.get("details", {}), "device_build": {
+            data["details"] = {**data.get("details", {}), "engine": built.get("report", {}), "device_build": {
                 "device": entry.name, "address": entry.address, "preset": entry.preset,
                 "gpu": ((built.get("gpus") or system.get("gpus") or [{}])[0]).get("name"),
                 "tensorrt": built.get("tensorrt") or found, "state": built.get("state") or state,
                 "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "build_seconds": built.get("seconds"), "report": built.get("report", {}),
+                "build_seconds": built.get("seconds"), "builder": built.get("report", {}).get("builder"),
                 "remote_dir": built["dir"]}}
             note = (f"engine built on {entry.name} ({entry.address}) with TensorRT {built.get('tensorrt') or found}; "
                     "it runs only on that GPU and TensorRT version")
-            data["notes"] = [*data.get("notes", []), note]
+            data["notes"] = [n for n in data.get("notes", []) if not n.startswith("plan only:")] + [note]
             manifest = Manifest.model_validate(data)
             artifact = publish(order, out_dir, manifest)
     from evit_deploy.api import ExportResult

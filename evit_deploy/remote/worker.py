@@ -176,6 +176,8 @@ def op_fetch(args: argparse.Namespace) -> tuple[dict[str, Any], bytes]:
             if not path.exists():
                 raise UsageError(f"{path}: not found on the device")
             tar.add(str(path), arcname=name)
+    if args.remove:
+        shutil.rmtree(base, ignore_errors=True)
     return {"files": args.names}, buffer.getvalue()
 
 
@@ -287,6 +289,7 @@ def parser() -> argparse.ArgumentParser:
     fetch = ops.add_parser("fetch")
     fetch.add_argument("dir")
     fetch.add_argument("names", nargs="+")
+    fetch.add_argument("--remove", action="store_true", help="delete DIR once its files are packed")
     profile = ops.add_parser("profile")
     profile.add_argument("artifact")
     profile.add_argument("--device", default="cpu")

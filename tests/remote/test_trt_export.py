@@ -88,9 +88,11 @@ def test_trt_export_builds_the_engine_on_the_device(cli, inventory, tmp_path, mo
     assert manifest["files"][0]["path"] == engine.name and engine.read_bytes().startswith(b"fake engine")
     assert {f["path"] for f in manifest["files"]} >= {f"{MODEL}.trt-plan.json", engine.name}
     build = manifest["details"]["device_build"]
-    assert build["device"] == "orin" and build["tensorrt"] == "10.3.0" and build["report"]["builder"] == "trtexec"
+    assert build["device"] == "orin" and build["tensorrt"] == "10.3.0" and build["builder"] == "trtexec"
     assert manifest["versions"]["tensorrt"] == "10.3.0"
     assert load_manifest(engine).target == "trt"  # every file's hash checks out: a complete artifact
+    assert not any(n.startswith("plan only") for n in manifest["notes"])
+    assert list((tmp_path / "device-work" / "builds").iterdir()) == []  # the device keeps no build leftovers
     if seen:  # the stand-in saw what the real target gets: the device's major, plan only
         assert seen["target"] == "trt"
         assert seen["options"]["trt_version"] == "10" and seen["options"]["plan_only"] is True
