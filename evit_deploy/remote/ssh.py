@@ -140,10 +140,13 @@ class SshTransport:
     def _raise_worker_error(self, header: dict[str, Any]) -> None:
         if header.get("ok", True):
             return
+        name = self.device.name
         message = _one_line(str(header.get("error", "failed")))
+        for runtime in ("cpu", "cuda"):  # the device's advice about --device means NAME:RUNTIME from here
+            message = message.replace(f"--device {runtime}", f"--device {name}:{runtime}")
         code = int(header.get("exit_code", 2))
         kind = header.get("kind")
-        text = f"on {self.device.name}: {message}"
+        text = f"device {name}: {message}"
         if kind == "runtime_missing":
             raise RuntimeMissing(text)
         raise EvitError(text, exit_code=code)

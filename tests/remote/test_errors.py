@@ -101,7 +101,7 @@ def test_runtime_that_fails_to_load_on_the_device(fail, tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('libonnxruntime.so.1: cannot open shared object file')\n")
     for command in ("profile", "verify"):
-        _one_line(fail({"env": {"PYTHONPATH": str(fake.parent)}}, command), "on dev", "runtime", "libonnxruntime")
+        _one_line(fail({"env": {"PYTHONPATH": str(fake.parent)}}, command), "device dev:", "runtime", "libonnxruntime")
 
 
 def test_a_command_that_outlives_its_timeout(fail, tmp_path):
@@ -125,3 +125,8 @@ def test_inventory_errors_are_one_line(cli, onnx_artifact, tmp_path):
         bad.write_text(body)
         _one_line(cli("profile", onnx_artifact, "--device", "x", "--inventory", bad), needle)
     assert Path(bad).exists()
+
+
+def test_a_runtime_device_the_device_lacks(cli, inventory, onnx_artifact):
+    result = cli("profile", onnx_artifact, "--device", "loop:cuda", "--inventory", inventory(), "--iters", "2")
+    _one_line(result, "device loop:", "CUDA", "--device loop:cpu")
