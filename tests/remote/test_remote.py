@@ -202,3 +202,19 @@ def test_power_and_lock_clocks_are_refused_off_jetson(cli, inventory, onnx_artif
         assert result.code == 2, result
         assert len(result.error_lines) == 1 and "supported only on Jetson" in result.error_lines[0]
         assert "device loop" in result.error_lines[0]
+
+
+def test_a_changed_manifest_travels_alone(cli, inventory, onnx_artifact, tmp_path):
+    artifact = copy_as(onnx_artifact, tmp_path / "art", onnx_artifact.stem)
+    inv = inventory()
+    assert cli("profile", artifact, "--device", "loop", "--inventory", inv, *FAST).code == 0
+    manifest = manifest_path_for(artifact)
+    data = json.loads(manifest.read_text())
+    data["recipe"]["options"]["graph_optimization"] = "basic"  # same bytes, another run-time option
+    manifest.write_text(json.dumps(data))
+    result = cli("profile", artifact, "--device", "loop", "--inventory", inv, *FAST, "--json", "-")
+    assert result.code == 0, result
+    remote = json.loads(result.stdout)
+    assert remote["host"]["remote"]["copy"] == "manifest"
+    assert remote["host"]["remote"]["uploaded_bytes"] < artifact.stat().st_size / 10
+    assert remote["runner"]["graph_optimization"] == "basic"  # the device ran with the new manifest
