@@ -76,3 +76,76 @@ def cli():
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return invoke
+
+
+# --------------------------------------------------------------------------- TensorRT (issue 9)
+
+
+@pytest.fixture
+def trt_gpu() -> None:
+    """Skip (with the reason) unless TensorRT and an NVIDIA GPU are usable here."""
+    from evit_deploy.trt.build import gpu_unavailable
+
+    reason = gpu_unavailable()
+    if reason is not None:
+        pytest.skip(f"needs an NVIDIA GPU with TensorRT: {reason}")
+
+
+# skimage's bundled photographs (no download; its synthetic images such as colorwheel are left
+# out); the calibration and test sets share no image.
+CALIB_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "retina", "gravel", "brick")
+TEST_PHOTOS = ("chelsea", "immunohistochemistry", "camera", "moon", "coins", "grass")
+
+
+def _write_photos(folder: Path, names: tuple[str, ...]) -> Path:
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        pixels = getattr(data, name)()
+        pixels = np.stack([pixels] * 3, -1) if pixels.ndim == 2 else pixels[..., :3]
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def calib_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of real photos for int8 calibration (never used for testing)."""
+    return _write_photos(tmp_path_factory.mktemp("calib"), CALIB_PHOTOS)
+
+
+@pytest.fixture(scope="session")
+def test_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of real photos for parity, disjoint from ``calib_photos``."""
+    return _write_photos(tmp_path_factory.mktemp("photos"), TEST_PHOTOS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _calibration_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """int8 calibration caches go to the session's temp folder, never ~/.cache."""
+    folder = tmp_path_factory.getbasetemp() / "calib-cache"
+    os.environ["EVIT_CALIB_CACHE"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def loud_attention():
+    """``loud_attention(state_dict, scale)``: every LiteMLA's q and k scaled by ``scale``.
+
+    The token sums (numerator and normaliser) grow by scale**2 while their ratio, the
+    attention's output, stays the same: the model computes the same function in fp32, only
+    the range its sums need grows (past fp16's 65504 for a large enough scale)."""
+
+    def scale_qk(sd: dict, scale: float, dim: int = 16) -> dict:
+        out = dict(sd)
+        for key, value in sd.items():
+            if key.endswith("context_module.main.qkv.conv.weight"):
+                w = value.copy()
+                for head in range(w.shape[0] // (3 * dim)):
+                    w[head * 3 * dim: head * 3 * dim + 2 * dim] *= scale  # this head's q then k rows
+                out[key] = w
+        return out
+
+    return scale_qk

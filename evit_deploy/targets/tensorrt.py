@@ -16,7 +16,8 @@ the TensorRT Python API (``evit_deploy.trt.build``). The typed graph is checked 
 overflow on ONNX Runtime at the export shape and at ``--max-shape`` before anything is written.
 
 Runners: ``--device cpu`` runs the typed ONNX on ONNX Runtime (what ``evit verify`` does on a
-machine without a GPU); ``--device cuda`` runs the engine with TensorRT.
+machine without a GPU), fp16 through an exact emulation (every fp16 tensor rounded where it is
+made: ORT's CPU kernels would compute fp16 chains in fp32); ``--device cuda`` runs the engine.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from evit_deploy.configs import validate_options
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.spec import InputSpec
 from evit_deploy.targets.base import ExportContext, ExportOutput, Runner, Target, register
+from evit_deploy.targets.onnx import OnnxRunner
 from evit_deploy.trt.options import Profile, TrtOptions, check_options, resolve_profile
 
 if TYPE_CHECKING:
@@ -39,6 +41,11 @@ if TYPE_CHECKING:
 
 GPU_DEVICES = ("cuda", "gpu", "trt", "tensorrt")
 ONNX_HINT = "pip install 'evit-deploy[onnx]'"
+
+
+def _kind(device: str) -> str:
+    """``cuda:0`` -> ``cuda``."""
+    return device.lower().split(":", 1)[0]
 
 
 def _options(recipe: Recipe) -> TrtOptions:
@@ -61,7 +68,7 @@ class TensorRTTarget(Target):
         return f"{', '.join(absent)} not installed; {ONNX_HINT}" if absent else None
 
     def runtime_available(self, device: str = "cpu") -> str | None:
-        if device in GPU_DEVICES:
+        if _kind(device) in GPU_DEVICES:
             from evit_deploy.trt.build import gpu_unavailable
 
             reason = gpu_unavailable()
@@ -223,8 +230,8 @@ class TensorRTTarget(Target):
         from evit_deploy.trt import typed
 
         summary = [p.Island(**i) for i in islands_summary(islands)]
-        ops = typed.node_ops(final)
-        expected = p.expectations(summary, ops)
+        outputs = typed.float_outputs(final, {n for island in summary for n in island.nodes})
+        expected = p.expectations(summary, typed.node_ops(final), outputs)
         outside = typed.fp32_outside_islands(final, islands) if recipe.precision == "fp16" and \
             options.typing_mode == "strong" else []
         precisions, output_types = ({}, {})
@@ -243,7 +250,7 @@ class TensorRTTarget(Target):
             timing_cache=str(options.timing_cache) if options.timing_cache else None,
             tf32=recipe.precision != "fp32",
             islands=summary, fp32_outside_islands=[p.Fp32Outside(**o) for o in outside], expected_layers=expected,
-            island_tensors=typed.island_tensors(final, {e.node for e in expected}),
+            island_tensors=[t for e in expected for t in e.outputs],
             layer_precisions=precisions, layer_output_types=output_types, int8=int8_info, overflow=overflow,
         )
         if recipe.precision == "fp32":
@@ -261,7 +268,7 @@ class TensorRTTarget(Target):
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         """``cuda``: the engine (primary after a GPU or device build, else beside the typed ONNX);
         ``cpu``: the typed ONNX on ONNX Runtime."""
-        if device in GPU_DEVICES:
+        if _kind(device) in GPU_DEVICES:
             engine = path if path.suffix in (".engine", ".plan") else self._file(manifest, path, ".engine")
             if engine is None:
                 raise UsageError(f"{path.name} has no engine beside it (exported with --plan-only?): build it on the "
@@ -270,15 +277,16 @@ class TensorRTTarget(Target):
             from evit_deploy.trt.runtime import TrtRunner
 
             return TrtRunner(engine)
-        if device != "cpu":
+        if _kind(device) != "cpu":
             raise UsageError(f"unknown device {device!r} for a TensorRT artifact; use cpu (the typed ONNX on "
                              "ONNX Runtime) or cuda (the engine)")
-        from evit_deploy.targets.onnx import OnnxRunner
-
         onnx_path = path if path.suffix == ".onnx" else self._file(manifest, path, ".onnx")
         if onnx_path is None:
             raise UsageError(f"{path.name}: its manifest lists no typed ONNX to run on the CPU; run it with --device cuda")
-        return OnnxRunner(onnx_path, device="cpu", threads=threads)
+        if manifest.precision != "fp16":
+            return OnnxRunner(onnx_path, device="cpu", threads=threads)
+        plan_path = self._file(manifest, path, ".trt-plan.json")
+        return EmulatedFp16Runner(onnx_path, plan_path, threads=threads)
 
     @staticmethod
     def _file(manifest: Manifest, path: Path, suffix: str) -> Path | None:
@@ -288,3 +296,48 @@ class TensorRTTarget(Target):
                 candidate = path.parent / entry.path
                 return candidate if candidate.is_file() else None
         return None
+
+
+class EmulatedFp16Runner(OnnxRunner):
+    """The fp16 the engine computes, on ONNX Runtime's CPU provider: the typed ONNX with every
+    fp16 tensor rounded where it is made (``evit_deploy.trt.typed.emulate_fp16``; ORT's CPU
+    kernels would otherwise compute fp16 chains in fp32). A weakly typed plan's fp32 ONNX is
+    first given the fp16 types the build asks for (fp16 outside the plan's islands)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, plan_path: Path | None, *, threads: int | None = None) -> None:
+        super().__init__(path, device="cpu", threads=threads)
+        self.source = path
+        self.plan_path = plan_path
+        self._tmp: Any = None
+
+    def load(self) -> None:
+        import tempfile
+
+        import onnx
+
+        from evit_deploy.trt.plan import BuildPlan
+        from evit_deploy.trt.typed import emulate_fp16, to_fp16
+
+        model = onnx.load(str(self.source))
+        plan = BuildPlan.load(self.plan_path) if self.plan_path is not None else None
+        if plan is not None and plan.typing == "weak":
+            from evit_deploy.graph import Island
+
+            model = to_fp16(model, [Island(kind=i.kind, nodes=i.nodes, reason=i.reason) for i in plan.islands])
+        emulated, _ = emulate_fp16(model)
+        self._tmp = tempfile.TemporaryDirectory(prefix="evit-fp16-")
+        self.path = Path(self._tmp.name) / self.source.name
+        onnx.save(emulated, str(self.path))
+        super().load()
+
+    def close(self) -> None:
+        super().close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        self.path = self.source
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "fp16": "emulated: every fp16 tensor rounded to fp16 where it is made"}

@@ -12,6 +12,8 @@ How a planned island node is judged, from what the engine shows:
 * every layer input/output that is an island tensor (an output of an island node) must be
   fp32: a visible fp16/int8 island tensor fails, whatever the typing mode;
 * a layer made only of island nodes must have all its float inputs and outputs in fp32;
+* a node is shown in fp32 by such a layer, or when all its outputs appear, in fp32 only, at
+  layer boundaries;
 * an island node that is fused into a layer with non-island nodes, or that shows up in no
   layer, cannot be seen. In a strongly typed engine the ONNX's types bind the builder, so it
   is reported, not failed; in a weakly typed engine (8.x, ``--typing weak``) the arithmetic
@@ -129,7 +131,10 @@ def check_layers(plan: BuildPlan, layers: list[Layer]) -> PrecisionReport:
     report = PrecisionReport(typing=plan.typing, passed=True, layers=len(layers))
     shown: set[str] = set()
     seen_in: dict[str, list[Layer]] = {}
+    visible: dict[str, set[str]] = {}  # tensor -> the types it shows at layer boundaries
     for layer in layers:
+        for binding in [*layer.inputs, *layer.outputs]:
+            visible.setdefault(binding.name, set()).add(binding.dtype)
         for node in layer.onnx_nodes:
             seen_in.setdefault(node, []).append(layer)
         kinds = layer.float_types()
@@ -150,7 +155,11 @@ def check_layers(plan: BuildPlan, layers: list[Layer]) -> PrecisionReport:
                                               "why": "island layer runs in reduced precision"})
             elif kinds:
                 shown.update(members)
-    # 3) what could not be seen
+    # 3) nodes whose every output shows up in fp32 at some layer boundary
+    for node, exp in expected.items():
+        if exp.outputs and all(visible.get(t) == {"fp32"} for t in exp.outputs):
+            shown.add(node)
+    # 4) what could not be seen
     for node, exp in expected.items():
         if node in shown:
             continue

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from evit_deploy.errors import UsageError
 from evit_deploy.targets.base import TargetOptions
@@ -62,7 +63,8 @@ class TrtOptions(TargetOptions):
             return f"8.{parts[1]}"
         if major in ("10", "11"):
             return major
-        raise ValueError(f"unknown TensorRT version {str(value)!r}; choose one of {', '.join(TRT_VERSIONS)}")
+        raise PydanticCustomError("trt_version", "unknown TensorRT version '{value}'; choose one of {choices}",
+                                  {"value": str(value), "choices": ", ".join(TRT_VERSIONS)})
 
     @field_validator("keep_fp32", "quantize_ops", mode="before")
     @classmethod

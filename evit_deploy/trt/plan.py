@@ -47,6 +47,7 @@ class LayerExpectation(_Model):
     precision: Literal["fp32"] = "fp32"
     island: int  # index into ``islands``
     key: bool  # arithmetic that over/underflows in fp16 (MatMul, Div, ...): must be shown, never assumed
+    outputs: list[str] = Field(default_factory=list)  # its float output tensors in the ONNX
 
 
 class Fp32Outside(_Model):
@@ -120,9 +121,11 @@ class BuildPlan(_Model):
         }
 
 
-def expectations(islands: list[Island], ops: dict[str, str]) -> list[LayerExpectation]:
+def expectations(islands: list[Island], ops: dict[str, str],
+                 outputs: dict[str, list[str]] | None = None) -> list[LayerExpectation]:
     """The per-layer precisions an engine built from the plan must show: every island node that
-    becomes a layer runs in fp32. ``ops`` maps node names of the build ONNX to op types."""
+    becomes a layer runs in fp32. ``ops`` maps node names of the build ONNX to op types,
+    ``outputs`` to their float output tensors."""
     out = []
     for index, island in enumerate(islands):
         for node in island.nodes:
@@ -131,7 +134,8 @@ def expectations(islands: list[Island], ops: dict[str, str]) -> list[LayerExpect
                 raise ValueError(f"island node {node!r} is not in the ONNX the plan builds")
             if op in NO_LAYER_OPS:
                 continue
-            out.append(LayerExpectation(node=node, op=op, island=index, key=op in KEY_OPS))
+            out.append(LayerExpectation(node=node, op=op, island=index, key=op in KEY_OPS,
+                                        outputs=list((outputs or {}).get(node, []))))
     return out
 
 

@@ -3,11 +3,14 @@
 fp16 is the ONNX target's own mixed-precision pass (``evit_deploy.graph``): fp16 weights and
 activations, the LiteMLA attention and the resizes kept in fp32 behind explicit ``Cast``
 nodes. TensorRT 11 (and 10 with ``--stronglyTyped``) runs each layer in the types the ONNX
-declares, so what ONNX Runtime computes here from this file is what the engine computes.
+declares.
 
-The overflow check runs that graph on ONNX Runtime's CPU provider with every fp16 tensor
-watched: the attention's sums grow with the number of tokens, so an island choice that is safe
-at the export resolution can overflow at ``--max-shape``.
+ONNX Runtime's CPU provider computes most "fp16" ops in fp32 and skips the rounding between
+them (``emulate_fp16``), so the graph is checked, and verified, through an exact fp16
+emulation: every fp16 tensor rounded to fp16 right where it is made. The overflow check runs
+that emulation with every fp16 tensor watched: the attention's sums grow with the number of
+tokens, so an island choice that is safe at the export resolution can overflow at
+``--max-shape``.
 """
 from __future__ import annotations
 
@@ -58,11 +61,12 @@ def output_counts(model: onnx.ModelProto) -> dict[str, int]:
     return {n.name: len([o for o in n.output if o]) for n in model.graph.node}
 
 
-def island_tensors(model: onnx.ModelProto, nodes: set[str]) -> list[str]:
-    """Float outputs of island nodes: a built engine must show them in fp32 wherever it shows them."""
+def float_outputs(model: onnx.ModelProto, nodes: set[str]) -> dict[str, list[str]]:
+    """Float output tensors of ``nodes`` (island nodes: a built engine must show them in fp32
+    wherever it shows them)."""
     types = _elem_types(model)
     floats = {1, 10}  # FLOAT, FLOAT16
-    return [o for n in model.graph.node if n.name in nodes for o in n.output if o and types.get(o) in floats]
+    return {n.name: [o for o in n.output if o and types.get(o) in floats] for n in model.graph.node if n.name in nodes}
 
 
 def fp32_outside_islands(typed: onnx.ModelProto, islands: list[Island]) -> list[dict[str, str]]:
@@ -127,45 +131,100 @@ class OverflowScan:
         return data
 
 
-def scan_fp16(model: onnx.ModelProto, inputs: list[np.ndarray], input_name: str = "input",
-              threads: int | None = None) -> OverflowScan:
-    """Run ``model`` on ONNX Runtime (CPU) with every fp16 activation watched.
+def emulate_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """An fp32 graph that computes exactly what ``model`` (a typed fp16 graph) declares: every fp16
+    tensor is rounded to fp16 (``Cast`` to fp16 and back) right after the node that makes it, so
+    values round as fp16 storage does and anything past +-65504 becomes inf. Returns the graph
+    and the names of the tensors that were fp16 (their names are kept).
 
-    Each fp16 tensor gets a small probe (``Cast`` to fp32, ``max|x|`` and an inf/NaN flag) whose
-    scalar results become extra graph outputs, so the scan costs one inference per input and
-    no copies of the activations. An fp16 value past +-65504 is inf, so a non-finite tensor is
-    an overflow (or the NaN of inf-inf, 0/0) and the first one in graph order is its origin.
+    Why not run the fp16 graph itself: ONNX Runtime's CPU provider has no fp16 kernels for Conv,
+    MatMul, Add, Mul, Concat, Pad, ... (measured: 1.32). It wraps them in fp32 casts and then
+    drops the fp32->fp16->fp32 pairs it inserted between two such ops, so a chain of "fp16"
+    ops runs in fp32, unrounded: a sum of 1e5 survives where fp16 (and TensorRT) make it inf.
+    Explicit Cast pairs in an fp32 graph are kept at every optimization level.
     """
     import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    types = _elem_types(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT16:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+    used = {o for n in graph.node for o in n.output} | {i for n in graph.node for i in n.input}
+    fp16: list[str] = []
+    nodes = []
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT16:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32)))
+        if node.op_type == "Cast":
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == TensorProto.FLOAT16:
+                    attr.i = TensorProto.FLOAT  # the rounding is added below, like any fp16 output
+        rounded = []
+        for k, o in enumerate(node.output):
+            if o and types.get(o) == TensorProto.FLOAT16 and node.op_type != "Constant":
+                raw = _fresh(f"{o}__fp32", used)
+                half = _fresh(f"{o}__fp16", used)
+                node.output[k] = raw
+                rounded += [helper.make_node("Cast", [raw], [half], name=_fresh(f"{o}__round16", used),
+                                             to=TensorProto.FLOAT16),
+                            helper.make_node("Cast", [half], [o], name=_fresh(f"{o}__back32", used),
+                                             to=TensorProto.FLOAT)]
+                fp16.append(o)
+        nodes += [node, *rounded]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # types changed: let ONNX Runtime infer them
+    for value in [*graph.input, *graph.output]:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    return out, fp16
+
+
+def _fresh(base: str, used: set[str]) -> str:
+    name, k = base, 1
+    while name in used:
+        name, k = f"{base}_{k}", k + 1
+    used.add(name)
+    return name
+
+
+def scan_fp16(model: onnx.ModelProto, inputs: list[np.ndarray], input_name: str = "input",
+              threads: int | None = None) -> OverflowScan:
+    """Run ``model`` (fp16 emulated exactly, see ``emulate_fp16``) on ONNX Runtime's CPU provider
+    with every fp16 activation watched.
+
+    Each fp16 tensor gets a small probe (``max|x|`` and an inf/NaN flag) whose scalar results
+    become extra graph outputs, so the scan costs one inference per input and no copies of the
+    activations. An fp16 value past +-65504 is inf, so a non-finite tensor is an overflow (or
+    the NaN of inf-inf, 0/0) and the first one in graph order is its origin.
+    """
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    probed = onnx.ModelProto()
-    probed.CopyFrom(model)
-    types = _elem_types(model)
-    derived = _data_derived(probed, input_name)
-    graph = probed.graph
-    watched: list[tuple[str, onnx.NodeProto]] = []
-    for node in list(graph.node):
-        for out in node.output:
-            if out and types.get(out) == TensorProto.FLOAT16 and out in derived:
-                watched.append((out, node))
-    new_nodes, outputs = [], []
-    for k, (tensor, _) in enumerate(watched):
+    emulated, fp16 = emulate_fp16(model)
+    derived = _data_derived(emulated, input_name)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    watched = [t for t in fp16 if t in derived]
+    graph = emulated.graph
+    outputs = []
+    for k, tensor in enumerate(watched):
         p = f"__evit_probe{k}"
-        new_nodes += [
-            helper.make_node("Cast", [tensor], [f"{p}_f32"], name=f"{p}_cast", to=TensorProto.FLOAT),
-            helper.make_node("Abs", [f"{p}_f32"], [f"{p}_abs"], name=f"{p}_abs"),
+        graph.node.extend([
+            helper.make_node("Abs", [tensor], [f"{p}_abs"], name=f"{p}_abs"),
             helper.make_node("ReduceMax", [f"{p}_abs"], [f"{p}_max"], name=f"{p}_max", keepdims=0),
-            helper.make_node("IsNaN", [f"{p}_f32"], [f"{p}_nan"], name=f"{p}_isnan"),
-            helper.make_node("IsInf", [f"{p}_f32"], [f"{p}_inf"], name=f"{p}_isinf"),
+            helper.make_node("IsNaN", [tensor], [f"{p}_nan"], name=f"{p}_isnan"),
+            helper.make_node("IsInf", [tensor], [f"{p}_inf"], name=f"{p}_isinf"),
             helper.make_node("Or", [f"{p}_nan", f"{p}_inf"], [f"{p}_badb"], name=f"{p}_or"),
             helper.make_node("Cast", [f"{p}_badb"], [f"{p}_badf"], name=f"{p}_badcast", to=TensorProto.FLOAT),
             helper.make_node("ReduceMax", [f"{p}_badf"], [f"{p}_bad"], name=f"{p}_anybad", keepdims=0),
-        ]
+        ])
         outputs += [helper.make_tensor_value_info(f"{p}_max", TensorProto.FLOAT, []),
                     helper.make_tensor_value_info(f"{p}_bad", TensorProto.FLOAT, [])]
-    graph.node.extend(new_nodes)
     graph.output.extend(outputs)
 
     options = ort.SessionOptions()
@@ -173,7 +232,7 @@ def scan_fp16(model: onnx.ModelProto, inputs: list[np.ndarray], input_name: str 
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(probed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(emulated.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in outputs]
     maxes = np.zeros(len(watched))
     bad = np.zeros(len(watched), dtype=bool)
@@ -183,8 +242,8 @@ def scan_fp16(model: onnx.ModelProto, inputs: list[np.ndarray], input_name: str 
         b = np.asarray(values[1::2], dtype=np.float64) > 0
         maxes = np.fmax(maxes, np.where(np.isfinite(m), m, np.nan))
         bad |= b | ~np.isfinite(m)
-    stats = [TensorStat(t, n.name, n.op_type, float(np.nan_to_num(maxes[k], nan=0.0)), bool(bad[k]))
-             for k, (t, n) in enumerate(watched)]
+    stats = [TensorStat(t, producer[t].name, producer[t].op_type, float(np.nan_to_num(maxes[k], nan=0.0)),
+                        bool(bad[k])) for k, t in enumerate(watched)]
     first = next((s for s in stats if s.nonfinite), None)
     worst = sorted((s for s in stats if not s.nonfinite), key=lambda s: s.max_abs, reverse=True)[:3]
     shape = list(inputs[0].shape) if inputs else []
