@@ -159,7 +159,7 @@ class TrtRunner(Runner):
         rt = cudart()
         try:
             check(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-            launched = self.context.execute_async_v3(self.stream)
+            launched = self.context.execute_async_v3(int(self.stream))
             graph = check(rt.cudaStreamEndCapture(self.stream))
             if not launched:
                 raise RuntimeError("execute_async_v3 refused to run under capture")
@@ -189,7 +189,7 @@ class TrtRunner(Runner):
         check(rt.cudaEventRecord(e1, self.stream))
         if self.graph_exec is not None:
             check(rt.cudaGraphLaunch(self.graph_exec, self.stream))
-        elif not self.context.execute_async_v3(self.stream):
+        elif not self.context.execute_async_v3(int(self.stream)):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         check(rt.cudaEventRecord(e2, self.stream))
         for name in self._outputs:
