@@ -16,7 +16,9 @@ cache file says what it was computed from).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -125,7 +127,8 @@ def quantize_qdq(
     known = {n.name for n in model.graph.node}
     excluded = [n for n in exclude if n in known]
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's "consider pre-processing" chatter
-    with tempfile.TemporaryDirectory(prefix="evit-int8-") as tmp:
+    # onnxruntime's calibrators print their progress: keep stdout machine-readable (--json, -q)
+    with tempfile.TemporaryDirectory(prefix="evit-int8-") as tmp, contextlib.redirect_stdout(io.StringIO()):
         out = Path(tmp) / "int8.onnx"
         quantize_static(
             model,

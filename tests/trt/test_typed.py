@@ -104,3 +104,14 @@ def test_cache_dir_default_and_override(monkeypatch, tmp_path):
     assert int8.cache_dir() == tmp_path / "evit" / "calib"
     monkeypatch.setenv(int8.CACHE_ENV, str(tmp_path / "elsewhere"))
     assert int8.cache_dir() == tmp_path / "elsewhere"
+
+
+def test_calibration_keeps_stdout_clean(tmp_path, monkeypatch, capsys):
+    """onnxruntime's histogram calibrators print progress; `evit export --json` must stay JSON."""
+    from evit_deploy.trt import int8
+
+    monkeypatch.setenv(int8.CACHE_ENV, str(tmp_path))
+    calib = [np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32) for _ in range(2)]
+    int8.quantize_qdq(conv_model(), calib, input_name="input", exclude=[], op_types=["Conv"], method="percentile",
+                      key_material={"samples": 2})
+    assert capsys.readouterr().out == ""
