@@ -158,7 +158,8 @@ def to_fp16(graph: onnx.ModelProto, keep_fp32: list[str]) -> tuple[onnx.ModelPro
     """fp16 weights and activations, with LiteMLA attention and resizes kept in fp32."""
     from evit_deploy.graph import find_fp32_islands, islands_summary, to_mixed_fp16
 
-    islands = [i for i in find_fp32_islands(graph) if i.kind in keep_fp32]
+    # "no-fp16" islands (ops without an fp16 form) are not a choice: they always stay fp32.
+    islands = [i for i in find_fp32_islands(graph) if i.kind in keep_fp32 or i.kind == "no-fp16"]
     return to_mixed_fp16(graph, islands), islands_summary(islands)
 
 
@@ -276,9 +277,13 @@ class OnnxRunner(Runner):
     def describe(self) -> dict[str, Any]:
         import onnxruntime as ort
 
-        return {"backend": self.backend, "version": ort.__version__,
+        info = {"backend": self.backend, "version": ort.__version__,
                 "providers": self.session.get_providers() if self.session else [],
                 "threads": self.threads, "graph_optimization": self.graph_optimization, "device": self.device}
+        if self.device == "cpu" and _has_fp16_weights(self.path):
+            info["note"] = ("ONNX Runtime's CPU provider computes most fp16 ops in fp32 without rounding between "
+                            "them: this checks the graph, not fp16 arithmetic (the trt target's verify emulates it)")
+        return info
 
     def per_layer(self, feed: dict[str, np.ndarray], iters: int) -> list[LayerTiming]:
         """Operator times from ONNX Runtime's own profiler, summed per node."""
@@ -300,6 +305,13 @@ class OnnxRunner(Runner):
         rows = [LayerTiming(name, op, total / iters, calls // iters or 1, total / whole)
                 for name, (op, total, calls) in totals.items()]
         return sorted(rows, key=lambda r: r.total_ms, reverse=True)
+
+
+def _has_fp16_weights(path: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    return any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
 
 
 def _dims(shape: list[Any]) -> tuple[int | None, ...]:
