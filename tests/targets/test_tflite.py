@@ -312,3 +312,20 @@ def test_cls_b1_int8(cls_b1: dict[str, api.ExportResult], photos: dict[str, Path
     report = api.verify(cls_b1["int8"].artifact, images=photos["test"], threads=2)
     assert report.outputs["logits"].nonfinite == 0
     assert report.task_metrics["top5_agreement"] >= 0.5, report.task_metrics
+
+
+@pytest.mark.slow
+@needs_tflite
+def test_converter_bicubic_lowering_is_exact_but_gathers(tmp_path: Path, photos: dict[str, Path],
+                                                         seeded_weights: ModuleType, reference_dir: Path) -> None:
+    """What litert-torch does with upsample_bicubic2d on its own: GATHER_ND/BROADCAST_TO chains.
+
+    Numerically faithful, so ``--bicubic converter`` stays available, but gathers run outside
+    XNNPACK and give int8 nothing to quantise: the exact conv rewrite is the default.
+    """
+    weights = _weights(seeded_weights, reference_dir, "efficientvit_seg_b0_cityscapes", tmp_path)
+    result = _export("efficientvit-seg-b0-cityscapes", weights, tmp_path, "fp32", (64, 128), bicubic="converter")
+    ops = result.manifest.details["ops"]
+    assert ops.get("GATHER_ND", 0) > 0 and "litert-torch lowering" in result.manifest.details["bicubic"]
+    report = api.verify(result.artifact, images=photos["test"], threads=2)
+    assert report.passed and report.outputs["logits"].max_rel <= 1e-4
