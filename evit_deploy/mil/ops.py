@@ -204,7 +204,7 @@ def clip(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
 @op("thresholded_relu")
 def thresholded_relu(x: np.ndarray, alpha: float = 1.0) -> np.ndarray:
     x = _f32(x)
-    return np.where(x >= alpha, x, 0).astype(x.dtype)
+    return x * (x >= np.asarray(alpha, dtype=x.dtype))
 
 
 @op("leaky_relu")
@@ -221,7 +221,9 @@ def elu(x: np.ndarray, alpha: float = 1.0) -> np.ndarray:
 
 @op("sigmoid_hard")
 def sigmoid_hard(x: np.ndarray, alpha: float = 0.2, beta: float = 0.5) -> np.ndarray:
-    return np.minimum(np.maximum(np.float32(alpha) * _f32(x) + np.float32(beta), 0), 1)
+    out = np.multiply(_f32(x), np.float32(alpha))  # a new array: the in-place steps below never touch x
+    out += np.float32(beta)
+    return np.clip(out, 0, 1, out=out)
 
 
 @op("linear_activation")
@@ -329,9 +331,11 @@ def conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stri
 
     if g == cin and cin_g == 1 and cout == cin:  # depthwise: one multiply-add per tap
         out = np.zeros((n, cout, ho, wo), dtype=np.float32)
+        scratch = np.empty_like(out)
         for i in range(kh):
             for j in range(kw):
-                out += tap(i, j) * w[:, 0, i, j][None, :, None, None]
+                np.multiply(tap(i, j), w[:, 0, i, j][None, :, None, None], out=scratch)
+                out += scratch
     else:
         cout_g = cout // g
         wg = w.reshape(g, cout_g, cin_g, kh, kw)
@@ -502,7 +506,8 @@ def avg_pool(x: np.ndarray, kernel_sizes: np.ndarray, strides: np.ndarray | None
 @op("reshape")
 def reshape(x: np.ndarray, shape: np.ndarray) -> np.ndarray:
     dims = [int(d) for d in np.ravel(shape)]
-    dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]  # 0 copies the input dim
+    if len(dims) == x.ndim:  # 0 inherits the input's dimension (only when the ranks match)
+        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
     return np.reshape(x, dims)
 
 

@@ -169,16 +169,18 @@ def macos_runtime_missing() -> str | None:
 
 
 @contextmanager
-def _quiet_coremltools() -> Iterator[None]:
+def _quiet_coremltools() -> Iterator[io.StringIO]:
     """coremltools' chatter (torchao load failures, torch version, tqdm bars) stays off stderr.
 
-    Failures still surface: as exceptions, which the export turns into one line.
+    Failures still surface: as exceptions, which the export turns into one line (with the
+    converter's own ERROR line from the captured text, which names the op that failed).
     """
     for name in ("coremltools", "torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    with warnings.catch_warnings(), redirect_stderr(io.StringIO()):
+    captured = io.StringIO()
+    with warnings.catch_warnings(), redirect_stderr(captured):
         warnings.simplefilter("ignore")
-        yield
+        yield captured
 
 
 def _import_coremltools() -> Any:
@@ -436,7 +438,7 @@ class CoreMLTarget(Target):
             precision = ct.precision.FLOAT32
         target = getattr(ct.target, options.deployment_target)
         ctx.progress(f"coremltools convert ({recipe.precision}, {options.deployment_target})")
-        with _quiet_coremltools():
+        with _quiet_coremltools() as chatter:
             try:
                 mlmodel = ct.convert(program, convert_to="mlprogram", inputs=inputs,
                                      outputs=[ct.TensorType(name="logits", dtype=np.float32)],
@@ -445,7 +447,9 @@ class CoreMLTarget(Target):
                                      skip_model_load=True)
             except (NotImplementedError, ValueError, RuntimeError) as err:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise UsageError(f"coremltools could not convert {ctx.model_name}: {first}") from None
+                where = [line.strip() for line in chatter.getvalue().splitlines() if line.startswith("ERROR")]
+                raise UsageError(f"coremltools could not convert {ctx.model_name}: {first}"
+                                 + (f" ({where[-1]})" if where else "")) from None
             if options.compress != "none":
                 ctx.progress(f"compressing weights ({options.compress})")
                 mlmodel, details["compression"] = _compress(ct, mlmodel, options.compress, options.level)
