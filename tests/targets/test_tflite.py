@@ -286,7 +286,8 @@ def test_seg_b1_int8(seg_b1: dict[str, api.ExportResult], photos: dict[str, Path
     top-2 margins are tiny (1% of pixels within 0.03 of a tie, logit std 3.3) and even
     weight-only per-channel int8 with float activations agrees on only ~95% of pixels, so
     any int8 graph lands below 99% here. The floor below is what this graph measured
-    (~91%) less noise; the honest 99% check stays in the recipe, where verify reports it.
+    (92.2% on these 20 photos) less noise; the 99% check stays in the recipe, where verify
+    reports the shortfall.
     """
     report = api.verify(seg_b1["int8"].artifact, images=photos["test"], threads=2)
     assert report.outputs["logits"].nonfinite == 0
@@ -308,10 +309,16 @@ def test_cls_b1_fp16(cls_b1: dict[str, api.ExportResult], photos: dict[str, Path
 
 @pytest.mark.slow
 def test_cls_b1_int8(cls_b1: dict[str, api.ExportResult], photos: dict[str, Path]) -> None:
-    """int8 top-1 on unseen photos; see test_seg_b1_int8 for why seeded weights cap it."""
+    """int8 top-1 on unseen photos (measured 70%, top-5 100%).
+
+    The issue asks 95% top-1; these seeded weights' top-2 logit margins are 0.005-0.2 with a
+    logit std of 0.58, inside int8's error, so top-1 flips although top-5 always holds (see
+    test_seg_b1_int8). The recipe keeps the 95% check, so verify reports the shortfall.
+    """
     report = api.verify(cls_b1["int8"].artifact, images=photos["test"], threads=2)
     assert report.outputs["logits"].nonfinite == 0
-    assert report.task_metrics["top5_agreement"] >= 0.5, report.task_metrics
+    assert report.task_metrics["top1_agreement"] >= 0.5, report.task_metrics
+    assert report.task_metrics["top5_agreement"] >= 0.9, report.task_metrics
 
 
 @pytest.mark.slow
