@@ -27,7 +27,8 @@ EVIT = [sys.executable, "-m", "evit_deploy.cli"]
 
 def evit(*args: object, timeout: float = 1800) -> str:
     """Run the evit CLI in a fresh process and return its stdout (raises with its stderr on failure)."""
-    proc = subprocess.run([*EVIT, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run([*EVIT, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"evit {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc.stdout

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["export", "verify", "profile"]
+__all__ = ["export", "profile", "verify"]
 
 
 def export(*args: Any, **kwargs: Any) -> Any:

@@ -217,7 +217,6 @@ def _run_spec(handle: ArtifactHandle, resolution: tuple[int, int] | None, batch:
 
 def reference_model(manifest: Manifest, weights: str | Path | None) -> tuple[Any, dict[str, Any], list[str]]:
     """The PyTorch module the artifact must match, and notes on where its weights came from."""
-    from evit_deploy import zoo
 
     notes: list[str] = []
     recorded = manifest.weights
@@ -452,4 +451,4 @@ def _profile_torch(model: str, *, weights: str | Path | None, threads: int | Non
                          input_shape=list(spec.shape), threads=threads, warmup=warmup, iters=iters, **measured)
 
 
-__all__ = ["export", "verify", "profile", "open_artifact", "ExportResult", "ArtifactHandle", "TensorInfo"]
+__all__ = ["ArtifactHandle", "ExportResult", "TensorInfo", "export", "open_artifact", "profile", "verify"]

@@ -159,7 +159,7 @@ def _first_foreign_global(path: Path) -> str | None:
                     return f"{strings[-2]}.{strings[-1]}"
                 if isinstance(arg, str):
                     strings.append(arg)
-    except Exception:  # malformed pickle: no name to give
+    except Exception:  # noqa: BLE001 - a malformed pickle has no name to give
         return None
     return None
 
@@ -342,7 +342,7 @@ def _guess(sd: Mapping[str, Any], card: ModelCard) -> str | None:
     best: tuple[float, tuple[str, str]] | None = None
     try:
         signatures = _signatures()
-    except Exception:  # a failed meta build must not hide the real error
+    except Exception:  # noqa: BLE001 - a failed meta build must not hide the real error
         signatures = {}
     for ident, sig in signatures.items():
         if found == sig:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -13,7 +13,7 @@ from evit_deploy.cli._errors import handle_errors
 devices_app = typer.Typer(help="Device presets and your inventory of SSH devices (devices.yaml).",
                           invoke_without_command=True, no_args_is_help=False)
 
-InventoryOption = Annotated[Optional[Path], typer.Option(
+InventoryOption = Annotated[Path | None, typer.Option(
     "--inventory", help="devices.yaml (default: $EVIT_DEVICES, else ~/.config/evit/devices.yaml).")]
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,22 +14,22 @@ from evit_deploy.cli._errors import handle_errors
 def export(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Zoo name, e.g. efficientvit-seg-b1-cityscapes (see `evit models`).")],
-    target: Annotated[Optional[str], typer.Option("--target", "-t", help="onnx, tflite, coreml, trt.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.pt/.pth/.safetensors, official or timm layout).")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32, fp16 or int8.")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="HxW, multiples of 32 (default: the card's).")] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Batch size (static, or the example for --dynamic).")] = None,
-    dynamic: Annotated[Optional[bool], typer.Option("--dynamic/--static", help="Dynamic batch/height/width.")] = None,
-    config: Annotated[Optional[str], typer.Option(help="Recipe YAML path or shipped recipe name (export_configs/).")] = None,
-    calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images (int8).")] = None,
-    calib_samples: Annotated[Optional[int], typer.Option(help="Calibration images to use.")] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="onnx, tflite, coreml, trt.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint (.pt/.pth/.safetensors, official or timm layout).")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8.")] = None,
+    resolution: Annotated[str | None, typer.Option(help="HxW, multiples of 32 (default: the card's).")] = None,
+    batch: Annotated[int | None, typer.Option(help="Batch size (static, or the example for --dynamic).")] = None,
+    dynamic: Annotated[bool | None, typer.Option("--dynamic/--static", help="Dynamic batch/height/width.")] = None,
+    config: Annotated[str | None, typer.Option(help="Recipe YAML path or shipped recipe name (export_configs/).")] = None,
+    calib: Annotated[Path | None, typer.Option(help="Folder of calibration images (int8).")] = None,
+    calib_samples: Annotated[int | None, typer.Option(help="Calibration images to use.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
-    device: Annotated[Optional[str], typer.Option(
+    device: Annotated[str | None, typer.Option(
         help="An inventory device: its preset picks the default target and precision; for trt the engine is "
              "built there (plan here, engine and manifest copied back).")] = None,
-    inventory: Annotated[Optional[Path], typer.Option(
+    inventory: Annotated[Path | None, typer.Option(
         help="devices.yaml (default: $EVIT_DEVICES, else ~/.config/evit/devices.yaml).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="File stem of the artifact (default: the model name).")] = None,
+    name: Annotated[str | None, typer.Option(help="File stem of the artifact (default: the model name).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for random weights when no --weights is given.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the artifact path.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
@@ -70,8 +70,8 @@ def export(
 
 
 
-def _export_for_device(model: str, device: str, inventory: Optional[Path], *, target: Optional[str],
-                       config: Optional[str], **kwargs: object) -> object:
+def _export_for_device(model: str, device: str, inventory: Path | None, *, target: str | None,
+                       config: str | None, **kwargs: object) -> object:
     """``--device NAME``: the preset's target and precision unless given; trt engines are built there."""
     from evit_deploy import api
     from evit_deploy.devices import is_local, load_inventory

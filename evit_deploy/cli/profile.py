@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -16,24 +16,24 @@ from evit_deploy.cli._errors import handle_errors
 
 def profile(
     artifact: Annotated[str, typer.Argument(help="An exported artifact, or a zoo model name with --target torch.")],
-    target: Annotated[Optional[str], typer.Option(help="'torch' to time a zoo model in eager PyTorch.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Weights for --target torch.")] = None,
+    target: Annotated[str | None, typer.Option(help="'torch' to time a zoo model in eager PyTorch.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Weights for --target torch.")] = None,
     device: Annotated[str, typer.Option(
         help="Where to run: cpu or cuda here, or inventory devices NAME[,NAME...] over SSH, in parallel "
              "(NAME:cpu picks the runtime device there; see `evit devices`).")] = "cpu",
-    inventory: Annotated[Optional[Path], typer.Option(
+    inventory: Annotated[Path | None, typer.Option(
         help="devices.yaml (default: $EVIT_DEVICES, else ~/.config/evit/devices.yaml).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Runtime threads (default: the runtime's).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the runtime's).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 10,
     iters: Annotated[int, typer.Option(help="Timed runs.")] = 50,
-    batch: Annotated[Optional[int], typer.Option(help="Batch (dynamic artifacts only).")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="HxW (dynamic artifacts and --target torch).")] = None,
+    batch: Annotated[int | None, typer.Option(help="Batch (dynamic artifacts only).")] = None,
+    resolution: Annotated[str | None, typer.Option(help="HxW (dynamic artifacts and --target torch).")] = None,
     per_layer: Annotated[bool, typer.Option("--per-layer", help="Top operators from the runtime's profiler.")] = False,
     lock_clocks: Annotated[bool, typer.Option(
         "--lock-clocks", help="Jetson: run jetson_clocks for the measurement, then restore the clocks.")] = False,
     power: Annotated[bool, typer.Option(
         "--power", help="Jetson: sample board power (tegrastats) during the timed runs: mean W, mJ/image.")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON ('-' for stdout).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results as JSON ('-' for stdout).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Time ARTIFACT: latency p50/p90/p99/mean/std/min, throughput, load, first inference, peak RSS.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,22 +13,22 @@ from evit_deploy.cli._errors import handle_errors
 
 def verify(
     artifact: Annotated[Path, typer.Argument(help="An exported artifact (its .evit.json must be beside it).")],
-    weights: Annotated[Optional[Path], typer.Option(help="Reference weights (default: those recorded at export).")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="Folder of images (or a .npy) instead of random inputs.")] = None,
-    samples: Annotated[Optional[int], typer.Option(help="Inputs to compare (default 4, or every image).")] = None,
-    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance per element (with --rtol).")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance per element (with --atol).")] = None,
-    max_rel: Annotated[Optional[float], typer.Option(help="Override the recipe's max relative error.")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="HxW to verify a dynamic artifact at.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Reference weights (default: those recorded at export).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Folder of images (or a .npy) instead of random inputs.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Inputs to compare (default 4, or every image).")] = None,
+    atol: Annotated[float | None, typer.Option(help="Absolute tolerance per element (with --rtol).")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Relative tolerance per element (with --atol).")] = None,
+    max_rel: Annotated[float | None, typer.Option(help="Override the recipe's max relative error.")] = None,
+    resolution: Annotated[str | None, typer.Option(help="HxW to verify a dynamic artifact at.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
     device: Annotated[str, typer.Option(
         help="Where the artifact runs: cpu or cuda here, or an inventory device NAME[:RUNTIME] over SSH "
              "(inputs and the PyTorch reference stay here).")] = "cpu",
-    inventory: Annotated[Optional[Path], typer.Option(
+    inventory: Annotated[Path | None, typer.Option(
         help="devices.yaml (default: $EVIT_DEVICES, else ~/.config/evit/devices.yaml).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Runtime threads.")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON ('-' for stdout).")] = None,
-    junit: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML report (one testcase per metric).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON ('-' for stdout).")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML report (one testcase per metric).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict line.")] = False,
 ) -> None:
     """Compare ARTIFACT with its PyTorch reference. Exit 0 pass, 1 fail, 2 usage error."""

@@ -23,6 +23,7 @@ from evit_deploy.spec import InputSpec, Layout, TensorInfo, to_layout
 
 if TYPE_CHECKING:  # torch stays out of runner imports: devices run artifacts without it
     import torch
+    from typing_extensions import Self
 
     from evit_deploy.artifact import Manifest
     from evit_deploy.configs import Recipe
@@ -102,7 +103,7 @@ class Runner(ABC):
     def per_layer(self, feed: dict[str, np.ndarray], iters: int) -> list[LayerTiming]:
         raise UsageError(f"--per-layer is not supported by the {self.backend} runner")
 
-    def __enter__(self) -> Runner:
+    def __enter__(self) -> Self:
         self.load()
         return self
 

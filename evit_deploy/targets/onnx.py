@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from evit_deploy.configs import validate_options
 from evit_deploy.errors import RuntimeMissing, UsageError
@@ -44,7 +45,7 @@ class OnnxOptions(TargetOptions):
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     simplify: Literal["onnxslim", "onnxsim", "none"] = "none"
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"  # ORT, at load time
-    keep_fp32: list[Literal["attention", "resize"]] = ["attention", "resize"]  # fp16 islands
+    keep_fp32: list[Literal["attention", "resize"]] = Field(default_factory=lambda: ["attention", "resize"])
 
 
 def _missing(*modules: str) -> str | None:

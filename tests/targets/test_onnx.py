@@ -66,8 +66,8 @@ def test_manifest_says_how_the_artifact_was_made(seg_artifact, seeded_checkpoint
 
 
 def test_verify_on_real_images(cli, seg_artifact, tmp_path):
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     for name in ("astronaut", "coffee"):
         Image.fromarray(getattr(data, name)()).save(tmp_path / f"{name}.png")
