@@ -48,7 +48,15 @@ from pydantic_core import PydanticCustomError
 from evit_deploy.configs import validate_options
 from evit_deploy.errors import CheckFailed, RuntimeMissing, UsageError
 from evit_deploy.spec import InputSpec, TensorInfo
-from evit_deploy.targets.base import ExportContext, ExportOutput, Runner, Target, TargetOptions, register
+from evit_deploy.targets.base import (
+    ExportContext,
+    ExportOutput,
+    Runner,
+    Target,
+    TargetOptions,
+    missing_modules,
+    register,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -145,13 +153,7 @@ class CoreMLOptions(TargetOptions):
 
 
 def _coremltools_missing() -> str | None:
-    import importlib.util
-
-    try:
-        found = importlib.util.find_spec("coremltools") is not None
-    except (ImportError, ValueError):
-        found = False
-    return None if found else f"coremltools is not installed; {INSTALL_HINT}"
+    return missing_modules(INSTALL_HINT, "coremltools")
 
 
 def macos_runtime_missing() -> str | None:

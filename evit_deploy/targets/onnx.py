@@ -25,6 +25,8 @@ from evit_deploy.targets.base import (
     Runner,
     Target,
     TargetOptions,
+    missing_modules,
+    package_versions,
     register,
 )
 
@@ -48,11 +50,6 @@ class OnnxOptions(TargetOptions):
     keep_fp32: list[Literal["attention", "resize"]] = Field(default_factory=lambda: ["attention", "resize"])
 
 
-def _missing(*modules: str) -> str | None:
-    import importlib.util
-
-    absent = [m for m in modules if importlib.util.find_spec(m) is None]
-    return f"{', '.join(absent)} not installed; {INSTALL_HINT}" if absent else None
 
 
 def export_onnx_graph(model: torch.nn.Module, spec: InputSpec, options: OnnxOptions, workdir: Path) -> onnx.ModelProto:
@@ -174,10 +171,10 @@ class OnnxTarget(Target):
     requires = INSTALL_HINT
 
     def available(self) -> str | None:
-        return _missing("onnx", "onnxscript", "onnxruntime")
+        return missing_modules(INSTALL_HINT, "onnx", "onnxscript", "onnxruntime")
 
     def runtime_available(self, device: str = "cpu") -> str | None:
-        return _missing("onnxruntime")
+        return missing_modules(INSTALL_HINT, "onnxruntime")
 
     def export(self, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, ctx: ExportContext) -> ExportOutput:
         import onnx
@@ -203,7 +200,7 @@ class OnnxTarget(Target):
         final = check_and_save(graph, path)
         return ExportOutput(
             files=[path],
-            converter={"onnx": onnx.__version__, **_versions("onnxscript", "onnxruntime", options.simplify)},
+            converter={"onnx": onnx.__version__, **package_versions("onnxscript", "onnxruntime", options.simplify)},
             inputs=tensor_infos(final, "input"),
             outputs=tensor_infos(final, "output"),
             notes=notes,
@@ -214,17 +211,6 @@ class OnnxTarget(Target):
         options = OnnxOptions.model_validate(manifest.recipe.get("options", {}))
         return OnnxRunner(path, device=device, threads=threads, graph_optimization=options.graph_optimization)
 
-
-def _versions(*packages: str) -> dict[str, str]:
-    from importlib import metadata
-
-    found = {}
-    for package in packages:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 class OnnxRunner(Runner):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from evit_deploy.configs import validate_options
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.spec import InputSpec
-from evit_deploy.targets.base import ExportContext, ExportOutput, Runner, Target, register
+from evit_deploy.targets.base import ExportContext, ExportOutput, Runner, Target, package_versions, register
 from evit_deploy.targets.onnx import OnnxRunner
 from evit_deploy.trt.options import Profile, TrtOptions, check_options, resolve_profile
 
@@ -96,7 +96,6 @@ class TensorRTTarget(Target):
 
         from evit_deploy.targets.onnx import (
             OnnxOptions,
-            _versions,
             add_metadata,
             check_and_save,
             export_onnx_graph,
@@ -169,7 +168,7 @@ class TensorRTTarget(Target):
             files += [engine_path, ctx.workdir / plan.layer_info]
             details["engine"] = report
             notes += report["notes"]
-        converter = {"onnx": onnx.__version__, **_versions("onnxscript", "onnxruntime", "tensorrt")}
+        converter = {"onnx": onnx.__version__, **package_versions("onnxscript", "onnxruntime", "tensorrt")}
         return ExportOutput(files=files, converter=converter, inputs=tensor_infos(final, "input"),
                             outputs=tensor_infos(final, "output"), notes=notes, details=details)
 

@@ -60,6 +60,8 @@ from evit_deploy.targets.base import (
     Runner,
     Target,
     TargetOptions,
+    missing_modules,
+    package_versions,
     register,
 )
 
@@ -99,21 +101,12 @@ class TfliteOptions(TargetOptions):
         return value
 
 
-def _missing(*modules: str) -> str | None:
-    import importlib.util
+_DISTRIBUTIONS = {"litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert",
+                  "ai_edge_quantizer": "ai-edge-quantizer"}
 
-    absent = []
-    for module in modules:
-        try:
-            if importlib.util.find_spec(module) is None:
-                absent.append(module)
-        except (ImportError, ValueError):
-            absent.append(module)
-    names = {"litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert",
-             "ai_edge_quantizer": "ai-edge-quantizer"}
-    if absent:
-        return f"{', '.join(names.get(m, m) for m in absent)} not installed; {INSTALL_HINT}"
-    return None
+
+def _missing(*modules: str) -> str | None:
+    return missing_modules(INSTALL_HINT, *modules, names=_DISTRIBUTIONS)
 
 
 @contextlib.contextmanager
@@ -539,7 +532,7 @@ class TfliteTarget(Target):
         final = Graph(content)
         details["ops"] = final.op_counts()
         details["size_bytes"] = len(content)
-        return ExportOutput(files=[path], converter=_versions("litert-torch", "ai-edge-litert", "ai-edge-quantizer"),
+        return ExportOutput(files=[path], converter=package_versions("litert-torch", "ai-edge-litert", "ai-edge-quantizer"),
                             inputs=inputs, outputs=outputs, notes=notes, details=details)
 
     @staticmethod
@@ -573,17 +566,6 @@ class TfliteTarget(Target):
 def _info(data: dict[str, Any]) -> TensorInfo:
     return TensorInfo(data["name"], tuple(data.get("shape", ())), data.get("dtype", "float32"), data.get("layout", "NCHW"))
 
-
-def _versions(*packages: str) -> dict[str, str]:
-    from importlib import metadata
-
-    found = {}
-    for package in packages:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 # --------------------------------------------------------------------------- runner

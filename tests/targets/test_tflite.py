@@ -115,7 +115,7 @@ def test_missing_litert_torch_names_the_extra(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "litert_torch", None)  # an import would fail too
     line = _one_line_error(_cli("export", "efficientvit-seg-b0-cityscapes", "--target", "tflite",
                                 "--out", str(tmp_path / "out")))
-    assert "litert-torch not installed" in line
+    assert "litert-torch is not installed" in line
     assert "pip install 'evit-deploy[tflite]'" in line
 
 
