@@ -33,7 +33,7 @@ from evit_deploy.data import input_batches, list_images
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.parity import Comparator, ParityReport
 from evit_deploy.profiling import ProfileResult, measure
-from evit_deploy.spec import InputSpec, TensorInfo
+from evit_deploy.spec import InputSpec
 from evit_deploy.targets.base import ExportContext, Runner, Target, get_target
 
 Progress = Callable[[str], None]
@@ -451,4 +451,4 @@ def _profile_torch(model: str, *, weights: str | Path | None, threads: int | Non
                          input_shape=list(spec.shape), threads=threads, warmup=warmup, iters=iters, **measured)
 
 
-__all__ = ["ArtifactHandle", "ExportResult", "TensorInfo", "export", "open_artifact", "profile", "verify"]
+__all__ = ["ArtifactHandle", "ExportResult", "export", "open_artifact", "profile", "verify"]

@@ -45,7 +45,6 @@ class ExportContext:
     workdir: Path  # a private staging folder; the caller moves results into place
     calibration: Callable[[InputSpec], list[np.ndarray]] | None = None
     progress: Callable[[str], None] = lambda message: None
-    reference: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
 
 
 @dataclass
