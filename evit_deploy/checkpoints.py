@@ -23,7 +23,6 @@ checkpoint looks like when that can be told.
 from __future__ import annotations
 
 import functools
-import hashlib
 import pickle
 import re
 import warnings
@@ -43,7 +42,6 @@ __all__ = [
     "load_state_dict",
     "load_weights",
     "official_to_timm",
-    "sha256_file",
     "timm_to_official",
     "unwrap_state_dict",
 ]
@@ -51,15 +49,6 @@ __all__ = [
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "ema")
 WRAPPING_PREFIXES = ("module.", "_orig_mod.")
 _SHOW = 3  # names shown per category in a mismatch message
-
-
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (for manifests)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from evit_deploy.checkpoints import (
     detect_layout,
     load_state_dict,
     official_to_timm,
-    sha256_file,
     timm_to_official,
 )
 from evit_deploy.errors import UsageError
@@ -129,11 +128,12 @@ def test_missing_bn_step_counters_are_tolerated(seeded, b1_reference: torch.Tens
     assert torch.equal(run(create_model("efficientvit-b1-r224", sd)), b1_reference)
 
 
-def test_sha256_file(tmp_path: Path) -> None:
-    data = bytes(range(256)) * 9000
+def test_sha256_of_a_weights_file_is_plain_sha256(tmp_path: Path) -> None:
+    from evit_deploy.artifact import sha256_path
+
+    data = bytes(range(256)) * 9000  # larger than one read chunk
     (tmp_path / "f").write_bytes(data)
-    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
-    assert sha256_file(tmp_path / "f", chunk_size=1000) == hashlib.sha256(data).hexdigest()
+    assert sha256_path(tmp_path / "f") == hashlib.sha256(data).hexdigest()
 
 
 # --- timm layout --------------------------------------------------------------------------------

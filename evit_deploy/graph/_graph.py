@@ -91,6 +91,15 @@ def fold_constant_identities(model: onnx.ModelProto) -> int:
     return len(alias)
 
 
+def unique_name(base: str, used: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``... : the first not in ``used`` (which it joins)."""
+    name, k = base, 1
+    while name in used:
+        name, k = f"{base}_{k}", k + 1
+    used.add(name)
+    return name
+
+
 def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
     for imp in model.opset_import:
         if imp.domain in (domain, "ai.onnx" if domain == "" else domain):

@@ -50,6 +50,7 @@ from ._graph import (
     name_nodes,
     param_allows,
     schema,
+    unique_name,
 )
 from .islands import Island, find_fp32_islands
 
@@ -237,7 +238,7 @@ def _place_constants(
                 node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(value)))
             cur[name] = FLOAT16
         else:
-            copy = _unique(f"{name}__fp16", used_names)
+            copy = unique_name(f"{name}__fp16", used_names)
             model.graph.initializer.append(numpy_helper.from_array(value, copy))
             copies[name] = copy
     return copies
@@ -263,8 +264,8 @@ def _emit(ix, plans, consts, cur):
     def cast(tensor: str, to: int) -> str:
         key = (tensor, to)
         if key not in casts:
-            name = _unique(f"{tensor}__{_SUFFIX[to]}", used)
-            node_name = _unique(f"Cast_{tensor}_to_{_SUFFIX[to]}", used)
+            name = unique_name(f"{tensor}__{_SUFFIX[to]}", used)
+            node_name = unique_name(f"Cast_{tensor}_to_{_SUFFIX[to]}", used)
             nodes.append(helper.make_node("Cast", [tensor], [name], name=node_name, to=to))
             casts[key] = name
             new_types[name] = (tensor, to)
@@ -306,7 +307,7 @@ def _fix_outputs(ix, nodes, new_types, cur, io_fp16) -> None:
             continue
         if name not in ix.producer or ix.producer[name].op_type == "Constant":
             raise NotImplementedError(f"graph output {name!r} is not computed by a node")
-        inner = _unique(f"{name}__{_SUFFIX[t]}", used)
+        inner = unique_name(f"{name}__{_SUFFIX[t]}", used)
         for node in nodes:
             for k, o in enumerate(node.output):
                 if o == name:
@@ -314,7 +315,7 @@ def _fix_outputs(ix, nodes, new_types, cur, io_fp16) -> None:
             for k, i in enumerate(node.input):
                 if i == name:
                     node.input[k] = inner
-        nodes.append(helper.make_node("Cast", [inner], [name], name=_unique(f"Cast_{name}_to_{_SUFFIX[target]}", used),
+        nodes.append(helper.make_node("Cast", [inner], [name], name=unique_name(f"Cast_{name}_to_{_SUFFIX[target]}", used),
                                       to=target))
         cur[inner] = t
         cur[name] = target
@@ -354,10 +355,3 @@ def _all_names(ix: GraphIndex) -> set[str]:
         names.update(node.output)
     return names
 
-
-def _unique(base: str, used: set[str]) -> str:
-    name, k = base, 1
-    while name in used:
-        name, k = f"{base}_{k}", k + 1
-    used.add(name)
-    return name

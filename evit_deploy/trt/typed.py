@@ -146,6 +146,8 @@ def emulate_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from evit_deploy.graph._graph import unique_name
+
     types = _elem_types(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -167,12 +169,12 @@ def emulate_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         rounded = []
         for k, o in enumerate(node.output):
             if o and types.get(o) == TensorProto.FLOAT16 and node.op_type != "Constant":
-                raw = _fresh(f"{o}__fp32", used)
-                half = _fresh(f"{o}__fp16", used)
+                raw = unique_name(f"{o}__fp32", used)
+                half = unique_name(f"{o}__fp16", used)
                 node.output[k] = raw
-                rounded += [helper.make_node("Cast", [raw], [half], name=_fresh(f"{o}__round16", used),
+                rounded += [helper.make_node("Cast", [raw], [half], name=unique_name(f"{o}__round16", used),
                                              to=TensorProto.FLOAT16),
-                            helper.make_node("Cast", [half], [o], name=_fresh(f"{o}__back32", used),
+                            helper.make_node("Cast", [half], [o], name=unique_name(f"{o}__back32", used),
                                              to=TensorProto.FLOAT)]
                 fp16.append(o)
         nodes += [node, *rounded]
@@ -184,13 +186,6 @@ def emulate_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
             value.type.tensor_type.elem_type = TensorProto.FLOAT
     return out, fp16
 
-
-def _fresh(base: str, used: set[str]) -> str:
-    name, k = base, 1
-    while name in used:
-        name, k = f"{base}_{k}", k + 1
-    used.add(name)
-    return name
 
 
 def scan_fp16(model: onnx.ModelProto, inputs: list[np.ndarray], input_name: str = "input",
