@@ -6,6 +6,7 @@ callbacks so the CLI can draw bars and notebooks can stay quiet.
 """
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 import warnings
@@ -273,13 +274,18 @@ def verify(
     record: bool = True,
     progress: Progress = _quiet,
     inventory: str | Path | None = None,
+    weight_rounding: bool = True,
 ) -> ParityReport:
     """Run the artifact and its PyTorch reference on the same inputs and compare.
 
     ``device`` is ``cpu``/``cuda`` here, or an inventory device (``evit_deploy.devices``):
     then only the artifact runs there, inputs and the reference stay on this machine.
+    ``weight_rounding``: for an fp16/int8 artifact, also run the reference with only its weights
+    rounded to that precision, so a shortfall shows whether the precision or the export caused it
+    (``evit_deploy.weight_rounding``; one more reference inference per sample).
     """
     from evit_deploy.targets.torch_ref import TorchRunner
+    from evit_deploy.weight_rounding import rounded_copy
 
     handle = open_artifact(artifact)
     if samples is None:
@@ -303,13 +309,22 @@ def verify(
     num_classes = _num_classes(handle.manifest.model)
     comparator = Comparator(handle.manifest.task, num_classes, tol)
     out_names = [o["name"] for o in handle.manifest.outputs] or ["logits"]
-    with TorchRunner(model, spec, output_names=out_names) as reference, artifact_runner as runner:
+    rounded = rounded_copy(model, handle.manifest.precision) if weight_rounding else None
+    rounding = Comparator(handle.manifest.task, num_classes, tol) if rounded is not None else None
+    with contextlib.ExitStack() as stack:
+        reference = stack.enter_context(TorchRunner(model, spec, output_names=out_names))
+        runner = stack.enter_context(artifact_runner)
+        rounded_runner = stack.enter_context(TorchRunner(rounded, spec, output_names=out_names)) if rounded else None
         for index, batch in enumerate(batches):
             progress(f"sample {index + 1}/{samples}")
             feed = {spec.name: batch}
-            comparator.update(runner.run(feed), reference.run(feed))
+            expected = reference.run(feed)
+            comparator.update(runner.run(feed), expected)
+            if rounded_runner is not None and rounding is not None:
+                rounding.update(rounded_runner.run(feed), expected)
         runner_info = runner.describe()
     report = comparator.report(
+        weight_rounding=rounding,
         model=handle.manifest.model,
         artifact=str(handle.path),
         precision=handle.manifest.precision,
@@ -350,6 +365,7 @@ def _record_parity(handle: ArtifactHandle, report: ParityReport) -> None:
         "samples": report.samples,
         "runner": report.runner,
         "task": report.task_metrics,
+        "weight_rounding": report.weight_rounding,
         "outputs": {k: v.to_dict() for k, v in report.outputs.items()},
         "failed": [c.name for c in report.failures],
     }

@@ -61,6 +61,9 @@ def parity_table(report: ParityReport) -> Table:
     table.add_column("value", justify="right")
     table.add_column("needs", justify="right")
     table.add_column("", justify="center")
+    bounds = report.weight_rounding
+    if bounds is not None:
+        table.add_column(f"weights {report.precision}\nalone", justify="right")
     judged = {c.name: c for c in report.checks}
     rows: list[tuple[str, Any]] = []
     for name, metrics in report.outputs.items():
@@ -73,8 +76,13 @@ def parity_table(report: ParityReport) -> Table:
         shown = "nan" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
         needs = f"{check.op} {check.threshold:g}" if check else ""
         mark = "" if check is None else ("[green]✓[/]" if check.passed else "[red]✗[/]")
-        table.add_row(name, shown, needs, mark)
+        cells = [name, shown, needs, mark]
+        if bounds is not None:
+            bound = bounds.get(name.removeprefix("task.")) if name.startswith("task.") else None
+            cells.append("" if bound is None else f"{bound:.6g}")
+        table.add_row(*cells)
     return table
+
 
 
 def print_parity(console: Console, report: ParityReport) -> None:

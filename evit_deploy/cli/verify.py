@@ -27,6 +27,9 @@ def verify(
     inventory: Annotated[Path | None, typer.Option(
         help="devices.yaml (default: $EVIT_DEVICES, else ~/.config/evit/devices.yaml).")] = None,
     threads: Annotated[int | None, typer.Option(help="Runtime threads.")] = None,
+    weight_rounding: Annotated[bool, typer.Option(
+        help="For fp16/int8: also score the reference with only its weights rounded to that precision, "
+             "which tells a shortfall of the precision from one of the export.")] = True,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON ('-' for stdout).")] = None,
     junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML report (one testcase per metric).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict line.")] = False,
@@ -43,7 +46,8 @@ def verify(
             report = api.verify(artifact, weights=weights, images=images, samples=samples, seed=seed, atol=atol,
                                 rtol=rtol, tolerances={"max_rel": max_rel},
                                 resolution=parse_resolution(resolution) if resolution else None,
-                                device=device, threads=threads, progress=progress, inventory=inventory)
+                                device=device, threads=threads, progress=progress, inventory=inventory,
+                                weight_rounding=weight_rounding)
         if to_stdout:
             print(json.dumps(report.to_dict(), indent=2))
         elif json_path is not None:

@@ -39,6 +39,7 @@ def test_seg_round_trip_passes_with_json_and_junit(cli, seg_artifact, tmp_path):
     assert metrics["max_rel"] <= 1e-4
     assert set(report["task"]) == {"pixel_agreement", "miou"}
     assert report["task"]["pixel_agreement"] >= 0.999
+    assert report["weight_rounding"] is None  # fp32 rounds nothing
     suite = ET.parse(tmp_path / "v.xml").getroot().find("testsuite")
     names = {case.get("name") for case in suite.iter("testcase")}
     assert "outputs.logits.max_rel" in names and "task.pixel_agreement" in names
@@ -243,7 +244,9 @@ def test_fp16_export_passes_at_fp16_tolerances(cli, seeded_checkpoint, tmp_path)
     assert len(fp16_weights) > 50  # a real fp16 graph, not casts around fp32 weights
     result = cli("verify", artifact, "--json", "-")
     assert result.code == 0, result
-    assert json.loads(result.stdout)["task"]["pixel_agreement"] >= 0.999
+    report = json.loads(result.stdout)
+    assert report["task"]["pixel_agreement"] >= 0.999
+    assert report["weight_rounding"]["pixel_agreement"] >= 0.999  # what fp16 weights alone keep
 
 
 def test_cls_round_trip(cli, seeded_checkpoint, tmp_path):
