@@ -97,29 +97,62 @@ CALIB_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "retina", 
 TEST_PHOTOS = ("chelsea", "immunohistochemistry", "camera", "moon", "coins", "grass")
 
 
-def _write_photos(folder: Path, names: tuple[str, ...]) -> Path:
+def _photo(name: str):
+    """One of scikit-image's bundled images as HxWx3 uint8 (grey replicated, stereo: left view)."""
+    import warnings
+
+    import numpy as np
+
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the real photos these tests use")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = getattr(skimage_data, name)()
+    if isinstance(image, tuple):
+        image = image[0]
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+
+
+def _write_photos(folder: Path, names: tuple[str, ...], variants: int = 1) -> Path:
+    """Each photo as a PNG, plus ``variants - 1`` crops/flips of it (up to 4 views a photo)."""
     import numpy as np
     from PIL import Image
-    from skimage import data
 
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        pixels = getattr(data, name)()
-        pixels = np.stack([pixels] * 3, -1) if pixels.ndim == 2 else pixels[..., :3]
-        Image.fromarray(pixels).save(folder / f"{name}.png")
+        image = _photo(name)
+        h, w = image.shape[:2]
+        views = [image, image[h // 4:, : 3 * w // 4][:, ::-1], image[: 3 * h // 4, w // 4:], image[::-1, ::-1]]
+        for index, view in enumerate(views[:variants]):
+            suffix = f"_{index}" if variants > 1 else ""
+            Image.fromarray(np.ascontiguousarray(view)).save(folder / f"{name}{suffix}.png")
     return folder
 
 
 @pytest.fixture(scope="session")
-def calib_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of real photos for int8 calibration (never used for testing)."""
-    return _write_photos(tmp_path_factory.mktemp("calib"), CALIB_PHOTOS)
+def photo_folder(tmp_path_factory: pytest.TempPathFactory):
+    """``photo_folder(names, variants=1)`` -> a folder of those skimage photos (made once a session)."""
+    made: dict[tuple[tuple[str, ...], int], Path] = {}
+
+    def make(names: tuple[str, ...], variants: int = 1) -> Path:
+        if (names, variants) not in made:
+            made[names, variants] = _write_photos(tmp_path_factory.mktemp("photos"), names, variants)
+        return made[names, variants]
+
+    return make
 
 
 @pytest.fixture(scope="session")
-def test_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def calib_photos(photo_folder) -> Path:
+    """A folder of real photos for int8 calibration (never used for testing)."""
+    return photo_folder(CALIB_PHOTOS)
+
+
+@pytest.fixture(scope="session")
+def test_photos(photo_folder) -> Path:
     """A folder of real photos for parity, disjoint from ``calib_photos``."""
-    return _write_photos(tmp_path_factory.mktemp("photos"), TEST_PHOTOS)
+    return photo_folder(TEST_PHOTOS)
 
 
 @pytest.fixture(scope="session", autouse=True)

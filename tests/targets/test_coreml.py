@@ -35,15 +35,9 @@ def seg_fp32(tmp_path_factory, seeded_checkpoint) -> Path:
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
+def photos(photo_folder) -> Path:
     """Real photos (skimage.data) for task metrics on natural images."""
-    from PIL import Image
-    from skimage import data
-
-    folder = tmp_path_factory.mktemp("photos")
-    for name in ("astronaut", "chelsea", "coffee", "rocket"):
-        Image.fromarray(getattr(data, name)()).convert("RGB").save(folder / f"{name}.png")
-    return folder
+    return photo_folder(("astronaut", "chelsea", "coffee", "rocket"))
 
 
 def manifest_of(artifact: Path) -> dict:
@@ -263,17 +257,9 @@ def test_macos_predict_verifies_and_profiles(cli, seg_fp32, units, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def photos_seg(photos, tmp_path_factory) -> Path:
+def photos_seg(photo_folder) -> Path:
     """Photos plus two non-street images, as the issue's figures were measured on six skimage images."""
-    from PIL import Image
-    from skimage import data
-
-    folder = tmp_path_factory.mktemp("photos6")
-    for file in photos.iterdir():
-        (folder / file.name).write_bytes(file.read_bytes())
-    for name in ("hubble_deep_field", "immunohistochemistry"):
-        Image.fromarray(getattr(data, name)()).convert("RGB").save(folder / f"{name}.png")
-    return folder
+    return photo_folder(("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"))
 
 
 @pytest.mark.slow

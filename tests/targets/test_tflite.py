@@ -11,12 +11,10 @@ import importlib.util
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -34,39 +32,10 @@ TEST_PHOTOS = ("chelsea", "rocket", "immunohistochemistry", "coins", "moon", "cl
                "colorwheel", "text")
 
 
-def _photo(name: str) -> np.ndarray:
-    import skimage.data
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        image = getattr(skimage.data, name)()
-    if isinstance(image, tuple):  # stereo pairs: the left view
-        image = image[0]
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
-
-
-def _write_photos(folder: Path, names: tuple[str, ...], variants: int) -> Path:
-    """Each photo, plus ``variants - 1`` crops/flips of it, as PNG files."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        image = _photo(name)
-        h, w = image.shape[:2]
-        views = [image, image[h // 4:, : 3 * w // 4][:, ::-1], image[: 3 * h // 4, w // 4:], image[::-1, ::-1]]
-        for index, view in enumerate(views[:variants]):
-            Image.fromarray(np.ascontiguousarray(view)).save(folder / f"{name}_{index}.png")
-    return folder
-
-
 @pytest.fixture(scope="session")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    pytest.importorskip("skimage", reason="scikit-image ships the real photos these tests use")
-    root = tmp_path_factory.mktemp("photos")
-    return {"calib": _write_photos(root / "calib", CALIB_PHOTOS, 4),  # 32 images
-            "test": _write_photos(root / "test", TEST_PHOTOS, 2)}  # 20 images
+def photos(photo_folder) -> dict[str, Path]:
+    return {"calib": photo_folder(CALIB_PHOTOS, 4),  # 32 images
+            "test": photo_folder(TEST_PHOTOS, 2)}  # 20 images
 
 
 def _weights(seeded_weights: ModuleType, reference_dir: Path, keys: str, out: Path) -> Path:
