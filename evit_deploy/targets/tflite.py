@@ -16,8 +16,8 @@ Export path (no TensorFlow anywhere):
    carry ~45% of the fp16 rounding error (mean |logit error| 0.0058 -> 0.0033; pixel
    agreement on 20 real photos 99.86% -> 99.93%) for 9% more bytes.
 5. int8: static post-training quantisation calibrated on ``--calib`` images (per-channel
-   symmetric int8 weights, per-tensor asymmetric int8 activations, float I/O), with two float
-   islands found in the fp32 graph:
+   symmetric int8 weights, per-tensor asymmetric int8 activations, float I/O), with three
+   float islands found in the fp32 graph:
 
    * ``attention``: every op between LiteMLA's qkv convolutions and its output projection
      (ReLU kernels, the two BATCH_MATMULs, the eps ADD and the DIV). LiteRT's int8 DIV kernel
@@ -28,6 +28,10 @@ Export path (no TensorFlow anywhere):
      the single largest cost of a naive int8 graph (~65% of its time at 512x1024). Kept
      float, DEQUANTIZE -> HARD_SWISH -> QUANTIZE is fused by XNNPACK into one int8-in,
      int8-out op.
+   * ``head``: the classifier (after the global pool for classification: FCs, LayerNorm; the
+     final 1x1 conv to the classes for segmentation). Negligible compute, but in int8 the
+     logits themselves are quantised per tensor (a step of ~0.1 against class margins of a
+     few hundredths) and the LayerNorm runs MEAN/RSQRT in int8.
 
    The manifest's ``details.float_ops`` lists every op that stayed float, by block.
 
@@ -72,7 +76,7 @@ if TYPE_CHECKING:
     from evit_deploy.configs import Recipe
 
 INSTALL_HINT = "pip install 'evit-deploy[tflite]'"
-FloatIsland = Literal["attention", "hardswish"]
+FloatIsland = Literal["attention", "hardswish", "head"]
 
 # Ops whose weights are the model's bulk: an int8/fp16 float island never extends past them.
 _COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
@@ -85,7 +89,7 @@ _RUN_ERRORS = (RuntimeError, ValueError, UsageError)
 class TfliteOptions(TargetOptions):
     layout: Literal["nhwc", "nchw"] = "nhwc"  # of the input and of 4-D outputs
     bicubic: Literal["exact", "converter"] = "exact"  # conv rewrite, or litert-torch's gather lowering
-    keep_float: list[FloatIsland] = Field(default_factory=lambda: ["attention", "hardswish"])  # int8 islands
+    keep_float: list[FloatIsland] = Field(default_factory=lambda: ["attention", "hardswish", "head"])  # int8 islands
     fp16_fp32_share: float = Field(0.1, ge=0.0, le=1.0)  # fp16: smallest weight tensors, up to this share, stay fp32
 
     @field_validator("layout", "bicubic", mode="before")
@@ -158,6 +162,7 @@ class Graph:
         codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
         subgraph = self.model.subgraphs[0]
         self.tensors = subgraph.tensors
+        self.outputs = [int(i) for i in subgraph.outputs]
         self.ops: list[dict[str, Any]] = []
         for index, op in enumerate(subgraph.operators):
             code = flatbuffer_utils.get_builtin_code_from_operator_code(self.model.operatorCodes[op.opcodeIndex])
@@ -209,6 +214,33 @@ class Graph:
             seen |= island
             islands.append(sorted(island))
         return islands
+
+    def head_ops(self) -> list[int]:
+        """The ops that turn the last feature map into the outputs: the classifier.
+
+        Walking back from the outputs: for a 2-D output (classification) everything after the
+        global average pool, the pool included (FCs, the LayerNorm, activations); for a 4-D
+        output (segmentation) the output's own projection, its last conv, and what follows it.
+        Their compute is negligible (one vector, or a 1x1 conv to the classes at 1/8 size), but
+        in int8 they quantise the logits themselves, per tensor: a step of (range / 255) against
+        class margins of a few hundredths, plus an int8 LayerNorm (MEAN, SQUARED_DIFFERENCE,
+        RSQRT in int8) in the classification head.
+        """
+        head: set[int] = set()
+        stack = [self.producer[t] for t in self.outputs if t in self.producer]
+        while stack:
+            index = stack.pop()
+            if index in head:
+                continue
+            head.add(index)
+            op = self.ops[index]
+            ranks = [len(self.tensors[t].shape) for t in op["outputs"]]
+            if op["type"] == "MEAN" and len(self.tensors[op["inputs"][0]].shape) == 4:
+                continue  # the global pool: the feature map ends here
+            if op["type"] in _COMPUTE_OPS and 4 in ranks:
+                continue  # a segmentation head's projection to the classes
+            stack.extend(self.producer[t] for t in op["inputs"] if t in self.producer)
+        return sorted(head)
 
     def block_name(self, indices: list[int]) -> str:
         """A readable module path for a group of ops, from the converter's tensor names."""
@@ -379,6 +411,8 @@ def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: list[np.ndar
     float_ops |= set(div_only)
     hardswish = [op["index"] for op in graph.ops if op["type"] == "HARD_SWISH"] if "hardswish" in options.keep_float else []
     float_ops |= set(hardswish)
+    head = graph.head_ops() if "head" in options.keep_float else []
+    float_ops |= set(head)
 
     # Float ops are marked by a suffix on their output tensors' names (it also tells anyone
     # inspecting the model which ops are float on purpose); one short regex then selects them.
@@ -413,6 +447,8 @@ def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: list[np.ndar
             "attention": [{"block": graph.block_name(island),
                            "ops": dict(Counter(graph.ops[i]["type"] for i in island))} for island in islands],
             "hardswish": len(hardswish),
+            "head": {"block": graph.block_name(head), "ops": dict(Counter(graph.ops[i]["type"] for i in head))}
+            if head else None,
             "div_only": len(div_only),
             "total_float_ops": len(still_float),
             "float_op_types": dict(Counter(op["type"] for op in still_float)),
@@ -511,8 +547,9 @@ class TfliteTarget(Target):
         elif recipe.precision == "int8":
             content, details["int8"] = quantize_int8(content, options, calibration, ctx.progress)
             fo = details["int8"]["float_ops"]
+            head = f", the classifier head ({sum(fo['head']['ops'].values())} op(s))" if fo["head"] else ""
             notes.append(f"int8 with float islands: {len(fo['attention'])} LiteMLA attention core(s), "
-                         f"{fo['hardswish']} HARD_SWISH op(s) (see details.int8.float_ops)")
+                         f"{fo['hardswish']} HARD_SWISH op(s){head} (see details.int8.float_ops)")
         if info.get("bicubic_layers") and options.bicubic == "exact":
             notes.append(f"{info['bicubic_layers']} bicubic upsampling layer(s) exported as the exact "
                          "pad + depthwise conv + pixel shuffle rewrite (TFLite has no bicubic resize)")

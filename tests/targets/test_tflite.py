@@ -174,8 +174,10 @@ def test_seg_small_end_to_end(tmp_path: Path, photos: dict[str, Path], seeded_we
     assert int8["float_ops"]["hardswish"] > 0 and int8["calibration_images"] == 8
     float_types = int8["float_ops"]["float_op_types"]
     assert set(float_types) <= {"HARD_SWISH", "CONCATENATION", "TRANSPOSE", "RESHAPE", "SLICE", "RELU", "PADV2",
-                                "BATCH_MATMUL", "ADD", "DIV", "SUM"}, float_types
-    assert "CONV_2D" not in float_types and "DEPTHWISE_CONV_2D" not in float_types
+                                "BATCH_MATMUL", "ADD", "DIV", "SUM", "CONV_2D"}, float_types
+    # the one float conv is the head's projection to the classes (the logits stay float)
+    assert int8["float_ops"]["head"]["ops"] == {"CONV_2D": 1} and float_types["CONV_2D"] == 1
+    assert "DEPTHWISE_CONV_2D" not in float_types
     report = api.verify(results["int8"].artifact, images=photos["test"], threads=2,
                         tolerances={"pixel_agreement": 0.6, "cosine": 0.8})
     assert report.outputs["logits"].nonfinite == 0
@@ -248,20 +250,17 @@ def test_seg_b1_fp16(seg_b1: dict[str, api.ExportResult], photos: dict[str, Path
 
 
 @pytest.mark.slow
-def test_seg_b1_int8(seg_b1: dict[str, api.ExportResult], photos: dict[str, Path]) -> None:
+def test_seg_b1_int8(seg_b1: dict[str, api.ExportResult], photos: dict[str, Path], precision_limited) -> None:
     """int8 on test photos the calibration never saw.
 
     The issue asks 99% pixel agreement. These seeded weights cannot show it: their logits'
-    top-2 margins are tiny (1% of pixels within 0.03 of a tie, logit std 3.3) and even
-    weight-only per-channel int8 with float activations agrees on only ~95% of pixels, so
-    any int8 graph lands below 99% here. The floor below is what this graph measured
-    (92.2% on these 20 photos) less noise; the 99% check stays in the recipe, where verify
-    reports the shortfall.
+    top-2 margins are tiny (1% of pixels within 0.03 of a tie, logit std 3.3), so the
+    reference with only its weights rounded to int8 (activations float) already misses 99%;
+    verify reports that bound and says the precision, not the export, limits the figure.
+    What the export must not do is lose much more than int8 weights alone do.
     """
     report = api.verify(seg_b1["int8"].artifact, images=photos["test"], threads=2)
-    assert report.outputs["logits"].nonfinite == 0
-    assert report.task_metrics["pixel_agreement"] >= 0.85, report.task_metrics
-    assert any(c.name == "task.pixel_agreement" and c.threshold == 0.99 for c in report.checks)
+    precision_limited(report, "pixel_agreement", 0.99, slack=0.04)
 
 
 @pytest.mark.slow
@@ -278,16 +277,22 @@ def test_cls_b1_fp16(cls_b1: dict[str, api.ExportResult], photos: dict[str, Path
 
 @pytest.mark.slow
 def test_cls_b1_int8(cls_b1: dict[str, api.ExportResult], photos: dict[str, Path]) -> None:
-    """int8 top-1 on unseen photos (measured 70%, top-5 100%).
+    """int8 top-1 on 20 unseen photos: 90% (18/20; the issue asks 95%), top-5 100%.
 
-    The issue asks 95% top-1; these seeded weights' top-2 logit margins are 0.005-0.2 with a
-    logit std of 0.58, inside int8's error, so top-1 flips although top-5 always holds (see
-    test_seg_b1_int8). The recipe keeps the 95% check, so verify reports the shortfall.
+    These seeded weights' top-2 logit margins are 0.005-0.2 with a logit std of 0.58. The
+    reference with int8 weights alone keeps 95%, so the last miss is the activations': every
+    per-tensor int8 activation carries 2-6% relative error (measured tensor by tensor against
+    the fp32 flatbuffer), evenly through the network; percentile-clipped ranges did worse
+    (99.99th: 85%). The float ``head`` island took top-1 from 70% to 90%: an int8 head
+    quantised the logits themselves and ran the LayerNorm in int8.
     """
     report = api.verify(cls_b1["int8"].artifact, images=photos["test"], threads=2)
     assert report.outputs["logits"].nonfinite == 0
-    assert report.task_metrics["top1_agreement"] >= 0.5, report.task_metrics
-    assert report.task_metrics["top5_agreement"] >= 0.9, report.task_metrics
+    assert report.weight_rounding is not None and report.weight_rounding["top1_agreement"] >= 0.9
+    assert report.task_metrics["top1_agreement"] >= 0.85, report.task_metrics
+    assert report.task_metrics["top5_agreement"] >= 0.95, report.task_metrics
+    head = json.loads(cls_b1["int8"].artifact.with_name("efficientvit-b1-r224.evit.json").read_text())
+    assert head["details"]["int8"]["float_ops"]["head"]["ops"]["FULLY_CONNECTED"] == 2
 
 
 @pytest.mark.slow
