@@ -277,19 +277,20 @@ def test_fp32_parity_at_full_size(tmp_path, seeded_checkpoint, photos_seg, model
 
 @pytest.mark.slow
 @not_on_mac
-def test_fp16_seg_b1_512x1024(tmp_path, seeded_checkpoint, photos_seg):
-    """fp16 meets 99.9% pixel agreement on random pixels; on photos the seeded (untrained) weights put
-    it at ~99.6%: fp16 weight rounding alone, with every activation fp32, gives 99.74% on the same
-    images, and the ONNX fp16 artifact 99.76%; the conversion adds no error of its own (attention fp32)."""
+def test_fp16_seg_b1_512x1024(tmp_path, seeded_checkpoint, photos_seg, precision_limited):
+    """fp16 meets 99.9% pixel agreement on random pixels. On photos the seeded (untrained) weights'
+    margins are thinner than fp16: the reference with only its weights rounded to fp16 (every
+    activation fp32) misses 99.9% on the same images, and verify says so; the converted program
+    (attention fp32, the rest computed in fp16) stays within 0.3 points of that reference."""
     from evit_deploy import api
 
     artifact = export(tmp_path, SEG, weights=seeded_checkpoint(SEG_KEYS), resolution=(512, 1024),
                       config="coreml-fp16").artifact
     random = api.verify(artifact, samples=4)
     assert random.passed and random.task_metrics["pixel_agreement"] >= 0.999, random.task_metrics
-    real = api.verify(artifact, images=photos_seg, tolerances={"pixel_agreement": 0.995})
-    assert real.outputs["logits"].nonfinite == 0 and real.outputs["logits"].cosine >= 0.99999
-    assert real.task_metrics["pixel_agreement"] >= 0.995, real.task_metrics
+    real = api.verify(artifact, images=photos_seg)
+    assert real.outputs["logits"].cosine >= 0.99999
+    precision_limited(real, "pixel_agreement", 0.999, slack=0.003)
 
 
 @pytest.mark.slow

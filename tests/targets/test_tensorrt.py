@@ -274,15 +274,15 @@ def test_int8_is_qdq_with_fp32_islands(seg_int8):
     assert "--stronglyTyped" in plan.trtexec and "--int8" not in plan.trtexec
 
 
-def test_int8_verifies_on_ort(seg_int8, test_photos):
-    """Verified on other photos than it was calibrated on. With the seeded weights the pixel
-    agreement stays below the 99% a real checkpoint is held to (their argmax margins are thin:
-    see the int8 notes in the report), so this records the figure and guards it from regressing."""
+def test_int8_verifies_on_ort(seg_int8, test_photos, precision_limited):
+    """Verified on other photos than it was calibrated on. The issue's 99% is out of reach of the
+    seeded weights in int8: the reference with int8 weights alone (activations float) misses it
+    too, as verify reports; the Q/DQ graph must stay close to that reference."""
     from evit_deploy import api
 
     report = api.verify(seg_int8.artifact, images=test_photos, record=False)
     assert report.runner["backend"] == "onnxruntime"
-    assert report.task_metrics["pixel_agreement"] >= 0.85, report.task_metrics
+    precision_limited(report, "pixel_agreement", 0.99, slack=0.06)
     assert report.outputs["logits"].cosine >= 0.99
 
 
@@ -382,9 +382,10 @@ def seg_dynamic(tmp_path_factory, seeded_checkpoint):
 @pytest.mark.parametrize("resolution,photos_at_least", [("512x1024", 0.998), ("1024x2048", 0.999)])
 def test_typed_fp16_seg_b1_at_deployment_resolutions(cli, seg_dynamic, test_photos, resolution, photos_at_least):
     """>= 99.9% pixel agreement with PyTorch fp32 (verify's seeded inputs), fp16 emulated exactly.
-    On the six test photos the seeded weights' thin argmax margins give 99.88% at 512x1024 (a
-    graph with only its convs in fp16 gives 99.89%: the floor of fp16 itself) and 99.96% at
-    1024x2048; that is held here too, so neither figure can slip unnoticed."""
+    On the six test photos: 99.96% at 1024x2048, 99.88% at 512x1024, where the reference with only
+    its weights rounded to fp16 keeps 99.94%: the rest is fp16 arithmetic in the convolutions,
+    which the plan runs in fp16 by design (rounding the logits alone costs 0.016 points). Both
+    photo figures are held here, so neither can slip unnoticed."""
     plan = load_plan(seg_dynamic)
     assert plan.profile == {"min": [1, 3, 256, 512], "opt": [1, 3, 512, 1024], "max": [1, 3, 1024, 2048]}
     assert plan.overflow["--max-shape"]["ok"] and plan.overflow["--max-shape"]["shape"] == [1, 3, 1024, 2048]
@@ -393,6 +394,7 @@ def test_typed_fp16_seg_b1_at_deployment_resolutions(cli, seg_dynamic, test_phot
     assert report["runner"]["fp16"].startswith("emulated")
     code, report = verify_json(cli, seg_dynamic, "--images", test_photos, "--resolution", resolution)
     assert report["task"]["pixel_agreement"] >= photos_at_least and report["outputs"]["logits"]["nonfinite"] == 0
+    assert report["weight_rounding"]["pixel_agreement"] >= 0.999, report["weight_rounding"]
 
 
 @pytest.fixture(scope="module")
