@@ -16,8 +16,9 @@ Export path (no TensorFlow anywhere):
    carry ~45% of the fp16 rounding error (mean |logit error| 0.0058 -> 0.0033; pixel
    agreement on 20 real photos 99.86% -> 99.93%) for 9% more bytes.
 5. int8: static post-training quantisation calibrated on ``--calib`` images (per-channel
-   symmetric int8 weights, per-tensor asymmetric int8 activations, float I/O), with three
-   float islands found in the fp32 graph:
+   symmetric int8 weights, per-tensor asymmetric int8 activations whose ranges are the
+   extremes the calibration images reach, float I/O), with three float islands found in the
+   fp32 graph:
 
    * ``attention``: every op between LiteMLA's qkv convolutions and its output projection
      (ReLU kernels, the two BATCH_MATMULs, the eps ADD and the DIV). LiteRT's int8 DIV kernel
@@ -91,8 +92,9 @@ class TfliteOptions(TargetOptions):
     bicubic: Literal["exact", "converter"] = "exact"  # conv rewrite, or litert-torch's gather lowering
     keep_float: list[FloatIsland] = Field(default_factory=lambda: ["attention", "hardswish", "head"])  # int8 islands
     fp16_fp32_share: float = Field(0.1, ge=0.0, le=1.0)  # fp16: smallest weight tensors, up to this share, stay fp32
+    int8_ranges: Literal["min_max", "moving_average"] = "min_max"  # how calibration images' ranges combine
 
-    @field_validator("layout", "bicubic", mode="before")
+    @field_validator("layout", "bicubic", "int8_ranges", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
@@ -433,14 +435,15 @@ def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: list[np.ndar
     (input_name,) = signature[key]["inputs"][:1]
     progress(f"calibrating int8 ranges on {len(calibration)} image(s)")
     with native_logs_quiet():
-        ranges = qt.calibrate({key: [{input_name: x} for x in calibration]}, num_threads=max(1, os.cpu_count() or 1))
+        ranges = _calibrate(qt, key, input_name, calibration, options.int8_ranges)
         progress("quantizing")
         result = qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False)
     quantized = Graph(result.quantized_model)
     still_float = [op for op in quantized.ops if op["type"] not in _QUANT_OPS and not _op_is_int8(quantized, op)]
     details: dict[str, Any] = {
         "scheme": "static int8: per-channel symmetric int8 weights, per-tensor asymmetric int8 activations "
-                  "(moving-average min/max), float32 input and output",
+                  f"({options.int8_ranges.replace('_', ' ')} ranges over the calibration images), "
+                  "float32 input and output",
         "calibration_images": len(calibration),
         "keep_float": list(options.keep_float),
         "float_ops": {
@@ -457,6 +460,27 @@ def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: list[np.ndar
         "dequantize_ops": sum(1 for op in quantized.ops if op["type"] == "DEQUANTIZE"),
     }
     return bytes(result.quantized_model), details
+
+
+def _calibrate(qt: Any, key: str, input_name: str, calibration: list[np.ndarray], mode: str) -> dict[str, Any]:
+    """Each tensor's int8 range over the calibration images.
+
+    ai-edge-quantizer's own calibration folds the images' ranges into a moving average
+    (smoothing 0.95, seeded by the first image): with tens of images the first one keeps ~20%
+    of the weight and every range sits inside what the images reach, so the rarer large
+    activations clip. ``min_max`` calibrates one image at a time and keeps the extremes:
+    cls-B1 top-1 on unseen photos 90% -> 95% (20 photos, seeded weights).
+    """
+    from ai_edge_quantizer.utils.qsv_utils import min_max_update
+
+    threads = max(1, os.cpu_count() or 1)
+    if mode == "moving_average":
+        return dict(qt.calibrate({key: [{input_name: x} for x in calibration]}, num_threads=threads))
+    ranges: dict[str, Any] = {}
+    for x in calibration:
+        for name, qsv in qt.calibrate({key: [{input_name: x}]}, num_threads=threads).items():
+            ranges[name] = min_max_update(ranges[name], qsv) if name in ranges else qsv
+    return ranges
 
 
 def _op_is_int8(graph: Graph, op: dict[str, Any]) -> bool:

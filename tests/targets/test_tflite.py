@@ -193,6 +193,32 @@ def test_seg_small_end_to_end(tmp_path: Path, photos: dict[str, Path], seeded_we
 
 
 @needs_tflite
+def test_min_max_ranges_hold_what_every_calibration_image_reaches(tmp_path: Path, photos: dict[str, Path],
+                                                                  seeded_weights: ModuleType,
+                                                                  reference_dir: Path) -> None:
+    """Whole-set min/max ranges contain ai-edge-quantizer's moving average of per-image ranges,
+    which sits inside the extremes (seeded by the first image) and so clips the rarer large ones."""
+    from evit_deploy.targets.tflite import Graph
+
+    weights = _weights(seeded_weights, reference_dir, "efficientvit_seg_b0_cityscapes", tmp_path)
+    scales = {}
+    for ranges in ("min_max", "moving_average"):
+        result = _export("efficientvit-seg-b0-cityscapes", weights, tmp_path / ranges, "int8", (64, 128),
+                         photos["calib"], samples=8, int8_ranges=ranges)
+        graph = Graph(result.artifact.read_bytes())
+        scales[ranges] = {graph.tensor_name(i): float(t.quantization.scale[0]) for i, t in enumerate(graph.tensors)
+                          if t.type == 9 and t.quantization is not None and t.quantization.scale is not None
+                          and len(t.quantization.scale) == 1}  # per-tensor int8: the activations
+        assert ranges.replace("_", " ") in result.manifest.details["int8"]["scheme"]
+    shared = scales["min_max"].keys() & scales["moving_average"].keys()
+    assert len(shared) > 50
+    wider = [n for n in shared if scales["min_max"][n] > scales["moving_average"][n] * (1 + 1e-6)]
+    narrower = [n for n in shared if scales["min_max"][n] < scales["moving_average"][n] * (1 - 1e-4)]
+    assert not narrower, narrower[:5]
+    assert len(wider) > len(shared) // 2
+
+
+@needs_tflite
 def test_cls_small_nchw_end_to_end(tmp_path: Path, photos: dict[str, Path], seeded_weights: ModuleType,
                                    reference_dir: Path) -> None:
     """cls-B0 at 64x64 with --layout nchw: 2-D logits, NCHW input, the CLI path and its manifest."""
@@ -277,22 +303,22 @@ def test_cls_b1_fp16(cls_b1: dict[str, api.ExportResult], photos: dict[str, Path
 
 @pytest.mark.slow
 def test_cls_b1_int8(cls_b1: dict[str, api.ExportResult], photos: dict[str, Path]) -> None:
-    """int8 top-1 on 20 unseen photos: 90% (18/20; the issue asks 95%), top-5 100%.
+    """int8 top-1 on 20 unseen photos meets the issue's 95% (19/20), top-5 100%.
 
-    These seeded weights' top-2 logit margins are 0.005-0.2 with a logit std of 0.58. The
-    reference with int8 weights alone keeps 95%, so the last miss is the activations': every
-    per-tensor int8 activation carries 2-6% relative error (measured tensor by tensor against
-    the fp32 flatbuffer), evenly through the network; percentile-clipped ranges did worse
-    (99.99th: 85%). The float ``head`` island took top-1 from 70% to 90%: an int8 head
-    quantised the logits themselves and ran the LayerNorm in int8.
+    These seeded weights' top-2 logit margins are 0.005-0.2 with a logit std of 0.58; the
+    reference with int8 weights alone also keeps 95%. Two choices got the artifact there
+    from 70%: the float ``head`` island (70 -> 90%: an int8 head quantised the logits
+    themselves and ran the LayerNorm in int8) and whole-set min/max activation ranges instead
+    of ai-edge-quantizer's moving average (90 -> 95%). Percentile-clipped ranges did worse
+    (99.99th: 85%).
     """
     report = api.verify(cls_b1["int8"].artifact, images=photos["test"], threads=2)
     assert report.outputs["logits"].nonfinite == 0
-    assert report.weight_rounding is not None and report.weight_rounding["top1_agreement"] >= 0.9
-    assert report.task_metrics["top1_agreement"] >= 0.85, report.task_metrics
-    assert report.task_metrics["top5_agreement"] >= 0.95, report.task_metrics
-    head = json.loads(cls_b1["int8"].artifact.with_name("efficientvit-b1-r224.evit.json").read_text())
-    assert head["details"]["int8"]["float_ops"]["head"]["ops"]["FULLY_CONNECTED"] == 2
+    assert report.passed and report.task_metrics["top1_agreement"] >= 0.95, report.task_metrics
+    assert report.task_metrics["top5_agreement"] == 1.0, report.task_metrics
+    manifest = json.loads(cls_b1["int8"].artifact.with_name("efficientvit-b1-r224.evit.json").read_text())
+    assert manifest["details"]["int8"]["float_ops"]["head"]["ops"]["FULLY_CONNECTED"] == 2
+    assert "min max ranges over the calibration images" in manifest["details"]["int8"]["scheme"]
 
 
 @pytest.mark.slow
