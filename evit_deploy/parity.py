@@ -286,6 +286,7 @@ def _out_of_reach_note(limited: list[Check], precision: str) -> str | None:
         return None
     names = ", ".join(f"{c.name} (weights rounded alone: {c.weights_rounded:.4g})" for c in limited)
     return (f"{names}: the PyTorch reference misses the threshold too once only its weights are rounded to "
-            f"{precision}, so no {precision} artifact meets it for these weights on these inputs; the model's "
+            f"{precision}, so an {precision} artifact cannot be expected to meet it for these weights on these "
+            "inputs; the model's "
             "decision margins are thinner than the precision (untrained or barely trained weights, ambiguous "
             "inputs): judge with the trained checkpoint on real images")

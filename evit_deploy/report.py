@@ -84,7 +84,6 @@ def parity_table(report: ParityReport) -> Table:
     return table
 
 
-
 def print_parity(console: Console, report: ParityReport) -> None:
     console.print(parity_table(report))
     for note in report.notes:

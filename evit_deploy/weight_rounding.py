@@ -6,10 +6,10 @@ precision; only the second is the conversion's doing. ``verify`` therefore runs 
 second time with only its weights rounded the way the artifact stores them, and reports that
 model's task agreement beside the artifact's.
 
-When the weight-rounded model itself falls short of a threshold, no artifact of that precision
-will meet it for these weights on these inputs: the model's decision margins are thinner than the
-precision's resolution (an untrained or barely trained checkpoint, ambiguous inputs), and the
-export is not what to fix. When the weight-rounded model clears the threshold and the artifact
+When the weight-rounded model itself falls short of a threshold, an artifact of that precision
+cannot be expected to meet it for these weights on these inputs: the model's decision margins are
+thinner than the precision's resolution (an untrained or barely trained checkpoint, ambiguous
+inputs), and the export is not what to fix. When the weight-rounded model clears the threshold and the artifact
 does not, the activations are losing it (calibration, ranges, layers that should stay float).
 """
 from __future__ import annotations
