@@ -91,7 +91,8 @@ def parity(artifact: Path, images: Path, threads: int) -> dict[str, Any]:
     report = api.verify(artifact, images=images, threads=threads, record=False)
     out = report.outputs["logits"]
     return {"max_rel": out.max_rel, "cosine": out.cosine, **report.task_metrics, "passed": report.passed,
-            "failed": [c.name for c in report.failures], "images": report.samples}
+            "failed": [c.name for c in report.failures], "images": report.samples,
+            "weights_rounded_alone": report.weight_rounding}
 
 
 def _island_share(profile: dict[str, Any], names: tuple[str, ...]) -> float:
