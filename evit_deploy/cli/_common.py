@@ -44,6 +44,29 @@ def iteration_progress(quiet: bool, label: str) -> Iterator[Callable[[int, int],
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+@contextmanager
+def device_progress(quiet: bool, names: list[str]) -> Iterator[tuple[Callable[[str, str], None],
+                                                                     Callable[[str, int, int], None]]]:
+    """One progress line per device: its stage, then its timed iterations."""
+    if quiet or not sys.stderr.isatty():
+        yield (lambda name, message: None), (lambda name, done, total: None)
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.fields[device]:<16}"), TextColumn("{task.description:<36}"),
+               BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        tasks = {name: bar.add_task("waiting", total=None, device=name) for name in names}
+
+        def on_stage(name: str, message: str) -> None:
+            bar.update(tasks[name], description=message[:36])
+            if message == "done" or message.startswith("failed"):
+                bar.stop_task(tasks[name])
+
+        def on_iteration(name: str, done: int, total: int) -> None:
+            bar.update(tasks[name], description="profiling", completed=done, total=total)
+
+        yield on_stage, on_iteration
+
+
 def parse_target_options(args: list[str]) -> dict[str, Any]:
     """``--foo-bar 3 --flag --no-other`` -> {"foo_bar": "3", "flag": True, "other": False}.
 

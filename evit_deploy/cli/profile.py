@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from evit_deploy.cli._common import err, iteration_progress, out
+from evit_deploy.cli._common import device_progress, err, iteration_progress, out
 from evit_deploy.cli._errors import handle_errors
 
 
@@ -152,35 +149,3 @@ def _copy(remote: dict[str, Any] | None) -> str:
 def _power(power: dict[str, Any] | None, key: str, fmt: str) -> str:
     value = (power or {}).get(key)
     return fmt.format(value) if isinstance(value, (int, float)) else "-"
-
-
-@contextmanager
-def device_progress(quiet: bool, names: list[str]) -> Iterator[tuple[Callable[[str, str], None],
-                                                                     Callable[[str, int, int], None]]]:
-    """One progress line per device: its stage, then its timed iterations."""
-    if quiet or not sys.stderr.isatty():
-        yield (lambda name, message: None), (lambda name, done, total: None)
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    columns = (SpinnerColumn(), TextColumn("{task.fields[device]:<16}"), TextColumn("{task.description:<36}"),
-               BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
-        tasks = {name: bar.add_task("waiting", total=None, device=name) for name in names}
-
-        def on_stage(name: str, message: str) -> None:
-            bar.update(tasks[name], description=message[:36])
-            if message == "done" or message.startswith("failed"):
-                bar.stop_task(tasks[name])
-
-        def on_iteration(name: str, done: int, total: int) -> None:
-            bar.update(tasks[name], description="profiling", completed=done, total=total)
-
-        yield on_stage, on_iteration

@@ -48,7 +48,7 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -198,23 +198,19 @@ class Graph:
         exactly what lies between the qkv projections and the output projection, whatever
         reshapes and transposes the converter put there.
         """
+        def neighbours(index: int) -> list[int]:
+            op = self.ops[index]
+            around = [self.producer[t] for t in op["inputs"] if t in self.producer]
+            around += [c for t in op["outputs"] for c in self.consumers.get(t, [])]
+            return [n for n in around if self.ops[n]["type"] not in _COMPUTE_OPS]
+
         islands: list[list[int]] = []
         seen: set[int] = set()
         for seed in (op["index"] for op in self.ops if op["type"] == "DIV"):
-            if seed in seen:
-                continue
-            island, stack = set(), [seed]
-            while stack:
-                index = stack.pop()
-                if index in island:
-                    continue
-                island.add(index)
-                op = self.ops[index]
-                neighbours = [self.producer[t] for t in op["inputs"] if t in self.producer]
-                neighbours += [c for t in op["outputs"] for c in self.consumers.get(t, [])]
-                stack.extend(n for n in neighbours if n not in island and self.ops[n]["type"] not in _COMPUTE_OPS)
-            seen |= island
-            islands.append(sorted(island))
+            if seed not in seen:
+                island = self._reach([seed], neighbours)
+                seen |= island
+                islands.append(sorted(island))
         return islands
 
     def head_ops(self) -> list[int]:
@@ -228,21 +224,27 @@ class Graph:
         class margins of a few hundredths, plus an int8 LayerNorm (MEAN, SQUARED_DIFFERENCE,
         RSQRT in int8) in the classification head.
         """
-        head: set[int] = set()
-        stack = [self.producer[t] for t in self.outputs if t in self.producer]
+        def producers(index: int) -> list[int]:
+            op = self.ops[index]
+            if op["type"] == "MEAN" and len(self.tensors[op["inputs"][0]].shape) == 4:
+                return []  # the global pool: the feature map ends here
+            if op["type"] in _COMPUTE_OPS and any(len(self.tensors[t].shape) == 4 for t in op["outputs"]):
+                return []  # a segmentation head's projection to the classes
+            return [self.producer[t] for t in op["inputs"] if t in self.producer]
+
+        return sorted(self._reach([self.producer[t] for t in self.outputs if t in self.producer], producers))
+
+    @staticmethod
+    def _reach(seeds: list[int], step: Callable[[int], list[int]]) -> set[int]:
+        """Every op reachable from ``seeds`` by repeatedly taking ``step`` (the seeds included)."""
+        reached: set[int] = set()
+        stack = list(seeds)
         while stack:
             index = stack.pop()
-            if index in head:
-                continue
-            head.add(index)
-            op = self.ops[index]
-            ranks = [len(self.tensors[t].shape) for t in op["outputs"]]
-            if op["type"] == "MEAN" and len(self.tensors[op["inputs"][0]].shape) == 4:
-                continue  # the global pool: the feature map ends here
-            if op["type"] in _COMPUTE_OPS and 4 in ranks:
-                continue  # a segmentation head's projection to the classes
-            stack.extend(self.producer[t] for t in op["inputs"] if t in self.producer)
-        return sorted(head)
+            if index not in reached:
+                reached.add(index)
+                stack.extend(n for n in step(index) if n not in reached)
+        return reached
 
     def block_name(self, indices: list[int]) -> str:
         """A readable module path for a group of ops, from the converter's tensor names."""
