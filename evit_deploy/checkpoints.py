@@ -22,11 +22,10 @@ checkpoint looks like when that can be told.
 """
 from __future__ import annotations
 
-import functools
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ from evit_deploy.errors import UsageError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from evit_deploy.zoo import ModelCard
+Guess = Callable[[Mapping[str, Any]], "str | None"]  # state dict -> "it looks like a checkpoint of ..."
 
 __all__ = [
     "detect_layout",
@@ -275,8 +274,12 @@ def official_to_timm(sd: Mapping[str, Any], family: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Fitting a model
 
-def load_weights(model: torch.nn.Module, weights: str | Path | Mapping[str, Any], card: ModelCard) -> None:
-    """Load ``weights`` (a file or a state dict) into ``model`` built from ``card``, strictly."""
+def load_weights(model: torch.nn.Module, weights: str | Path | Mapping[str, Any], name: str,
+                 guess: Guess | None = None) -> None:
+    """Load ``weights`` (a file or a state dict) into ``model`` (the zoo model ``name``), strictly.
+
+    ``guess`` names the model a mismatched state dict belongs to; the zoo supplies it, since
+    only the zoo knows every architecture."""
     if isinstance(weights, Mapping):
         source = "the given state dict"
         sd = unwrap_state_dict(weights, source=source)
@@ -296,8 +299,9 @@ def load_weights(model: torch.nn.Module, weights: str | Path | Mapping[str, Any]
     unexpected = [k for k in sd if k not in expected]
     mismatched = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or mismatched:
-        raise UsageError(_mismatch_message(source, card, sd, expected, missing, unexpected, mismatched,
-                                           layout))
+        message = _mismatch_message(source, name, sd, expected, missing, unexpected, mismatched, layout)
+        hint = guess(sd) if guess is not None else None
+        raise UsageError(message + (f"; {hint}" if hint else ""))
     model.load_state_dict(sd, strict=True)
 
 
@@ -306,7 +310,7 @@ def _names(keys: list[str]) -> str:
     return shown + (", ..." if len(keys) > _SHOW else "")
 
 
-def _mismatch_message(source: str, card: ModelCard, sd: Mapping[str, Any], expected: Mapping[str, Any],
+def _mismatch_message(source: str, name: str, sd: Mapping[str, Any], expected: Mapping[str, Any],
                       missing: list[str], unexpected: list[str], mismatched: list[str], layout: str) -> str:
     counts = f"{len(missing)} missing, {len(unexpected)} unexpected and {len(mismatched)} shape-mismatched keys"
     details = []
@@ -319,65 +323,7 @@ def _mismatch_message(source: str, card: ModelCard, sd: Mapping[str, Any], expec
         details.append("shape-mismatched (file vs model): " + ", ".join(shown)
                        + (", ..." if len(mismatched) > _SHOW else ""))
     layout_note = " (timm layout, renamed)" if layout == "timm" else ""
-    msg = f"{source}{layout_note} does not fit {card.name}: {counts}; {'; '.join(details)}"
-    guess = _guess(sd, card)
-    return msg + (f"; {guess}" if guess else "")
-
-
-def _guess(sd: Mapping[str, Any], card: ModelCard) -> str | None:
-    """Which zoo model the state dict belongs to, if it can be told."""
-    head = "head.op_list.3.linear.weight"
-    found = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
-    best: tuple[float, tuple[str, str]] | None = None
-    try:
-        signatures = _signatures()
-    except Exception:  # noqa: BLE001 - a failed meta build must not hide the real error
-        signatures = {}
-    for ident, sig in signatures.items():
-        if found == sig:
-            return f"it looks like a checkpoint of {_describe_ident(ident)}"
-        # same architecture, another number of classes: only the last layer differs
-        if head in found and head in sig and set(found) == set(sig):
-            diff = [k for k in sig if sig[k] != found[k]]
-            if all(k.startswith("head.op_list.3.") for k in diff):
-                return (f"it looks like {_describe_ident(ident)} fine-tuned for {found[head][0]} classes "
-                        f"(the card has {card.num_classes})")
-        both = len(set(found.items()) & set(sig.items()))
-        score = both / max(len(found), len(sig))
-        if best is None or score > best[0]:
-            best = (score, ident)
-    if best is not None and best[0] >= 0.5:
-        return f"closest zoo model: {_describe_ident(best[1])} ({best[0]:.0%} of keys match)"
-    return None
-
-
-def _describe_ident(ident: tuple[str, str]) -> str:
-    from evit_deploy.zoo import list_cards
-
-    names = [c.name for c in list_cards() if (c.builder, repr(sorted(c.builder_kwargs.items()))) == ident]
-    if len(names) <= 3:
-        return " / ".join(names)
-    return f"{' / '.join(names[:3])} / ..."
-
-
-@functools.lru_cache(maxsize=1)
-def _signatures() -> dict[tuple[str, str], dict[str, tuple[int, ...]]]:
-    """Parameter names and shapes of every zoo architecture, from models built on the meta device."""
-    import torch
-
-    from evit_deploy.nn import build_model
-    from evit_deploy.zoo import list_cards
-
-    out: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
-    for card in list_cards():
-        ident = (card.builder, repr(sorted(card.builder_kwargs.items())))
-        if ident in out:
-            continue
-        with torch.device("meta"):
-            model = build_model(card.builder, norm_eps=card.norm_eps, **card.builder_kwargs)
-        out[ident] = {k: tuple(v.shape) for k, v in model.state_dict().items()
-                      if not k.endswith("num_batches_tracked")}
-    return out
+    return f"{source}{layout_note} does not fit {name}: {counts}; {'; '.join(details)}"
 
 
 def _one_line(err: BaseException) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from evit_deploy.targets.base import LayerTiming, Runner
+from evit_deploy.contracts import LayerTiming, Runner
 
 
 @dataclass

@@ -26,6 +26,11 @@ class TensorInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorInfo:
+        """A manifest's (or a device's) tensor entry; absent fields take the defaults."""
+        return cls(data["name"], tuple(data.get("shape", ())), data.get("dtype", "float32"), data.get("layout", "NCHW"))
+
 
 @dataclass(frozen=True)
 class InputSpec:

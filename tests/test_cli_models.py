@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -101,13 +101,15 @@ def test_show_unknown_model(name: str, message: str) -> None:
 def test_evit_models_is_snappy() -> None:
     exe = Path(sys.executable).with_name("evit")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from evit_deploy.cli import main; main()"]
-    start = time.perf_counter()
+    # CPU seconds of the child, not wall time: the bound must hold on a loaded CI machine too
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([*cmd, "models"], check=False, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "COLUMNS": "120"})
-    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert proc.returncode == 0, proc.stderr
     assert "efficientvit-seg-l2-ade20k" in proc.stdout
-    assert elapsed < 3.0, f"evit models took {elapsed:.2f}s"
+    assert cpu < 3.0, f"evit models took {cpu:.2f} s of CPU"
     # and it never needed torch
     check = subprocess.run([sys.executable, "-c", ("import sys; from evit_deploy.cli.models import models_app; "
                             "from evit_deploy.zoo import list_cards; list_cards(); print('torch' in sys.modules)")],

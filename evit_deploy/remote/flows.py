@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evit_deploy.contracts import LayerTiming
 from evit_deploy.devices import Inventory, load_inventory, resolve
 from evit_deploy.errors import EvitError, UsageError
 from evit_deploy.profiling import LatencyStats, ProfileResult
 from evit_deploy.remote.session import DeviceSession, RemoteRunner
-from evit_deploy.targets.base import LayerTiming
 
 Progress = Callable[[str], None]
 _LOCKS: dict[tuple[str, int | None], threading.Lock] = {}

@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from evit_deploy.contracts import Runner
 from evit_deploy.devices import Device
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.remote import store
 from evit_deploy.remote.protocol import PROTOCOL, pack_arrays, unpack_arrays
 from evit_deploy.remote.ssh import Channel, DeviceError, SshTransport
 from evit_deploy.spec import TensorInfo
-from evit_deploy.targets.base import Runner
 
 Progress = Callable[[str], None]
 HELLO_TIMEOUT = 120.0  # importing evit on a small board can take a while
@@ -151,8 +151,8 @@ class RemoteRunner(Runner):
         self.channel = self.session.transport.open_channel(args, timeout=self.session.device.command_timeout,
                                                            what=f"loading {Path(self.placed.path).name}")
         header, _ = self.channel.receive()
-        self.inputs = [_tensor(t) for t in header.get("inputs", [])]
-        self.outputs = [_tensor(t) for t in header.get("outputs", [])]
+        self.inputs = [TensorInfo.from_dict(t) for t in header.get("inputs", [])]
+        self.outputs = [TensorInfo.from_dict(t) for t in header.get("outputs", [])]
         self.info, self.state = header.get("runner", {}), header.get("state", {})
 
     def _request(self, op: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -178,8 +178,3 @@ class RemoteRunner(Runner):
         return {**self.info, "remote": {"device": d.name, "address": d.address, "preset": d.preset,
                                         "artifact": self.placed.path, "copy": self.placed.copy,
                                         "state": self.state}}
-
-
-def _tensor(data: dict[str, Any]) -> TensorInfo:
-    return TensorInfo(data["name"], tuple(data.get("shape", ())), data.get("dtype", "float32"),
-                      data.get("layout", "NCHW"))

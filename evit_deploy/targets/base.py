@@ -11,126 +11,29 @@ import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, cast
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict
-
+from evit_deploy.configs import validate_options
+from evit_deploy.contracts import ExportContext, ExportOutput, Runner, TargetOptions
 from evit_deploy.errors import UsageError
-from evit_deploy.spec import InputSpec, Layout, TensorInfo, to_layout
+from evit_deploy.spec import InputSpec
 
 if TYPE_CHECKING:  # torch stays out of runner imports: devices run artifacts without it
     import torch
-    from typing_extensions import Self
 
     from evit_deploy.artifact import Manifest
     from evit_deploy.configs import Recipe
 
-
-class TargetOptions(BaseModel):
-    """Per-target recipe options; each target subclasses this with its own fields."""
-
-    model_config = ConfigDict(extra="forbid")
+OptionsT = TypeVar("OptionsT", bound=TargetOptions)
 
 
-@dataclass
-class ExportContext:
-    """What a target's export needs besides the module: where to write, what to report."""
+class Target(ABC, Generic[OptionsT]):
+    """A deployment format: how to write it and how to run it.
 
-    model_name: str
-    task: str
-    classes: list[str]
-    workdir: Path  # a private staging folder; the caller moves results into place
-    calibration: Callable[[InputSpec], list[np.ndarray]] | None = None
-    progress: Callable[[str], None] = lambda message: None
-
-
-@dataclass
-class ExportOutput:
-    """The files a target wrote into ``workdir`` (the first is the primary artifact)."""
-
-    files: list[Path]
-    converter: dict[str, str] = field(default_factory=dict)  # package -> version
-    outputs: list[TensorInfo] = field(default_factory=list)
-    inputs: list[TensorInfo] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)  # target-specific manifest section
-
-
-@dataclass
-class LayerTiming:
-    """One row of a per-operator profile."""
-
-    name: str
-    op_type: str
-    total_ms: float
-    calls: int
-    share: float  # of the summed operator time
-
-
-class Runner(ABC):
-    """Loads an artifact and maps named arrays to named arrays.
-
-    Subclasses implement ``load``, ``infer`` and declare ``inputs``/``outputs``;
-    ``run`` converts from and to evit's canonical layout (NCHW) so callers never
-    special-case a runtime.
+    ``Target[XOptions]`` with ``options_model = XOptions``: ``options(recipe)`` validates the
+    recipe's ``options`` section once, against that model, for every target.
     """
-
-    backend: ClassVar[str] = "runner"
-
-    def __init__(self) -> None:
-        self.inputs: list[TensorInfo] = []
-        self.outputs: list[TensorInfo] = []
-
-    @abstractmethod
-    def load(self) -> None:
-        """Load the artifact; called once by ``__enter__``."""
-
-    @abstractmethod
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run once on arrays already in this runner's declared layouts and dtypes."""
-
-    def close(self) -> None:
-        """Release the runtime's resources."""
-
-    def describe(self) -> dict[str, Any]:
-        """Which runtime ran, for reports (name, version, device, options)."""
-        return {"backend": self.backend}
-
-    def per_layer(self, feed: dict[str, np.ndarray], iters: int) -> list[LayerTiming]:
-        raise UsageError(f"--per-layer is not supported by the {self.backend} runner")
-
-    def __enter__(self) -> Self:
-        self.load()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def prepare(self, feed: dict[str, np.ndarray], layout: Layout = "NCHW") -> dict[str, np.ndarray]:
-        """Canonical arrays -> this runner's layouts and dtypes."""
-        prepared = {}
-        for info in self.inputs:
-            if info.name not in feed:
-                raise UsageError(f"input {info.name!r} missing; the artifact takes {[i.name for i in self.inputs]}")
-            array = to_layout(feed[info.name], layout, info.layout)
-            prepared[info.name] = array.astype(info.dtype, copy=False)
-        return prepared
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Canonical (NCHW, float32) in, canonical out."""
-        raw = self.infer(self.prepare(feed))
-        layouts = {o.name: o.layout for o in self.outputs}
-        return {
-            name: to_layout(np.asarray(value), layouts.get(name, "NCHW"), "NCHW").astype(np.float32, copy=False)
-            for name, value in raw.items()
-        }
-
-
-class Target(ABC):
-    """A deployment format: how to write it and how to run it."""
 
     name: ClassVar[str]
     extensions: ClassVar[tuple[str, ...]]
@@ -163,6 +66,10 @@ class Target(ABC):
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         """A Runner for an exported artifact (not yet loaded)."""
 
+    def options(self, recipe: Recipe) -> OptionsT:
+        """The recipe's target options, validated against ``options_model`` (UsageError naming the field)."""
+        return cast(OptionsT, validate_options(recipe, self.options_model))
+
     def check_recipe(self, recipe: Recipe) -> None:
         """Refuse recipe combinations this target cannot honour (raise UsageError)."""
         if recipe.precision not in self.precisions:
@@ -170,36 +77,7 @@ class Target(ABC):
                 f"target {self.name!r} does not support precision {recipe.precision!r}; "
                 f"choose one of {', '.join(self.precisions)}"
             )
-
-
-def missing_modules(install_hint: str, *modules: str, names: dict[str, str] | None = None) -> str | None:
-    """None when every module can be imported, else one line naming what to install."""
-    import importlib.util
-
-    absent = []
-    for module in modules:
-        try:
-            if importlib.util.find_spec(module) is None:
-                absent.append(module)
-        except (ImportError, ValueError):  # a parent package missing, or sys.modules[name] = None
-            absent.append(module)
-    if not absent:
-        return None
-    shown = ", ".join((names or {}).get(m, m) for m in absent)
-    return f"{shown} {'is' if len(absent) == 1 else 'are'} not installed; {install_hint}"
-
-
-def package_versions(*packages: str) -> dict[str, str]:
-    """Installed versions of the given distributions, for the manifest (absent ones left out)."""
-    from importlib import metadata
-
-    found = {}
-    for package in packages:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+        self.options(recipe)
 
 
 _REGISTRY: dict[str, type[Target]] = {}

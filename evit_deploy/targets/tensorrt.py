@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from evit_deploy.configs import validate_options
+from evit_deploy.contracts import ExportContext, ExportOutput, Runner
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.spec import InputSpec
-from evit_deploy.targets.base import ExportContext, ExportOutput, Runner, Target, package_versions, register
-from evit_deploy.targets.onnx import OnnxRunner
-from evit_deploy.trt.options import Profile, TrtOptions, check_options, resolve_profile
+from evit_deploy.targets.base import Target, register
+from evit_deploy.trt.options import TrtOptions, check_options
 
 if TYPE_CHECKING:
-    import onnx
     import torch
 
     from evit_deploy.artifact import Manifest
@@ -48,14 +46,8 @@ def _kind(device: str) -> str:
     return device.lower().split(":", 1)[0]
 
 
-def _options(recipe: Recipe) -> TrtOptions:
-    options = validate_options(recipe, TrtOptions)
-    assert isinstance(options, TrtOptions)
-    return options
-
-
 @register("tensorrt")
-class TensorRTTarget(Target):
+class TensorRTTarget(Target[TrtOptions]):
     name = "trt"
     extensions = (".engine", ".plan")
     precisions = ("fp32", "fp16", "int8")
@@ -77,7 +69,7 @@ class TensorRTTarget(Target):
 
     def check_recipe(self, recipe: Recipe) -> None:
         super().check_recipe(recipe)
-        options = _options(recipe)
+        options = self.options(recipe)
         check_options(options, recipe)
         if not options.plan_only:
             from evit_deploy.trt.build import gpu_unavailable
@@ -89,180 +81,10 @@ class TensorRTTarget(Target):
                     "build plan and trtexec script, or build on the GPU machine with --device NAME (see `evit devices`)"
                 )
 
-    # ------------------------------------------------------------------ export
-
     def export(self, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, ctx: ExportContext) -> ExportOutput:
-        import onnx
+        from evit_deploy.trt.export import export_artifact
 
-        from evit_deploy.targets.onnx import (
-            OnnxOptions,
-            add_metadata,
-            check_and_save,
-            export_onnx_graph,
-            simplify,
-            tensor_infos,
-        )
-        from evit_deploy.trt import typed
-
-        options = _options(recipe)
-        profile = resolve_profile(options, spec)
-        precision = recipe.precision
-        ctx.progress(f"torch.onnx.export (dynamo, opset {options.opset})")
-        graph = export_onnx_graph(model, spec, OnnxOptions(opset=options.opset, simplify=options.simplify), ctx.workdir)
-        if options.simplify != "none":
-            graph = simplify(graph, options.simplify)
-        typed.name_all_nodes(graph)  # the names the plan, trtexec and TensorRT's layers share
-        islands = typed.select_islands(graph, options.keep_fp32) if precision != "fp32" else []
-        notes: list[str] = []
-        details: dict[str, Any] = {}
-
-        # the graph TensorRT builds
-        int8_info = None
-        if precision == "int8":
-            build, int8_info = self._int8(graph, spec, recipe, options, islands, ctx)
-        elif precision == "fp16" and options.typing_mode == "strong":
-            ctx.progress("fp16 with fp32 islands behind Casts")
-            build = typed.to_fp16(graph, islands)
-        else:
-            build = graph  # fp32, or fp16 by weak typing (trtexec --fp16 + per-layer fp32)
-
-        # what fp16 will compute, checked for overflow at the export shape and --max-shape
-        overflow = None
-        if precision == "fp16" and options.overflow_check:
-            simulated = build if options.typing_mode == "strong" else typed.to_fp16(graph, islands)
-            overflow = self._overflow(simulated, spec, profile, options, ctx)
-        elif precision == "fp16":
-            notes.append("fp16 overflow check skipped (overflow_check: false)")
-
-        add_metadata(build, spec, ctx, precision)
-        onnx_path = ctx.workdir / f"{ctx.model_name}.onnx"
-        final = check_and_save(build, onnx_path)
-        plan = self._plan(final, onnx_path, islands, spec, profile, recipe, options, ctx, int8_info, overflow)
-        plan_path = ctx.workdir / f"{ctx.model_name}.trt-plan.json"
-        plan.save(plan_path)
-        from evit_deploy.trt.plan import script
-
-        script_path = ctx.workdir / f"{ctx.model_name}.trtexec.sh"
-        script_path.write_text(script(plan, plan_path.name))
-        script_path.chmod(0o755)
-        files = [onnx_path, plan_path, script_path]
-        details["plan"] = plan.summary()
-        details["fp32_islands"] = [i.model_dump() for i in plan.islands]
-        if overflow is not None:
-            details["overflow"] = overflow
-        if int8_info is not None:
-            details["int8"] = int8_info
-        notes.append(f"TensorRT {plan.trt_version}, {plan.typing} typing: {len(plan.islands)} fp32 island(s), "
-                     f"{len(plan.expected_layers)} layer(s) the engine must run in fp32")
-
-        if options.plan_only:
-            notes.append(f"plan only: build on the device with ./{script_path.name} "
-                         f"or python -m evit_deploy.trt.build {plan_path.name}")
-        else:
-            from evit_deploy.trt.build import build_engine
-
-            ctx.progress(f"building the TensorRT engine ({plan.typing} typing)")
-            engine_path = ctx.workdir / plan.engine
-            report = build_engine(plan, onnx_path, engine_path, layer_info_path=ctx.workdir / plan.layer_info,
-                                  progress=ctx.progress)
-            files += [engine_path, ctx.workdir / plan.layer_info]
-            details["engine"] = report
-            notes += report["notes"]
-        converter = {"onnx": onnx.__version__, **package_versions("onnxscript", "onnxruntime", "tensorrt")}
-        return ExportOutput(files=files, converter=converter, inputs=tensor_infos(final, "input"),
-                            outputs=tensor_infos(final, "output"), notes=notes, details=details)
-
-    def _int8(self, graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: TrtOptions,
-              islands: list[Any], ctx: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
-        from evit_deploy.trt import int8
-
-        source = recipe.calibration.source
-        if ctx.calibration is None or source is None:
-            raise UsageError("int8 needs calibration images: pass --calib DIR (a folder of representative images)")
-        one = spec.with_resolution(spec.height, spec.width, batch=1)
-        material = {
-            "images": int8.image_digests(Path(source)),
-            "samples": recipe.calibration.samples,
-            "preprocessing": {"size": [one.height, one.width], "mean": list(one.mean), "std": list(one.std),
-                              "color": one.color, "crop_ratio": one.extra.get("crop_ratio"),
-                              "resize": "bicubic, shorter side + centre crop" if one.extra.get("crop_ratio")
-                              else "bicubic to size"},
-            "model": int8.sha256_bytes(graph.SerializeToString()),
-        }
-        exclude = [n for island in islands for n in island.nodes]
-        calibration = ctx.calibration(one)
-        ctx.progress(f"int8: Q/DQ on {', '.join(options.quantize_ops)}; {len(exclude)} island node(s) stay fp32")
-        return int8.quantize_qdq(graph, calibration, input_name=spec.name, exclude=exclude,
-                                 op_types=options.quantize_ops, method=options.calib_method,
-                                 key_material=material, progress=ctx.progress)
-
-    def _overflow(self, simulated: onnx.ModelProto, spec: InputSpec, profile: Profile | None, options: TrtOptions,
-                  ctx: ExportContext) -> dict[str, Any]:
-        """Scan the fp16 graph at the export shape and, with a profile, at its max shape."""
-        from evit_deploy.data import random_batch
-        from evit_deploy.trt.typed import raise_on_overflow, scan_fp16
-
-        shapes = [("export shape", spec.height, spec.width)]
-        if profile is not None and (profile.max[2], profile.max[3]) != (spec.height, spec.width):
-            shapes.append(("--max-shape", profile.max[2], profile.max[3]))
-        results = {}
-        for where, h, w in shapes:
-            at = spec.with_resolution(h, w, batch=1)
-            if ctx.calibration is not None:
-                inputs = ctx.calibration(at)[: options.overflow_samples]
-                source = "calibration images"
-            else:
-                inputs = [random_batch(at, 0, i) for i in range(options.overflow_samples)]
-                source = "random pixels (seed 0)"
-            ctx.progress(f"fp16 overflow check at {h}x{w} ({where}) on ONNX Runtime")
-            scan = scan_fp16(simulated, inputs, spec.name)
-            results[where] = {**scan.to_dict(), "inputs": source}
-            raise_on_overflow(scan, where)
-        return results
-
-    def _plan(self, final: onnx.ModelProto, onnx_path: Path, islands: list[Any], spec: InputSpec,
-              profile: Profile | None, recipe: Recipe, options: TrtOptions, ctx: ExportContext,
-              int8_info: dict[str, Any] | None, overflow: dict[str, Any] | None) -> Any:
-        from evit_deploy.artifact import sha256_path
-        from evit_deploy.graph import islands_summary
-        from evit_deploy.trt import plan as p
-        from evit_deploy.trt import typed
-
-        summary = [p.Island(**i) for i in islands_summary(islands)]
-        outputs = typed.float_outputs(final, {n for island in summary for n in island.nodes})
-        expected = p.expectations(summary, typed.node_ops(final), outputs)
-        outside = typed.fp32_outside_islands(final, islands) if recipe.precision == "fp16" and \
-            options.typing_mode == "strong" else []
-        precisions, output_types = ({}, {})
-        if options.typing_mode == "weak" and recipe.precision != "fp32":
-            precisions, output_types = p.weak_typing_constraints(expected, typed.output_counts(final))
-        name = ctx.model_name
-        plan = p.BuildPlan(
-            model=ctx.model_name, task=ctx.task, precision=recipe.precision, trt_version=options.trt_version,
-            trt_major=options.major, typing=options.typing_mode, platform=options.platform,
-            onnx=onnx_path.name, onnx_sha256=sha256_path(onnx_path), engine=f"{name}.engine",
-            layer_info=f"{name}.layers.json", input_name=spec.name,
-            output_names=[o.name for o in final.graph.output],
-            static_shape=None if profile else list(spec.shape), profile=profile.to_dict() if profile else None,
-            workspace_gib=options.workspace, dla_core=options.dla_core,
-            builder_optimization_level=options.builder_opt_level,
-            timing_cache=str(options.timing_cache) if options.timing_cache else None,
-            tf32=recipe.precision != "fp32",
-            islands=summary, fp32_outside_islands=[p.Fp32Outside(**o) for o in outside], expected_layers=expected,
-            island_tensors=[t for e in expected for t in e.outputs],
-            layer_precisions=precisions, layer_output_types=output_types, int8=int8_info, overflow=overflow,
-        )
-        if recipe.precision == "fp32":
-            plan.notes.append("fp32: no islands; TF32 is off so fp32 means fp32 (--noTF32)")
-        if options.typing_mode == "weak":
-            plan.notes.append("weak typing: the engine's island precisions are requested, not guaranteed; "
-                              "the build checks them in the engine's layer information")
-        if options.dla_core is not None:
-            plan.notes.append("DLA: layers DLA cannot run (the attention's MatMuls among them) fall back to the GPU")
-        plan.trtexec = p.trtexec_argv(plan)
-        return plan
-
-    # ------------------------------------------------------------------ run
+        return export_artifact(model, spec, recipe, self.options(recipe), ctx)
 
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         """``cuda``: the engine (primary after a GPU or device build, else beside the typed ONNX);
@@ -283,8 +105,12 @@ class TensorRTTarget(Target):
         if onnx_path is None:
             raise UsageError(f"{path.name}: its manifest lists no typed ONNX to run on the CPU; run it with --device cuda")
         if manifest.precision != "fp16":
+            from evit_deploy.onnx.runner import OnnxRunner
+
             return OnnxRunner(onnx_path, device="cpu", threads=threads)
         plan_path = self._file(manifest, path, ".trt-plan.json")
+        from evit_deploy.trt.emulated import EmulatedFp16Runner
+
         return EmulatedFp16Runner(onnx_path, plan_path, threads=threads)
 
     @staticmethod
@@ -295,48 +121,3 @@ class TensorRTTarget(Target):
                 candidate = path.parent / entry.path
                 return candidate if candidate.is_file() else None
         return None
-
-
-class EmulatedFp16Runner(OnnxRunner):
-    """The fp16 the engine computes, on ONNX Runtime's CPU provider: the typed ONNX with every
-    fp16 tensor rounded where it is made (``evit_deploy.trt.typed.emulate_fp16``; ORT's CPU
-    kernels would otherwise compute fp16 chains in fp32). A weakly typed plan's fp32 ONNX is
-    first given the fp16 types the build asks for (fp16 outside the plan's islands)."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, path: Path, plan_path: Path | None, *, threads: int | None = None) -> None:
-        super().__init__(path, device="cpu", threads=threads)
-        self.source = path
-        self.plan_path = plan_path
-        self._tmp: Any = None
-
-    def load(self) -> None:
-        import tempfile
-
-        import onnx
-
-        from evit_deploy.trt.plan import BuildPlan
-        from evit_deploy.trt.typed import emulate_fp16, to_fp16
-
-        model = onnx.load(str(self.source))
-        plan = BuildPlan.load(self.plan_path) if self.plan_path is not None else None
-        if plan is not None and plan.typing == "weak":
-            from evit_deploy.graph import Island
-
-            model = to_fp16(model, [Island(kind=i.kind, nodes=i.nodes, reason=i.reason) for i in plan.islands])
-        emulated, _ = emulate_fp16(model)
-        self._tmp = tempfile.TemporaryDirectory(prefix="evit-fp16-")
-        self.path = Path(self._tmp.name) / self.source.name
-        onnx.save(emulated, str(self.path))
-        super().load()
-
-    def close(self) -> None:
-        super().close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-        self.path = self.source
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "fp16": "emulated: every fp16 tensor rounded to fp16 where it is made"}

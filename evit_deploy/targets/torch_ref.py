@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evit_deploy.contracts import Runner
 from evit_deploy.spec import InputSpec, TensorInfo
-from evit_deploy.targets.base import Runner
 
 if TYPE_CHECKING:
     import torch

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from evit_deploy.contracts import TargetOptions
 from evit_deploy.errors import UsageError
-from evit_deploy.targets.base import TargetOptions
 
 if TYPE_CHECKING:
     from evit_deploy.configs import Recipe

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from evit_deploy.contracts import Runner
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.spec import TensorInfo
-from evit_deploy.targets.base import Runner
 
 _CUDART: Any = None
 

@@ -16,13 +16,13 @@ def convert(module, inputs: Sequence[np.ndarray], path: Path, *, precision: str 
     """``module`` (eval) -> ``path`` (.mlpackage) through torch.export, as the Core ML target does."""
     import torch
 
-    from evit_deploy.targets.coreml import _import_coremltools, _quiet_coremltools
+    from evit_deploy.coreml.tools import import_coremltools, quiet_coremltools
 
-    ct = _import_coremltools()
+    ct = import_coremltools()
     examples = tuple(torch.from_numpy(x) for x in inputs)
     with torch.no_grad():
         program = torch.export.export(module.eval(), examples).run_decompositions({})
-    with _quiet_coremltools():
+    with quiet_coremltools():
         mlmodel = ct.convert(
             program, convert_to="mlprogram", skip_model_load=True,
             inputs=[ct.TensorType(name=f"in{i}", shape=x.shape, dtype=np.float32) for i, x in enumerate(inputs)],

@@ -31,22 +31,19 @@ def conv_program():
 def test_compressed_weights_decompress_like_coremltools(conv_program, target, how, op, tmp_path):
     from coremltools.optimize import coreml as cto
 
-    from evit_deploy.targets.coreml import (
-        _compress,
-        _import_coremltools,
-        _quiet_coremltools,
-        deployment_level,
-    )
+    from evit_deploy.coreml.compress import compress
+    from evit_deploy.coreml.options import deployment_level
+    from evit_deploy.coreml.tools import import_coremltools, quiet_coremltools
 
-    ct = _import_coremltools()
+    ct = import_coremltools()
     program, x = conv_program
-    with _quiet_coremltools():
+    with quiet_coremltools():
         mlmodel = ct.convert(program, convert_to="mlprogram", skip_model_load=True,
                              inputs=[ct.TensorType(name="in0", shape=x.shape, dtype=np.float32)],
                              outputs=[ct.TensorType(name="out", dtype=np.float32)],
                              minimum_deployment_target=getattr(ct.target, target),
                              compute_precision=ct.precision.FLOAT16)
-        compressed, summary = _compress(ct, mlmodel, how, deployment_level(target))
+        compressed, summary = compress(ct, mlmodel, how, deployment_level(target))
         compressed.save(str(tmp_path / "c.mlpackage"))
         cto.decompress_weights(compressed).save(str(tmp_path / "d.mlpackage"))
     packed = load_program(tmp_path / "c.mlpackage")

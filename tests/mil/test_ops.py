@@ -154,15 +154,15 @@ def test_gelu_tanh_mode_matches_pytorch(tmp_path):
     """gelu(mode=TANH_APPROXIMATION), from a program built with coremltools' MIL builder (see below)."""
     from coremltools.converters.mil import Builder as mb
 
-    from evit_deploy.targets.coreml import _import_coremltools, _quiet_coremltools
+    from evit_deploy.coreml.tools import import_coremltools, quiet_coremltools
 
-    ct = _import_coremltools()
+    ct = import_coremltools()
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 6, 6))], opset_version=ct.target.iOS17)
     def program(in0):
         return mb.gelu(x=in0, mode="TANH_APPROXIMATION", name="out")
 
-    with _quiet_coremltools():
+    with quiet_coremltools():
         ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,
                    compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(str(tmp_path / "g.mlpackage"))
     inputs = [x(1, 4, 6, 6) * 3]
@@ -184,7 +184,7 @@ def test_coremltools_drops_tanh_gelu_on_the_export_path(mlpackage):
 
 
 def test_target_rewrite_keeps_tanh_gelu_exact(mlpackage):
-    from evit_deploy.targets.coreml import replace_tanh_gelu
+    from evit_deploy.coreml.rewrite import replace_tanh_gelu
 
     module = nn.Sequential(nn.Conv2d(4, 4, 1), nn.GELU(approximate="tanh"))
     inputs = [x(1, 4, 6, 6) * 3]

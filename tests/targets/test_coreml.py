@@ -205,7 +205,7 @@ def test_bad_options_are_one_line_exit_2(cli, tmp_path, flags, target_flags, exp
 
 
 def test_compute_unit_spellings_are_normalised():
-    from evit_deploy.targets.coreml import CoreMLOptions, device_compute_units
+    from evit_deploy.coreml.options import CoreMLOptions, device_compute_units
 
     assert CoreMLOptions(compute_units="CPU_AND_NE").compute_units == "cpu_and_ne"
     assert CoreMLOptions(compute_units="cpu-only").compute_units == "cpu_only"
@@ -226,7 +226,7 @@ def test_missing_coremltools_names_the_extra(cli, monkeypatch, tmp_path, seg_fp3
 
 def test_runner_here_is_the_interpreter(seg_fp32, monkeypatch):
     from evit_deploy import api
-    from evit_deploy.targets.coreml import MilRunner
+    from evit_deploy.coreml.runner import MilRunner
 
     monkeypatch.setenv("EVIT_COREML_RUNNER", "mil")  # what Linux gets anyway; on macOS it forces the interpreter
     handle = api.open_artifact(seg_fp32)

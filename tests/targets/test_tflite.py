@@ -101,7 +101,7 @@ def test_bad_flags_are_one_line(tmp_path: Path, extra: list[str], expected: str)
 
 
 def test_options_parse_like_the_cli_gives_them() -> None:
-    from evit_deploy.targets.tflite import TfliteOptions
+    from evit_deploy.tflite.options import TfliteOptions
 
     options = TfliteOptions.model_validate({"layout": "NCHW", "keep_float": "attention", "bicubic": "Converter"})
     assert (options.layout, options.keep_float, options.bicubic) == ("nchw", ["attention"], "converter")
@@ -198,7 +198,7 @@ def test_min_max_ranges_hold_what_every_calibration_image_reaches(tmp_path: Path
                                                                   reference_dir: Path) -> None:
     """Whole-set min/max ranges contain ai-edge-quantizer's moving average of per-image ranges,
     which sits inside the extremes (seeded by the first image) and so clips the rarer large ones."""
-    from evit_deploy.targets.tflite import Graph
+    from evit_deploy.tflite.graph import Graph
 
     weights = _weights(seeded_weights, reference_dir, "efficientvit_seg_b0_cityscapes", tmp_path)
     scales = {}
@@ -232,7 +232,7 @@ def test_cls_small_nchw_end_to_end(tmp_path: Path, photos: dict[str, Path], seed
     assert manifest["outputs"][0]["shape"] == [1, 1000]
     verified = _cli("verify", str(artifact), "--images", str(photos["test"]))
     assert verified.exit_code == 0, verified.output
-    from evit_deploy.targets.tflite import read_metadata
+    from evit_deploy.tflite.metadata import read_metadata
 
     meta = read_metadata(artifact)
     assert meta["input_layout"] == "NCHW" and meta["mean"] == [0.485, 0.456, 0.406] and len(meta["classes"]) == 1000

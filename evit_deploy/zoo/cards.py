@@ -1,46 +1,18 @@
-"""The model zoo: one validated card per official EfficientViT model, and models built from them.
+"""The model card schema: what a zoo model is, how to feed it, how to build it, what was published.
 
-Cards are data (``models/<name>.yaml``, read with ``yaml.safe_load``): what the model is
-(task, family, variant, dataset, classes), how to feed it (input size, preprocessing),
-how to build it (builder, kwargs, norm eps), which official checkpoint fits it, and the
-published figures with their source tags. ``computed:`` holds params/MACs counted from
-the built model (``scripts/update_card_stats.py`` writes it; a test recomputes it).
-
-Importing this module does not import torch: ``evit models`` stays fast.
+Cards are data (``models/<name>.yaml``, read with ``yaml.safe_load``); this module is only
+their validated shape, so ``evit models`` reads them without torch.
 """
 from __future__ import annotations
 
-import difflib
-import functools
 import re
-import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from evit_deploy._resources import data_dir
 from evit_deploy.errors import UsageError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-__all__ = [
-    "ComputedStats",
-    "Latency",
-    "ModelCard",
-    "OutputSpec",
-    "Preprocessing",
-    "Published",
-    "RandomWeightsWarning",
-    "create_model",
-    "get_card",
-    "list_cards",
-    "load_card",
-    "model_names",
-]
 
 Task = Literal["classification", "segmentation"]
 Dataset = Literal["imagenet", "cityscapes", "ade20k"]
@@ -50,11 +22,6 @@ _TASK_DATASETS: dict[str, tuple[str, ...]] = {
 }
 _FIGURE = re.compile(r"^(\d+(?:\.\d+)?)([KMG])$")
 _UNITS = {"K": 1e3, "M": 1e6, "G": 1e9}
-
-
-class RandomWeightsWarning(UserWarning):
-    """A model was built without weights: its outputs are meaningless."""
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -257,129 +224,3 @@ class ModelCard(_Strict):
         if resolve_classes:
             data["classes"] = self.classes
         return data
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-def load_card(path: str | Path) -> ModelCard:
-    """Read and validate one card; any problem is a one-line ``UsageError`` naming the file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise UsageError(f"model card {path}: cannot read it: {_one_line(err)}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"model card {path}: expected a mapping of fields, got {type(data).__name__}")
-    try:
-        card = ModelCard.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "card"
-        raise UsageError(f"model card {path}: {where}: {first['msg']} "
-                         f"({err.error_count()} problem(s))") from None
-    if card.name != path.stem:
-        raise UsageError(f"model card {path}: name {card.name!r} does not match the file name")
-    card._card_dir = path.parent
-    return card
-
-
-def _sort_key(card: ModelCard) -> tuple[Any, ...]:
-    datasets = ("imagenet", "cityscapes", "ade20k")
-    return (card.task != "classification", datasets.index(card.dataset), card.family,
-            card.variant, card.input_size[0] * card.input_size[1])
-
-
-@functools.lru_cache(maxsize=4)
-def _load_all(models_dir: Path) -> tuple[ModelCard, ...]:
-    if not models_dir.is_dir():
-        raise UsageError(f"model cards folder not found: {models_dir} (reinstall evit-deploy)")
-    cards = [load_card(p) for p in sorted(models_dir.glob("*.yaml"))]
-    return tuple(sorted(cards, key=_sort_key))
-
-
-def list_cards() -> list[ModelCard]:
-    """Every card, classification first, then Cityscapes and ADE20K segmentation."""
-    return list(_load_all(data_dir("models")))
-
-
-def model_names() -> list[str]:
-    return [c.name for c in list_cards()]
-
-
-def _normalise(name: str) -> str:
-    name = name.strip().lower()
-    for suffix in (".pt", ".pth", ".safetensors", ".yaml"):
-        name = name.removesuffix(suffix)
-    return name.replace("_", "-")
-
-
-def get_card(name: str) -> ModelCard:
-    """The card called ``name`` (``efficientvit_b1_r224`` and ``efficientvit_b1_r224.pt`` work too).
-
-    Unknown names raise ``UsageError`` with the closest names.
-    """
-    cards = {c.name: c for c in list_cards()}
-    key = _normalise(name)
-    if key in cards:
-        return cards[key]
-    raise UsageError(_unknown_message(name, key, list(cards)))
-
-
-def _unknown_message(name: str, key: str, names: list[str]) -> str:
-    close: list[str] = []
-    if len(key) >= 2:
-        close = [n for n in names if key in n]
-    for n in difflib.get_close_matches(key, names, n=6, cutoff=0.5):
-        if n not in close:
-            close.append(n)
-    if not close:
-        # a bare variant (e.g. "b1", "seg-l2") is a substring of the names without the prefix
-        close = [n for n in names if key and key in n.removeprefix("efficientvit-")]
-    close = close[:3]
-    if close:
-        return f"unknown model '{name}'; did you mean: {', '.join(close)}? (evit models lists all)"
-    return f"unknown model '{name}' (evit models lists all)"
-
-
-# ---------------------------------------------------------------------------------------------
-# Building
-
-def create_model(
-    name: str | ModelCard,
-    weights: str | Path | Mapping[str, Any] | None = None,
-    *,
-    seed: int = 0,
-) -> torch.nn.Module:
-    """Build the zoo model ``name`` in eval mode.
-
-    ``weights``: a ``.pt``/``.pth`` or ``.safetensors`` file (official or timm layout,
-    optionally wrapped and/or ``module.``-prefixed; see ``evit_deploy.checkpoints``), or an
-    already loaded state dict. Without weights the model is randomly initialised from
-    ``seed`` (reproducibly, without touching the global RNG) and a
-    ``RandomWeightsWarning`` says its outputs are meaningless.
-    """
-    import torch
-
-    from evit_deploy.nn import build_model
-
-    card = name if isinstance(name, ModelCard) else get_card(name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(card.builder, norm_eps=card.norm_eps, **card.builder_kwargs)
-    if weights is None:
-        warnings.warn(
-            f"{card.name} has random weights (seed {seed}): its outputs are meaningless; "
-            f"pass --weights with a checkpoint (official file: {card.checkpoint})",
-            RandomWeightsWarning,
-            stacklevel=2,
-        )
-    else:
-        from evit_deploy.checkpoints import load_weights
-
-        load_weights(model, weights, card)
-    return model.eval()
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())

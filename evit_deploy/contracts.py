@@ -1,0 +1,122 @@
+"""The shapes every backend fills in: export context and output, runner, per-layer timing.
+
+They live one floor below ``targets/`` so the backend packages (``onnx/``, ``tflite/``,
+``coreml/``, ``trt/``), ``profiling`` and ``remote/`` all import them downward. Nothing here
+imports torch or a runtime: a device runs artifacts with numpy and its runtime alone.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from evit_deploy.errors import UsageError
+from evit_deploy.spec import InputSpec, Layout, TensorInfo, to_layout
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+
+class TargetOptions(BaseModel):
+    """Per-target recipe options; each target subclasses this with its own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class ExportContext:
+    """What a target's export needs besides the module: where to write, what to report."""
+
+    model_name: str
+    task: str
+    classes: list[str]
+    workdir: Path  # a private staging folder; the caller moves results into place
+    calibration: Callable[[InputSpec], list[np.ndarray]] | None = None
+    progress: Callable[[str], None] = lambda message: None
+
+
+@dataclass
+class ExportOutput:
+    """The files a target wrote into ``workdir`` (the first is the primary artifact)."""
+
+    files: list[Path]
+    converter: dict[str, str] = field(default_factory=dict)  # package -> version
+    outputs: list[TensorInfo] = field(default_factory=list)
+    inputs: list[TensorInfo] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # target-specific manifest section
+
+
+@dataclass
+class LayerTiming:
+    """One row of a per-operator profile."""
+
+    name: str
+    op_type: str
+    total_ms: float
+    calls: int
+    share: float  # of the summed operator time
+
+
+class Runner(ABC):
+    """Loads an artifact and maps named arrays to named arrays.
+
+    Subclasses implement ``load``, ``infer`` and declare ``inputs``/``outputs``;
+    ``run`` converts from and to evit's canonical layout (NCHW) so callers never
+    special-case a runtime.
+    """
+
+    backend: ClassVar[str] = "runner"
+
+    def __init__(self) -> None:
+        self.inputs: list[TensorInfo] = []
+        self.outputs: list[TensorInfo] = []
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the artifact; called once by ``__enter__``."""
+
+    @abstractmethod
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once on arrays already in this runner's declared layouts and dtypes."""
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+
+    def describe(self) -> dict[str, Any]:
+        """Which runtime ran, for reports (name, version, device, options)."""
+        return {"backend": self.backend}
+
+    def per_layer(self, feed: dict[str, np.ndarray], iters: int) -> list[LayerTiming]:
+        raise UsageError(f"--per-layer is not supported by the {self.backend} runner")
+
+    def __enter__(self) -> Self:
+        self.load()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def prepare(self, feed: dict[str, np.ndarray], layout: Layout = "NCHW") -> dict[str, np.ndarray]:
+        """Canonical arrays -> this runner's layouts and dtypes."""
+        prepared = {}
+        for info in self.inputs:
+            if info.name not in feed:
+                raise UsageError(f"input {info.name!r} missing; the artifact takes {[i.name for i in self.inputs]}")
+            array = to_layout(feed[info.name], layout, info.layout)
+            prepared[info.name] = array.astype(info.dtype, copy=False)
+        return prepared
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Canonical (NCHW, float32) in, canonical out."""
+        raw = self.infer(self.prepare(feed))
+        layouts = {o.name: o.layout for o in self.outputs}
+        return {
+            name: to_layout(np.asarray(value), layouts.get(name, "NCHW"), "NCHW").astype(np.float32, copy=False)
+            for name, value in raw.items()
+        }

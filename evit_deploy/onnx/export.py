@@ -1,0 +1,164 @@
+"""Torch -> ONNX: the dynamo exporter, optional simplification, fp16 with fp32 islands, metadata.
+
+The exporter's optimizer stays on (it is worth ~1.7x on ORT); the LiteMLA eps survives it
+because the model holds it as a 1-element tensor, not a Python scalar (DESIGN.md, traps).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from evit_deploy.contracts import ExportContext, ExportOutput
+from evit_deploy.dependencies import package_versions
+from evit_deploy.errors import RuntimeMissing, UsageError
+from evit_deploy.onnx.options import INSTALL_HINT, OnnxOptions
+from evit_deploy.spec import InputSpec, TensorInfo
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+
+def export_onnx_graph(model: torch.nn.Module, spec: InputSpec, options: OnnxOptions, workdir: Path) -> onnx.ModelProto:
+    """The fp32 graph from torch, static or with dynamic batch/height/width, checked."""
+    import onnx
+    import torch
+
+    # The exporter logs registry chatter (e.g. "torchvision is not installed") at WARNING.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    example = torch.zeros(spec.shape)
+    path = workdir / "raw.onnx"
+    if options.exporter == "dynamo":
+        dynamic_shapes = None
+        if spec.dynamic:
+            batch = torch.export.Dim("batch", min=1, max=256)
+            # EfficientViT needs H and W divisible by 32: say so to the exporter, which
+            # then keeps every stride-2 size an exact integer expression.
+            # (torch specialises a size of 1, so the stride-32 map must be at least 2x2: 64x64 pixels.)
+            h32, w32 = torch.export.Dim("h32", min=2, max=256), torch.export.Dim("w32", min=2, max=256)
+            dynamic_shapes = ({0: batch, 2: 32 * h32, 3: 32 * w32},)
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=options.opset,
+                                    input_names=[spec.name], output_names=["logits"],
+                                    dynamic_shapes=dynamic_shapes, verbose=False)
+        program.save(str(path))
+    else:
+        axes = {spec.name: {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "out_h", 3: "out_w"}}
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=options.opset,
+                          input_names=[spec.name], output_names=["logits"],
+                          dynamic_axes=axes if spec.dynamic else None, do_constant_folding=True)
+    graph = onnx.load(str(path))
+    path.unlink()
+    return graph
+
+
+def simplify(graph: onnx.ModelProto, how: str) -> onnx.ModelProto:
+    if how == "onnxslim":
+        import onnxslim
+
+        return onnxslim.slim(graph)
+    if how == "onnxsim":
+        try:
+            import onnxsim
+        except ImportError:
+            raise RuntimeMissing(f"--simplify onnxsim needs onnxsim; {INSTALL_HINT}") from None
+        simplified, ok = onnxsim.simplify(graph)
+        if not ok:
+            raise UsageError("onnxsim could not validate the simplified graph; use --simplify onnxslim or none")
+        return simplified
+    return graph
+
+
+def add_metadata(graph: onnx.ModelProto, spec: InputSpec, ctx: ExportContext, precision: str) -> None:
+    """Metadata a deployed app reads to feed the model and name its outputs."""
+    props = {
+        "evit.model": ctx.model_name,
+        "evit.task": ctx.task,
+        "evit.precision": precision,
+        "evit.input_layout": spec.layout,
+        "evit.input_size": f"{spec.height}x{spec.width}",
+        "evit.color": spec.color,
+        "evit.mean": json.dumps(list(spec.mean)),
+        "evit.std": json.dumps(list(spec.std)),
+        "evit.classes": json.dumps(ctx.classes),
+        "evit.output": "logits at 1/8 input resolution (NCHW)" if ctx.task == "segmentation" else "logits",
+    }
+    for value in graph.graph.output:  # readable names for the exporter's symbolic output sizes
+        dims = value.type.tensor_type.shape.dim
+        for index, label in ((0, "batch"), (2, "out_height"), (3, "out_width")):
+            if len(dims) == 4 and dims[index].HasField("dim_param"):
+                dims[index].dim_param = label
+    del graph.metadata_props[:]
+    for key, value in props.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    graph.producer_name = "evit"
+
+
+def check_and_save(graph: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """onnx.checker and strict shape inference on the final graph, then save it."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(graph, check_type=True, strict_mode=True)
+        onnx.checker.check_model(inferred, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise UsageError(f"the exported ONNX graph is invalid: {str(err).splitlines()[0]}") from None
+    onnx.save(inferred, str(path))
+    return inferred
+
+
+def tensor_infos(graph: onnx.ModelProto, which: str) -> list[TensorInfo]:
+    from onnx import helper
+
+    infos = []
+    for value in getattr(graph.graph, which):
+        tensor = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        infos.append(TensorInfo(value.name, shape, dtype))
+    return infos
+
+
+def to_fp16(graph: onnx.ModelProto, keep_fp32: list[str]) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
+    """fp16 weights and activations, with LiteMLA attention and resizes kept in fp32."""
+    from evit_deploy.graph import find_fp32_islands, islands_summary, to_mixed_fp16
+
+    # "no-fp16" islands (ops without an fp16 form) are not a choice: they always stay fp32.
+    islands = [i for i in find_fp32_islands(graph) if i.kind in keep_fp32 or i.kind == "no-fp16"]
+    return to_mixed_fp16(graph, islands), islands_summary(islands)
+
+
+def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, options: OnnxOptions,
+                    ctx: ExportContext) -> ExportOutput:
+    """``NAME.onnx`` in ``ctx.workdir``: exported, simplified if asked, fp16 with islands, checked."""
+    import onnx
+
+    ctx.progress(f"torch.onnx.export ({options.exporter}, opset {options.opset})")
+    graph = export_onnx_graph(model, spec, options, ctx.workdir)
+    if options.simplify != "none":
+        ctx.progress(f"simplifying with {options.simplify}")
+        graph = simplify(graph, options.simplify)
+    details: dict[str, Any] = {"opset": max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
+                               "nodes": len(graph.graph.node)}
+    notes: list[str] = []
+    if precision == "fp16":
+        ctx.progress("converting to fp16 with fp32 attention/resize islands")
+        graph, islands = to_fp16(graph, options.keep_fp32)
+        details["fp32_islands"] = islands
+        notes.append(f"{len(islands)} fp32 island(s) kept in the fp16 graph: " +
+                     ", ".join(sorted({i['kind'] for i in islands})))
+    add_metadata(graph, spec, ctx, precision)
+    path = ctx.workdir / f"{ctx.model_name}.onnx"
+    final = check_and_save(graph, path)
+    return ExportOutput(
+        files=[path],
+        converter={"onnx": onnx.__version__, **package_versions("onnxscript", "onnxruntime", options.simplify)},
+        inputs=tensor_infos(final, "input"),
+        outputs=tensor_infos(final, "output"),
+        notes=notes,
+        details=details,
+    )

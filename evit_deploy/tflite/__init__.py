@@ -1,0 +1,1 @@
+"""The TFLite (LiteRT) backend: litert-torch converts, ai-edge-quantizer quantises, ai-edge-litert runs."""

@@ -1,0 +1,70 @@
+"""PyTorch -> fp32 flatbuffer with litert-torch (bicubic rewritten, NHWC if asked), cached per process."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from evit_deploy.errors import UsageError
+from evit_deploy.spec import InputSpec
+from evit_deploy.tflite.logs import native_logs_quiet
+from evit_deploy.tflite.options import TfliteOptions
+
+if TYPE_CHECKING:
+    import torch
+
+_FP32_CACHE: dict[str, bytes] = {}  # conversion is the slow step (~0.5-1.5 min); reuse per process
+
+
+def _model_key(model: torch.nn.Module, spec: InputSpec, options: TfliteOptions) -> str:
+    digest = hashlib.sha256()
+    digest.update(type(model).__qualname__.encode())
+    digest.update(repr(model).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(json.dumps([list(spec.shape), options.layout, options.bicubic]).encode())
+    return digest.hexdigest()
+
+
+def convert_fp32(model: torch.nn.Module, spec: InputSpec, options: TfliteOptions) -> tuple[bytes, dict[str, Any]]:
+    """The fp32 flatbuffer of ``model`` for ``spec`` (bicubic rewritten, layout applied)."""
+    import torch
+
+    from evit_deploy.convert.bicubic import bicubic_upsample_layers, replace_bicubic_upsampling
+
+    module = copy.deepcopy(model).eval()
+    bicubic = bicubic_upsample_layers(module)
+    info: dict[str, Any] = {"bicubic_layers": len(bicubic)}
+    if bicubic:
+        if options.bicubic == "exact":
+            replace_bicubic_upsampling(module)
+            info["bicubic"] = ("exact rewrite: edge pad + depthwise 5x5 conv + pixel shuffle "
+                               "(evit_deploy.convert.bicubic), ~1e-7 from F.interpolate")
+        else:
+            info["bicubic"] = "litert-torch lowering of upsample_bicubic2d (GATHER_ND/BROADCAST_TO/MUL)"
+    with native_logs_quiet():
+        import litert_torch  # its import logs torchao/pytree warnings to stderr
+
+    key = _model_key(module, spec, options)
+    example = torch.zeros(spec.shape)
+    with torch.no_grad():
+        rank = module(example).dim()
+    if options.layout == "nhwc":
+        module = litert_torch.to_channel_last_io(module, args=[0], outputs=[0] if rank == 4 else [])
+        example = example.permute(0, 2, 3, 1).contiguous()
+    if key not in _FP32_CACHE:
+        with native_logs_quiet() as logs:
+            litert_torch.config.show_progress = False
+            try:
+                edge = litert_torch.convert(module.eval(), (example,))
+                content = edge.model_content()  # serialisation happens here (and logs)
+            except Exception as err:  # noqa: BLE001 - the converter raises many types; keep one line + log tail
+                tail = "; ".join(logs[-3:])
+                raise UsageError(f"litert-torch could not convert the model: {str(err).splitlines()[0]}"
+                                 + (f" ({tail})" if tail else "")) from None
+        _FP32_CACHE.clear()  # one model at a time: flatbuffers of big models are large
+        _FP32_CACHE[key] = content
+    info["output_rank"] = rank
+    return _FP32_CACHE[key], info

@@ -1,0 +1,40 @@
+"""The TFLite target's recipe options, and what it needs installed."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from evit_deploy.contracts import TargetOptions
+from evit_deploy.dependencies import missing_modules
+
+INSTALL_HINT = "pip install 'evit-deploy[tflite]'"
+
+FloatIsland = Literal["attention", "hardswish", "head"]
+
+class TfliteOptions(TargetOptions):
+    layout: Literal["nhwc", "nchw"] = "nhwc"  # of the input and of 4-D outputs
+    bicubic: Literal["exact", "converter"] = "exact"  # conv rewrite, or litert-torch's gather lowering
+    keep_float: list[FloatIsland] = Field(default_factory=lambda: ["attention", "hardswish", "head"])  # int8 islands
+    fp16_fp32_share: float = Field(0.1, ge=0.0, le=1.0)  # fp16: smallest weight tensors, up to this share, stay fp32
+    int8_ranges: Literal["min_max", "moving_average"] = "min_max"  # how calibration images' ranges combine
+
+    @field_validator("layout", "bicubic", "int8_ranges", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("keep_float", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        if isinstance(value, str):  # --keep-float attention,hardswish or a single flag value
+            return [v.strip() for v in value.split(",") if v.strip()] if value.lower() != "none" else []
+        return value
+
+
+_DISTRIBUTIONS = {"litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert",
+                  "ai_edge_quantizer": "ai-edge-quantizer"}
+
+
+def missing(*modules: str) -> str | None:
+    return missing_modules(INSTALL_HINT, *modules, names=_DISTRIBUTIONS)

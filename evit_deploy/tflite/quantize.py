@@ -1,0 +1,163 @@
+"""fp16 weight casting and static int8 with float islands, through ai-edge-quantizer."""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from evit_deploy.tflite.graph import (
+    FLOAT16,
+    QUANT_OPS,
+    Graph,
+    mark_ops,
+    op_is_int8,
+    weight_elements,
+)
+from evit_deploy.tflite.logs import native_logs_quiet
+from evit_deploy.tflite.options import TfliteOptions
+
+
+def _aeq_config(activation_bits: int | None, weight_bits: int, compute: str, *, dtype: str = "INT",
+                granularity: str = "CHANNELWISE") -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "weight_tensor_config": {"num_bits": weight_bits, "symmetric": True, "granularity": granularity,
+                                 "dtype": dtype},
+        "compute_precision": compute,
+        "explicit_dequantize": compute == "FLOAT",
+        "skip_checks": False,
+        "min_weight_elements": 0,
+    }
+    if activation_bits is not None:
+        config["activation_tensor_config"] = {"num_bits": activation_bits, "symmetric": False,
+                                              "granularity": "TENSORWISE", "dtype": "INT"}
+    return config
+
+
+FLOAT_MARK = "/evit_float"  # suffix of the output tensor names of ops kept float in int8
+FP32_MARK = "/evit_fp32"  # suffix of the output tensor names of ops whose weights stay fp32 in fp16
+
+
+def quantize_fp16(fp32: bytes, options: TfliteOptions) -> tuple[bytes, dict[str, Any]]:
+    """fp16 weights with DEQUANTIZE ops (the CPU interpreter expands them at load).
+
+    The smallest weight tensors, together up to ``options.fp16_fp32_share`` of all weights, stay
+    fp32: depthwise filters, the stem and the early narrow stages, a small share of the bytes
+    and the largest share of the rounding error on smooth image content.
+    """
+    with native_logs_quiet():
+        from ai_edge_quantizer import quantizer
+
+    graph = Graph(fp32)
+    weighted = sorted((op for op in graph.ops if weight_elements(graph, op)), key=lambda o: weight_elements(graph, o))
+    total = sum(weight_elements(graph, op) for op in weighted) or 1
+    small: set[int] = set()
+    kept = 0
+    for op in weighted:  # smallest first, while they stay within the fp32 share
+        if kept + weight_elements(graph, op) > options.fp16_fp32_share * total:
+            break
+        kept += weight_elements(graph, op)
+        small.add(op["index"])
+    marked = mark_ops(graph, small, FP32_MARK)
+    config = _aeq_config(None, 16, "FLOAT", dtype="FLOAT", granularity="TENSORWISE")
+    recipe = [{"regex": ".*", "operation": op, "algorithm_key": "float_casting", "op_config": config}
+              for op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    recipe.append({"regex": re.escape(FP32_MARK) + ";", "operation": "*", "algorithm_key": "no_quantize"})
+    with native_logs_quiet():
+        result = quantizer.Quantizer(bytearray(marked), recipe).quantize(enable_progress_bar=False, enable_progress_report=False)
+    quantized = Graph(result.quantized_model)
+    return bytes(result.quantized_model), {
+        "weights": f"fp16 for the {len(weighted) - len(small)} largest of {len(weighted)} conv/FC weight tensors "
+                   f"({1 - kept / total:.1%} of the weights); the {len(small)} smallest stay fp32 "
+                   f"(--fp16-fp32-share {options.fp16_fp32_share:g})",
+        "compute": "fp32 on the CPU interpreter (XNNPACK expands fp16 weights at load); fp16 on GPU delegates",
+        "fp16_weight_tensors": sum(1 for t in quantized.tensors if t.type == FLOAT16),
+        "fp32_weight_ops": len(small),
+    }
+
+
+def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: list[np.ndarray],
+                  progress: Any) -> tuple[bytes, dict[str, Any]]:
+    """Static int8 with the float islands of ``options.keep_float`` (DIV is always float)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with native_logs_quiet():
+        from ai_edge_quantizer import quantizer
+
+    graph = Graph(fp32)
+    islands = graph.attention_islands() if "attention" in options.keep_float else []
+    float_ops: set[int] = {i for island in islands for i in island}
+    div_only = [op["index"] for op in graph.ops if op["type"] == "DIV" and op["index"] not in float_ops]
+    float_ops |= set(div_only)
+    hardswish = [op["index"] for op in graph.ops if op["type"] == "HARD_SWISH"] if "hardswish" in options.keep_float else []
+    float_ops |= set(hardswish)
+    head = graph.head_ops() if "head" in options.keep_float else []
+    float_ops |= set(head)
+
+    # Float ops are marked by a suffix on their output tensors' names (it also tells anyone
+    # inspecting the model which ops are float on purpose); one short regex then selects them.
+    # (One escaped regex per op scope made ai-edge-quantizer recompile ~600 regexes per op.)
+    marked = mark_ops(graph, float_ops, FLOAT_MARK)
+    recipe: list[dict[str, Any]] = [
+        {"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize",
+         "op_config": _aeq_config(8, 8, "INTEGER")},
+        {"regex": ".*", "operation": "INPUT", "algorithm_key": "no_quantize"},  # float I/O
+        {"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"},
+        {"regex": re.escape(FLOAT_MARK) + ";", "operation": "*", "algorithm_key": "no_quantize"},
+    ]
+
+    with native_logs_quiet():
+        qt = quantizer.Quantizer(bytearray(marked), recipe)
+        signature = Interpreter(model_content=marked).get_signature_list()
+    (key,) = list(signature)[:1]
+    (input_name,) = signature[key]["inputs"][:1]
+    progress(f"calibrating int8 ranges on {len(calibration)} image(s)")
+    with native_logs_quiet():
+        ranges = _calibrate(marked, recipe, {key: [{input_name: x} for x in calibration]}, options.int8_ranges)
+        progress("quantizing")
+        result = qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False)
+    quantized = Graph(result.quantized_model)
+    still_float = [op for op in quantized.ops if op["type"] not in QUANT_OPS and not op_is_int8(quantized, op)]
+    details: dict[str, Any] = {
+        "scheme": "static int8: per-channel symmetric int8 weights, per-tensor asymmetric int8 activations "
+                  f"({options.int8_ranges.replace('_', ' ')} ranges over the calibration images), "
+                  "float32 input and output",
+        "calibration_images": len(calibration),
+        "keep_float": list(options.keep_float),
+        "float_ops": {
+            "attention": [{"block": graph.block_name(island),
+                           "ops": dict(Counter(graph.ops[i]["type"] for i in island))} for island in islands],
+            "hardswish": len(hardswish),
+            "head": {"block": graph.block_name(head), "ops": dict(Counter(graph.ops[i]["type"] for i in head))}
+            if head else None,
+            "div_only": len(div_only),
+            "total_float_ops": len(still_float),
+            "float_op_types": dict(Counter(op["type"] for op in still_float)),
+        },
+        "quantize_ops": sum(1 for op in quantized.ops if op["type"] == "QUANTIZE"),
+        "dequantize_ops": sum(1 for op in quantized.ops if op["type"] == "DEQUANTIZE"),
+    }
+    return bytes(result.quantized_model), details
+
+
+def _calibrate(model: bytes, recipe: list[dict[str, Any]], data: dict[str, list[dict[str, np.ndarray]]],
+               mode: str) -> dict[str, Any]:
+    """Each tensor's int8 range over the calibration images.
+
+    ai-edge-quantizer's own calibration folds the images' ranges into a moving average
+    (smoothing 0.95, seeded by the first image): with tens of images the first one keeps ~20%
+    of the weight and every range sits inside what the images reach, so the rarer large
+    activations clip. ``min_max`` keeps the extremes instead: cls-B1 top-1 on unseen photos
+    90% -> 95% (20 photos, seeded weights).
+    """
+    from ai_edge_quantizer import calibrator, recipe_manager
+    from ai_edge_quantizer.utils.qsv_utils import min_max_update
+
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(recipe)
+    update = {"qsv_update_func": min_max_update} if mode == "min_max" else {}
+    calib = calibrator.Calibrator(model, num_threads=max(1, os.cpu_count() or 1), **update)
+    calib.calibrate(data, manager)
+    return calib.get_model_qsvs()

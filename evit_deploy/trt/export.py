@@ -1,0 +1,189 @@
+"""The TensorRT export: the typed ONNX TensorRT builds, its build plan and trtexec script, the engine.
+
+The ONNX comes from the ONNX backend's exporter; here it is typed (fp16 behind Casts around the
+fp32 islands, or Q/DQ for int8), checked for fp16 overflow on ONNX Runtime, planned for the
+chosen TensorRT major, and (unless ``--plan-only``) built with ``evit_deploy.trt.build``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from evit_deploy.contracts import ExportContext, ExportOutput
+from evit_deploy.dependencies import package_versions
+from evit_deploy.errors import UsageError
+from evit_deploy.onnx.export import add_metadata, check_and_save, export_onnx_graph, simplify, tensor_infos
+from evit_deploy.onnx.options import OnnxOptions
+from evit_deploy.spec import InputSpec
+from evit_deploy.trt.options import Profile, TrtOptions, resolve_profile
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+    from evit_deploy.configs import Recipe
+
+
+def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, options: TrtOptions,
+                    ctx: ExportContext) -> ExportOutput:
+    """Typed ONNX + plan + trtexec script (+ engine and its layer information unless plan-only) in ``ctx.workdir``."""
+    import onnx
+
+    from evit_deploy.trt import typed
+
+    profile = resolve_profile(options, spec)
+    precision = recipe.precision
+    ctx.progress(f"torch.onnx.export (dynamo, opset {options.opset})")
+    graph = export_onnx_graph(model, spec, OnnxOptions(opset=options.opset, simplify=options.simplify), ctx.workdir)
+    if options.simplify != "none":
+        graph = simplify(graph, options.simplify)
+    typed.name_all_nodes(graph)  # the names the plan, trtexec and TensorRT's layers share
+    islands = typed.select_islands(graph, options.keep_fp32) if precision != "fp32" else []
+    notes: list[str] = []
+    details: dict[str, Any] = {}
+
+    # the graph TensorRT builds
+    int8_info = None
+    if precision == "int8":
+        build, int8_info = _int8(graph, spec, recipe, options, islands, ctx)
+    elif precision == "fp16" and options.typing_mode == "strong":
+        ctx.progress("fp16 with fp32 islands behind Casts")
+        build = typed.to_fp16(graph, islands)
+    else:
+        build = graph  # fp32, or fp16 by weak typing (trtexec --fp16 + per-layer fp32)
+
+    # what fp16 will compute, checked for overflow at the export shape and --max-shape
+    overflow = None
+    if precision == "fp16" and options.overflow_check:
+        simulated = build if options.typing_mode == "strong" else typed.to_fp16(graph, islands)
+        overflow = _overflow(simulated, spec, profile, options, ctx)
+    elif precision == "fp16":
+        notes.append("fp16 overflow check skipped (overflow_check: false)")
+
+    add_metadata(build, spec, ctx, precision)
+    onnx_path = ctx.workdir / f"{ctx.model_name}.onnx"
+    final = check_and_save(build, onnx_path)
+    plan = _plan(final, onnx_path, islands, spec, profile, recipe, options, ctx, int8_info, overflow)
+    plan_path = ctx.workdir / f"{ctx.model_name}.trt-plan.json"
+    plan.save(plan_path)
+    from evit_deploy.trt.plan import script
+
+    script_path = ctx.workdir / f"{ctx.model_name}.trtexec.sh"
+    script_path.write_text(script(plan, plan_path.name))
+    script_path.chmod(0o755)
+    files = [onnx_path, plan_path, script_path]
+    details["plan"] = plan.summary()
+    details["fp32_islands"] = [i.model_dump() for i in plan.islands]
+    if overflow is not None:
+        details["overflow"] = overflow
+    if int8_info is not None:
+        details["int8"] = int8_info
+    notes.append(f"TensorRT {plan.trt_version}, {plan.typing} typing: {len(plan.islands)} fp32 island(s), "
+                 f"{len(plan.expected_layers)} layer(s) the engine must run in fp32")
+
+    if options.plan_only:
+        notes.append(f"plan only: build on the device with ./{script_path.name} "
+                     f"or python -m evit_deploy.trt.build {plan_path.name}")
+    else:
+        from evit_deploy.trt.build import build_engine
+
+        ctx.progress(f"building the TensorRT engine ({plan.typing} typing)")
+        engine_path = ctx.workdir / plan.engine
+        report = build_engine(plan, onnx_path, engine_path, layer_info_path=ctx.workdir / plan.layer_info,
+                              progress=ctx.progress)
+        files += [engine_path, ctx.workdir / plan.layer_info]
+        details["engine"] = report
+        notes += report["notes"]
+    converter = {"onnx": onnx.__version__, **package_versions("onnxscript", "onnxruntime", "tensorrt")}
+    return ExportOutput(files=files, converter=converter, inputs=tensor_infos(final, "input"),
+                        outputs=tensor_infos(final, "output"), notes=notes, details=details)
+
+def _int8(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: TrtOptions,
+          islands: list[Any], ctx: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    from evit_deploy.trt import int8
+
+    source = recipe.calibration.source
+    if ctx.calibration is None or source is None:
+        raise UsageError("int8 needs calibration images: pass --calib DIR (a folder of representative images)")
+    one = spec.with_resolution(spec.height, spec.width, batch=1)
+    material = {
+        "images": int8.image_digests(Path(source)),
+        "samples": recipe.calibration.samples,
+        "preprocessing": {"size": [one.height, one.width], "mean": list(one.mean), "std": list(one.std),
+                          "color": one.color, "crop_ratio": one.extra.get("crop_ratio"),
+                          "resize": "bicubic, shorter side + centre crop" if one.extra.get("crop_ratio")
+                          else "bicubic to size"},
+        "model": int8.sha256_bytes(graph.SerializeToString()),
+    }
+    exclude = [n for island in islands for n in island.nodes]
+    calibration = ctx.calibration(one)
+    ctx.progress(f"int8: Q/DQ on {', '.join(options.quantize_ops)}; {len(exclude)} island node(s) stay fp32")
+    return int8.quantize_qdq(graph, calibration, input_name=spec.name, exclude=exclude,
+                             op_types=options.quantize_ops, method=options.calib_method,
+                             key_material=material, progress=ctx.progress)
+
+def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profile: Profile | None, options: TrtOptions,
+              ctx: ExportContext) -> dict[str, Any]:
+    """Scan the fp16 graph at the export shape and, with a profile, at its max shape."""
+    from evit_deploy.data import random_batch
+    from evit_deploy.trt.typed import raise_on_overflow, scan_fp16
+
+    shapes = [("export shape", spec.height, spec.width)]
+    if profile is not None and (profile.max[2], profile.max[3]) != (spec.height, spec.width):
+        shapes.append(("--max-shape", profile.max[2], profile.max[3]))
+    results = {}
+    for where, h, w in shapes:
+        at = spec.with_resolution(h, w, batch=1)
+        if ctx.calibration is not None:
+            inputs = ctx.calibration(at)[: options.overflow_samples]
+            source = "calibration images"
+        else:
+            inputs = [random_batch(at, 0, i) for i in range(options.overflow_samples)]
+            source = "random pixels (seed 0)"
+        ctx.progress(f"fp16 overflow check at {h}x{w} ({where}) on ONNX Runtime")
+        scan = scan_fp16(simulated, inputs, spec.name)
+        results[where] = {**scan.to_dict(), "inputs": source}
+        raise_on_overflow(scan, where)
+    return results
+
+def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], spec: InputSpec,
+          profile: Profile | None, recipe: Recipe, options: TrtOptions, ctx: ExportContext,
+          int8_info: dict[str, Any] | None, overflow: dict[str, Any] | None) -> Any:
+    from evit_deploy.artifact import sha256_path
+    from evit_deploy.graph import islands_summary
+    from evit_deploy.trt import plan as p
+    from evit_deploy.trt import typed
+
+    summary = [p.Island(**i) for i in islands_summary(islands)]
+    outputs = typed.float_outputs(final, {n for island in summary for n in island.nodes})
+    expected = p.expectations(summary, typed.node_ops(final), outputs)
+    outside = typed.fp32_outside_islands(final, islands) if recipe.precision == "fp16" and \
+        options.typing_mode == "strong" else []
+    precisions, output_types = ({}, {})
+    if options.typing_mode == "weak" and recipe.precision != "fp32":
+        precisions, output_types = p.weak_typing_constraints(expected, typed.output_counts(final))
+    name = ctx.model_name
+    plan = p.BuildPlan(
+        model=ctx.model_name, task=ctx.task, precision=recipe.precision, trt_version=options.trt_version,
+        trt_major=options.major, typing=options.typing_mode, platform=options.platform,
+        onnx=onnx_path.name, onnx_sha256=sha256_path(onnx_path), engine=f"{name}.engine",
+        layer_info=f"{name}.layers.json", input_name=spec.name,
+        output_names=[o.name for o in final.graph.output],
+        static_shape=None if profile else list(spec.shape), profile=profile.to_dict() if profile else None,
+        workspace_gib=options.workspace, dla_core=options.dla_core,
+        builder_optimization_level=options.builder_opt_level,
+        timing_cache=str(options.timing_cache) if options.timing_cache else None,
+        tf32=recipe.precision != "fp32",
+        islands=summary, fp32_outside_islands=[p.Fp32Outside(**o) for o in outside], expected_layers=expected,
+        island_tensors=[t for e in expected for t in e.outputs],
+        layer_precisions=precisions, layer_output_types=output_types, int8=int8_info, overflow=overflow,
+    )
+    if recipe.precision == "fp32":
+        plan.notes.append("fp32: no islands; TF32 is off so fp32 means fp32 (--noTF32)")
+    if options.typing_mode == "weak":
+        plan.notes.append("weak typing: the engine's island precisions are requested, not guaranteed; "
+                          "the build checks them in the engine's layer information")
+    if options.dla_core is not None:
+        plan.notes.append("DLA: layers DLA cannot run (the attention's MatMuls among them) fall back to the GPU")
+    plan.trtexec = p.trtexec_argv(plan)
+    return plan
