@@ -20,7 +20,12 @@ for exported programs). Three things need care, each measured with coremltools 9
   camera frame (CVPixelBuffer / CGImage, RGB) as is.
 
 Running: on macOS the runner is ``MLModel.predict`` with the recipe's compute units (or those
-given as ``--device``). Elsewhere ``verify`` runs the ML program with evit's MIL interpreter
+given as ``--device``). coremltools 9.0 loads a program newer than the OS without complaint
+(no proxy; its first ``predict`` raises a bare Exception), so the runner checks after loading and
+refuses in one line naming the macOS the artifact needs. Where the ops ran is read from Core ML's
+compute plan (``MLComputePlan``, per-device op counts in ``describe()``), and a run on the GPU or
+Neural Engine, which compute in fp16, is held to the recipe's ``accelerated`` tolerances.
+Elsewhere ``verify`` runs the ML program with evit's MIL interpreter
 (``evit_deploy.mil``, numpy): it checks what the converter wrote, not Apple's kernels, and its
 timings mean nothing, so ``profile`` refuses there. ``EVIT_COREML_RUNNER=mil`` forces the
 interpreter on macOS too (to compare both).
@@ -46,7 +51,7 @@ from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from evit_deploy.configs import validate_options
-from evit_deploy.errors import CheckFailed, RuntimeMissing, UsageError
+from evit_deploy.errors import CheckFailed, RuntimeMissing, ToolchainError, UsageError
 from evit_deploy.spec import InputSpec, TensorInfo
 from evit_deploy.targets.base import (
     ExportContext,
@@ -80,6 +85,11 @@ _OS_LEVELS: dict[str, dict[str, int]] = {
     "watchOS": {"6": 13, "7": 14, "8": 15, "9": 16, "10": 17, "11": 18, "26": 26},
 }
 MLPROGRAM_MIN = 15
+# Core ML specification version -> the first macOS that runs it (coremltools' _SPECIFICATION_VERSION_IOS_*:
+# 6 = iOS15/macOS12 ... 9 = iOS18/macOS15, 10 = iOS26/macOS26).
+SPEC_MACOS = {6: "12", 7: "13", 8: "14", 9: "15", 10: "26"}
+# Compute plan device classes (coremltools.models.compute_device) -> the names reports use.
+DEVICE_KINDS = {"MLCPUComputeDevice": "cpu", "MLGPUComputeDevice": "gpu", "MLNeuralEngineComputeDevice": "neural_engine"}
 COMPRESSION_MIN = 16  # constexpr_* weight ops arrived with iOS16 / macOS13
 GROUPED_PALETTE_MIN = 18  # per-grouped-channel LUTs arrived with iOS18 / macOS15
 PALETTE_GROUP = 16  # output channels sharing one LUT from iOS18 on
@@ -541,6 +551,48 @@ def pixels_from_normalised(x: np.ndarray, spec: InputSpec) -> np.ndarray:
     return ((x.astype(np.float32) * std + mean) * 255.0).astype(np.float32)
 
 
+def camera_frame(x: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """One normalised NCHW sample (channels in ``spec.color`` order) -> the 8-bit RGB frame an app hands
+    Core ML (HxWx3). Core ML reorders an image to the model's ``color_layout`` itself, so a BGR model's
+    frame is still RGB; an app's frame is 8-bit, so pixels are rounded (compare with --images)."""
+    pixels = np.clip(np.rint(pixels_from_normalised(x, spec)[0]), 0, 255).astype(np.uint8)
+    if spec.color.upper() == "BGR":
+        pixels = pixels[::-1]
+    return np.ascontiguousarray(pixels.transpose(1, 2, 0))
+
+
+def load_refusal(name: str, spec_version: int, engine_version: int | None, macos: str,
+                 framework_error: Exception | None) -> str:
+    """Why Core ML gave coremltools no model to run (it returns none and says nothing), in one line."""
+    if engine_version is not None and spec_version > engine_version:
+        needed = SPEC_MACOS.get(spec_version, f"newer than {macos}")
+        return (f"{name} needs macOS {needed} or newer (Core ML specification {spec_version}, from its deployment "
+                f"target); this Mac runs macOS {macos}, whose Core ML reads specification {engine_version} at most: "
+                "run it on a newer Mac, check it here with evit's MIL interpreter (EVIT_COREML_RUNNER=mil), or "
+                "re-export with an older --deployment-target")
+    if framework_error is not None:
+        return f"Core ML could not load {name}: {str(framework_error).splitlines()[0]}"
+    return f"Core ML cannot load {name} here: coremltools found no Core ML framework (it runs on macOS only)"
+
+
+def compute_plan_counts(model: Any, compute_units: str) -> dict[str, int]:
+    """How many ML-program operations Core ML plans to run on each device (CPU, GPU, Neural Engine):
+    ``MLComputePlan`` of the compiled model, preferred device per operation; operations without a
+    device (constants) are counted as ``unplaced``. macOS 14.4+ with coremltools 8+."""
+    ct = _import_coremltools()
+    from coremltools.models.compute_plan import MLComputePlan
+
+    plan = MLComputePlan.load_from_path(model.get_compiled_model_path(),
+                                        compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[compute_units]))
+    counts = {"cpu": 0, "gpu": 0, "neural_engine": 0, "unplaced": 0}
+    for function in plan.model_structure.program.functions.values():
+        for operation in function.block.operations:
+            usage = plan.get_compute_device_usage_for_mlprogram_operation(operation)
+            kind = DEVICE_KINDS.get(type(usage.preferred_compute_device).__name__) if usage else None
+            counts[kind or "unplaced"] += 1
+    return counts
+
+
 class MilRunner(Runner):
     """The ML program evaluated by evit's numpy MIL interpreter (any OS; checks the converter only)."""
 
@@ -593,7 +645,11 @@ class MilRunner(Runner):
 
 
 class CoreMLRunner(Runner):
-    """``MLModel.predict`` on macOS with the chosen compute units."""
+    """``MLModel.predict`` on macOS with the chosen compute units.
+
+    ``tolerance_profile`` tells ``verify`` which of the recipe's criteria apply: ``accelerated``
+    when the GPU or Neural Engine may run the ops (they compute in fp16), None on the CPU alone.
+    """
 
     backend = "coreml"
 
@@ -602,15 +658,25 @@ class CoreMLRunner(Runner):
         self.path = path
         self.spec = spec
         self.compute_units = compute_units
+        self.tolerance_profile = None if compute_units == "cpu_only" else "accelerated"
         self.image_input = image_input
         self.model: Any = None
         self.input_name = ""
+        self._plan: dict[str, Any] | None = None
 
     def load(self) -> None:
         ct = _import_coremltools()
         with _quiet_coremltools():
             self.model = ct.models.MLModel(str(self.path),
                                            compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[self.compute_units]))
+        if self.model.__proxy__ is None:  # coremltools 9.0 loads what Core ML refused without a word
+            from coremltools.models import model as ct_model
+
+            proxy = getattr(ct_model, "_MLModelProxy", None)
+            engine = proxy.maximum_supported_specification_version() if proxy is not None else None
+            raise RuntimeMissing(load_refusal(self.path.name, self.model.get_spec().specificationVersion, engine,
+                                              platform.mac_ver()[0] or platform.system(),
+                                              getattr(self.model, "_framework_error", None)))
         description = self.model.get_spec().description
         self.input_name = description.input[0].name
         self.inputs = [TensorInfo(self.spec.name, self.spec.shape, "float32", "NCHW")]
@@ -623,20 +689,35 @@ class CoreMLRunner(Runner):
             return {self.input_name: x}
         from PIL import Image
 
-        # An app's frame is 8-bit: round, so compare with --images for exact pixels.
-        pixels = np.clip(np.rint(pixels_from_normalised(x, self.spec)[0]), 0, 255).astype(np.uint8)
-        return {self.input_name: Image.fromarray(pixels.transpose(1, 2, 0), mode="RGB")}
+        return {self.input_name: Image.fromarray(camera_frame(x, self.spec))}
 
     def infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
         if self.input_name not in feed or (self.image_input and isinstance(feed[self.input_name], np.ndarray)):
             feed = self.prepare(feed)  # base-prepared arrays (e.g. sent by a remote caller)
-        return {name: np.asarray(value) for name, value in self.model.predict(feed).items()}
+        try:
+            predicted = self.model.predict(feed)
+        except Exception as err:  # noqa: BLE001 - coremltools raises bare Exceptions: say it in one line
+            raise ToolchainError(f"Core ML predict failed on {self.path.name}: {str(err).splitlines()[0]}") from None
+        return {name: np.asarray(value) for name, value in predicted.items()}
 
     def close(self) -> None:
         self.model = None
 
+    def compute_plan(self) -> dict[str, Any]:
+        """Per-device op counts from Core ML's compute plan (once), or why they are not known."""
+        if self._plan is None:
+            try:
+                self._plan = compute_plan_counts(self.model, self.compute_units)
+            except Exception as err:  # noqa: BLE001 - informational: older macOS/coremltools have no plan
+                self._plan = {"unavailable": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+        return self._plan
+
     def describe(self) -> dict[str, Any]:
         ct = _import_coremltools()
-        return {"backend": self.backend, "version": f"coremltools {ct.__version__}",
+        info = {"backend": self.backend, "version": f"coremltools {ct.__version__}",
                 "device": f"macOS {platform.mac_ver()[0]} ({platform.machine()})",
-                "compute_units": self.compute_units, "timing_meaningful": True, "image_input": self.image_input}
+                "compute_units": self.compute_units, "timing_meaningful": True, "image_input": self.image_input,
+                "tolerances": self.tolerance_profile or "cpu"}
+        if self.model is not None:
+            info["compute_plan"] = self.compute_plan()
+        return info
