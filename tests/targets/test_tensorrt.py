@@ -143,6 +143,16 @@ def test_legacy_trtexec_names_exactly_the_islands(seg_legacy):
     assert "--layerPrecisions=" in script and "node_matmul:fp32" in script
 
 
+def test_weak_typing_on_tensorrt_10_says_it_is_deprecated(tmp_path, seg_fp16):
+    """Issue 20 item 10: from TensorRT 10.12 trtexec and ILayer.precision warn that weak typing is
+    deprecated (11 removed it); the plan says so where it asks for it."""
+    plan = load_plan(export(tmp_path, precision="fp16", resolution=(64, 128),
+                            options={"trt_version": "10", "typing": "weak"}).artifact)
+    assert plan.typing == "weak" and "--fp16" in plan.trtexec
+    assert any(note.startswith("weak typing is deprecated from TensorRT 10.12 on") for note in plan.notes)
+    assert not any("deprecated" in note for note in load_plan(seg_fp16).notes)  # strong typing: nothing to say
+
+
 def test_the_timing_cache_travels_as_a_name_beside_the_plan(seg_legacy):
     """Issue 20 item 8: the device has no host paths; the build reads/writes the cache beside the plan."""
     plan = load_plan(seg_legacy)
