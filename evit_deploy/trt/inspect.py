@@ -144,8 +144,11 @@ class PrecisionReport:
             return self.unreadable
         names = ", ".join(f"{v['node']} ({v['found']} in layer {v['layer']!r})" for v in self.violations[:6])
         more = f" and {len(self.violations) - 6} more" if len(self.violations) > 6 else ""
-        return (f"the engine does not run every planned fp32 island layer in fp32: {names}{more}; "
-                "TensorRT ignored the precision request (fused layer?); use --typing strong on TensorRT 10+")
+        hint = ("TensorRT ignored the precision request (fused layer?); use --typing strong on TensorRT 10+"
+                if self.typing == "weak" else
+                "the strongly typed build did not keep the ONNX's types (fused layer?); keep the layer information "
+                "and report it with the TensorRT version")
+        return f"the engine does not run every planned fp32 island layer in fp32: {names}{more}; {hint}"
 
 
 def check_layers(plan: BuildPlan, layers: list[Layer]) -> PrecisionReport:
