@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt
 
-.PHONY: install test test-fast test-slow bench lint clean
+.PHONY: install test test-fast test-slow test-hardware bench lint clean
 
 install: $(BIN)/evit
 
@@ -25,6 +25,13 @@ test-fast: install
 
 test-slow: install
 	$(BIN)/pytest -n 2 -m slow tests
+
+# The tests that need an NVIDIA GPU, a Mac or a Jetson, for whoever has one: first what was found
+# here and which groups will run, then every `gpu`, `macos` and `jetson` test (missing hardware skips
+# with the reason). One process (-n 0): the GPU and the Jetson clocks are not shared between workers.
+test-hardware: install
+	$(BIN)/python scripts/hardware_probe.py
+	$(BIN)/pytest -n 0 -m "$$($(BIN)/python scripts/hardware_probe.py --markers)" tests
 
 bench: install
 	$(BIN)/python benchmarks/run.py

@@ -296,14 +296,14 @@ def verify(
     spec = _run_spec(handle, resolution, None)
     batches = input_batches(spec, samples=samples, seed=seed, source=source)
     recipe = Recipe.model_validate(handle.manifest.recipe)
-    tol_data = recipe.resolved_tolerances().model_dump()
+    artifact_runner = _artifact_runner(handle, device, threads, inventory, progress)  # a device fails early
+    tol_data = recipe.resolved_tolerances(getattr(artifact_runner, "tolerance_profile", None)).model_dump()
     tol_data.update({k: v for k, v in (tolerances or {}).items() if v is not None})
     if atol is not None:
         tol_data["atol"] = atol
     if rtol is not None:
         tol_data["rtol"] = rtol
     tol = Tolerances.model_validate(tol_data)
-    artifact_runner = _artifact_runner(handle, device, threads, inventory, progress)  # a device fails early
     progress("building the PyTorch reference")
     model, reference_info, notes = reference_model(handle.manifest, weights)
     num_classes = _num_classes(handle.manifest.model)

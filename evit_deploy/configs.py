@@ -42,6 +42,13 @@ DEFAULT_TOLERANCES: dict[str, Tolerances] = {
     "fp16": Tolerances(max_rel=5e-2, cosine=0.999, pixel_agreement=0.999, top1_agreement=0.99),
     "int8": Tolerances(cosine=0.95, pixel_agreement=0.99, top1_agreement=0.95),
 }
+# Runtimes whose arithmetic is not the precision's own: a runner names its profile
+# (``Runner.tolerance_profile``) and the recipe's ``runtime_tolerances`` (else these) apply to it.
+# "accelerated": Core ML on the GPU or Neural Engine, which compute in fp16 whatever the program's
+# precision, so an fp32 program there is held to fp16's criteria, not the CPU's 1e-4.
+DEFAULT_RUNTIME_TOLERANCES: dict[tuple[str, str], Tolerances] = {
+    ("fp32", "accelerated"): DEFAULT_TOLERANCES["fp16"],
+}
 
 
 class Calibration(BaseModel):
@@ -63,6 +70,7 @@ class Recipe(BaseModel):
     dynamic: bool = False
     calibration: Calibration = Field(default_factory=Calibration)
     tolerances: Tolerances | None = None  # None: DEFAULT_TOLERANCES[precision]
+    runtime_tolerances: dict[str, Tolerances] = Field(default_factory=dict)  # profile -> criteria (see above)
     options: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
 
@@ -78,7 +86,12 @@ class Recipe(BaseModel):
                 )
         return value
 
-    def resolved_tolerances(self) -> Tolerances:
+    def resolved_tolerances(self, profile: str | None = None) -> Tolerances:
+        """The criteria for a runner with this tolerance ``profile`` (None: the precision's own)."""
+        if profile is not None and profile in self.runtime_tolerances:
+            return self.runtime_tolerances[profile]
+        if profile is not None and (self.precision, profile) in DEFAULT_RUNTIME_TOLERANCES:
+            return DEFAULT_RUNTIME_TOLERANCES[self.precision, profile]
         return self.tolerances if self.tolerances is not None else DEFAULT_TOLERANCES[self.precision]
 
 

@@ -32,3 +32,9 @@ class CheckFailed(EvitError):
     """A check ran and failed (parity, overflow, engine precision): exit 1."""
 
     exit_code = 1
+
+
+class ToolchainError(EvitError):
+    """A converter, builder or runtime ran on valid input and failed (a TensorRT build): exit 3."""
+
+    exit_code = 3

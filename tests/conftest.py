@@ -92,6 +92,24 @@ def trt_gpu() -> None:
         pytest.skip(f"needs an NVIDIA GPU with TensorRT: {reason}")
 
 
+@pytest.fixture
+def needs_macos_for():
+    """``needs_macos_for(artifact)``: skip (saying so) below the macOS a Core ML artifact's specification
+    needs; coremltools would load it without a word and fail at the first predict (issue 20 item 16)."""
+    import platform
+
+    def check(artifact: Path) -> None:
+        from evit_deploy.mil.program import read_spec
+        from evit_deploy.coreml.options import SPEC_MACOS
+
+        needed = SPEC_MACOS[read_spec(artifact).specificationVersion]
+        have = platform.mac_ver()[0]
+        if tuple(int(p) for p in have.split(".")[:2]) < (int(needed), 0):
+            pytest.skip(f"{artifact.name} needs macOS {needed}; this is macOS {have}")
+
+    return check
+
+
 # skimage's bundled photographs (no download; its synthetic images such as colorwheel are left
 # out); the calibration and test sets share no image.
 CALIB_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "retina", "gravel", "brick")

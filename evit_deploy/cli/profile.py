@@ -29,7 +29,7 @@ def profile(
     lock_clocks: Annotated[bool, typer.Option(
         "--lock-clocks", help="Jetson: run jetson_clocks for the measurement, then restore the clocks.")] = False,
     power: Annotated[bool, typer.Option(
-        "--power", help="Jetson: sample board power (tegrastats) during the timed runs: mean W, mJ/image.")] = False,
+        "--power", help="Jetson: sample module power (tegrastats) during the timed runs: mean W, mJ/image.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results as JSON ('-' for stdout).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
@@ -133,8 +133,11 @@ def _table(results: list[Any], title: str) -> Any:
     if any("remote" in r.host for r in results):
         table.add_row("artifact copy", *(_copy(r.host.get("remote")) for r in results))
     if any("power" in r.host for r in results):
-        table.add_row("board power W", *(_power(r.host.get("power"), "mean_w", "{:.2f}") for r in results))
+        table.add_row("module power W", *(_power(r.host.get("power"), "mean_w", "{:.2f}") for r in results))
         table.add_row("energy mJ/image", *(_power(r.host.get("power"), "mj_per_image", "{:.1f}") for r in results))
+        unread = [(r.host.get("power") or {}) for r in results]
+        if any(p and p.get("mean_w") is None for p in unread):  # why there is no figure (no rails, too short)
+            table.add_row("power note", *(p.get("note", "") if p and p.get("mean_w") is None else "" for p in unread))
     return table
 
 

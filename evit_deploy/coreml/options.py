@@ -24,6 +24,9 @@ _OS_LEVELS: dict[str, dict[str, int]] = {
     "watchOS": {"6": 13, "7": 14, "8": 15, "9": 16, "10": 17, "11": 18, "26": 26},
 }
 MLPROGRAM_MIN = 15
+# Core ML specification version -> the first macOS that runs it (coremltools' _SPECIFICATION_VERSION_IOS_*:
+# 6 = iOS15/macOS12 ... 9 = iOS18/macOS15, 10 = iOS26/macOS26).
+SPEC_MACOS = {6: "12", 7: "13", 8: "14", 9: "15", 10: "26"}
 COMPRESSION_MIN = 16  # constexpr_* weight ops arrived with iOS16 / macOS13
 GROUPED_PALETTE_MIN = 18  # per-grouped-channel LUTs arrived with iOS18 / macOS15
 PALETTE_GROUP = 16  # output channels sharing one LUT from iOS18 on

@@ -6,6 +6,9 @@ versions; for other machines the CPU governor and model. ``device_state()`` coll
 them for every remote result. evit changes nothing unless asked: ``locked_clocks``
 runs ``jetson_clocks`` and restores the previous clocks afterwards, and
 ``PowerSampler`` reads ``tegrastats`` during the timed iterations.
+
+Every subprocess here gets ``stdin=DEVNULL``: on a device the worker's stdin is the SSH
+protocol stream, and ``jetson_clocks --store`` reads a yes/no from stdin when its file exists.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from evit_deploy.errors import UsageError
+from evit_deploy.errors import EvitError, UsageError
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 RUNTIME_PACKAGES = {  # what `evit devices check` reports, per runtime
@@ -35,12 +39,17 @@ RUNTIME_PACKAGES = {  # what `evit devices check` reports, per runtime
 }
 
 
+def device_command(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a device tool with its output captured and no stdin (never the worker's SSH stream)."""
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def _run(argv: list[str], timeout: float = 5) -> str | None:
     """stdout of a small system command, or None when it is missing or fails."""
     if shutil.which(argv[0]) is None:
         return None
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        done = device_command(argv, timeout)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -146,17 +155,25 @@ def tensorrt_version() -> str | None:
 
 
 def gpus() -> list[dict[str, Any]]:
-    text = _run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"])
+    """The GPUs here. A Jetson's GPU is integrated and shares system memory, whatever nvidia-smi
+    says: JetPack 6 has nvidia-smi, which reports it as ``Orin (nvgpu), [N/A], ...``."""
+    if is_jetson():
+        return [{"name": board_model() or "Jetson integrated GPU", "memory_mb": memory_mb(), "shared": True}]
+    found = parse_nvidia_smi(_run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                                   "--format=csv,noheader,nounits"]))
+    if not found and platform.system() == "Darwin" and platform.machine() == "arm64":
+        found.append({"name": f"{cpu_model()} GPU (integrated)", "memory_mb": memory_mb(), "shared": True})
+    return found
+
+
+def parse_nvidia_smi(text: str | None) -> list[dict[str, Any]]:
+    """``nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader,nounits`` rows."""
     found = []
     for line in (text or "").splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 3 and parts[0]:
             memory = int(parts[1]) if parts[1].isdigit() else None
             found.append({"name": parts[0], "memory_mb": memory, "driver": parts[2]})
-    if not found and is_jetson():
-        found.append({"name": board_model() or "Jetson integrated GPU", "memory_mb": memory_mb(), "shared": True})
-    if not found and platform.system() == "Darwin" and platform.machine() == "arm64":
-        found.append({"name": f"{cpu_model()} GPU (integrated)", "memory_mb": memory_mb(), "shared": True})
     return found
 
 
@@ -216,47 +233,92 @@ def system_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------- clocks
 
 
-def _as_root(argv: list[str], what: str) -> None:
-    command = argv if os.geteuid() == 0 else ["sudo", "-n", *argv]
-    if shutil.which(argv[0]) is None:
-        raise UsageError(f"{what}: {argv[0]} not found on the device (is this a Jetson with JetPack?)")
+def _as_root(argv: list[str]) -> list[str]:
+    return argv if os.geteuid() == 0 else ["sudo", "-n", *argv]
+
+
+def _jetson_clocks(*args: str) -> str | None:
+    """Run ``jetson_clocks ARGS`` as root; None when it worked, else what went wrong (one line).
+
+    NVIDIA's script exits 0 after some failures and says so on stdout ("Error: Failed to restore
+    ..."), so its output is read, not only its exit code.
+    """
+    command = _as_root(["jetson_clocks", *args])
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        done = device_command(command, timeout=60)
     except (OSError, subprocess.SubprocessError) as err:
-        raise UsageError(f"{what}: {' '.join(command)} failed: {err}") from None
-    if done.returncode != 0:
-        why = (done.stderr or done.stdout).strip().splitlines()
-        raise UsageError(f"{what}: `{' '.join(command)}` failed ({why[-1] if why else done.returncode}); "
-                         "evit needs root there for jetson_clocks: allow it with sudo without a password")
+        return f"`{' '.join(command)}` failed: {err}"
+    lines = [line.strip() for line in (done.stdout + "\n" + done.stderr).splitlines() if line.strip()]
+    errors = [line for line in lines if line.lower().startswith(("error", "sudo:"))]
+    if done.returncode == 0 and not errors:
+        return None
+    why = (errors or lines or [f"exit {done.returncode}"])[-1]
+    if why.startswith("sudo:"):
+        why += "; evit needs root for jetson_clocks: allow it with sudo without a password"
+    return f"`{' '.join(command)}` failed ({why})"
 
 
 @contextmanager
 def locked_clocks() -> Iterator[None]:
-    """``jetson_clocks`` for the duration, then the clocks that were there before."""
+    """``jetson_clocks`` for the duration, then the clocks that were there before.
+
+    jetson_clocks pins the CPUs before it can fail on the GPU ("Error! Unknown GPU!"), so once the
+    clocks are stored every failure restores them; a restore problem during another failure is
+    added to that failure's line, never raised in its place.
+    """
     if not is_jetson():
         raise UsageError(f"--lock-clocks is supported on Jetson devices only (jetson_clocks); {platform.node()} is "
                          f"{cpu_model()}: set its CPU governor to performance yourself instead")
-    store = Path(tempfile.mkdtemp(prefix="evit-clocks-")) / "clocks.conf"
-    _as_root(["jetson_clocks", "--store", str(store)], "--lock-clocks")
-    _as_root(["jetson_clocks"], "--lock-clocks")
+    if shutil.which("jetson_clocks") is None:
+        raise UsageError("--lock-clocks: jetson_clocks not found on the device (is this a Jetson with JetPack?)")
+    folder = Path(tempfile.mkdtemp(prefix="evit-clocks-"))
+    store = folder / "clocks.conf"
     try:
-        yield
+        problem = _jetson_clocks("--store", str(store))
+        if problem:
+            raise UsageError(f"--lock-clocks: {problem}")
+        try:
+            problem = _jetson_clocks()
+            if problem:
+                raise UsageError(f"--lock-clocks: {problem}")
+            yield
+        except BaseException as err:
+            _restore_after(err, store)
+            raise
+        problem = _jetson_clocks("--restore", str(store))
+        if problem:
+            raise UsageError(f"restoring clocks after --lock-clocks: {problem}; the clocks may still be locked "
+                             f"(run `sudo jetson_clocks --restore` with a stored file, or reboot)")
     finally:
-        _as_root(["jetson_clocks", "--restore", str(store)], "restoring clocks after --lock-clocks")
-        shutil.rmtree(store.parent, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _restore_after(err: BaseException, store: Path) -> None:
+    """Restore the clocks while ``err`` is in flight; a restore problem is added to its message."""
+    problem = _jetson_clocks("--restore", str(store))
+    if problem is None:
+        return
+    if isinstance(err, EvitError):
+        err.args = (f"{err}; restoring the clocks failed too: {problem}",)
+    else:
+        print(f"warning: restoring clocks after --lock-clocks failed: {problem}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- power
 
 _RAIL = re.compile(r"\b((?:VDDQ?|POM|VIN)_[A-Z0-9_]+) (\d+)(?:mW)?/(\d+)(?:mW)?")
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")  # whole-module input power, where the board reports it
+# Jetson AGX Orin reports no module input. NVIDIA's rail table: VDD_GPU_SOC + VDD_CPU_CV + VIN_SYS_5V0
+# is the module's power; VDDQ_VDD2_1V8AO is already inside VIN_SYS_5V0 (adding it reads ~5% high).
+AGX_ORIN_MODULE = ("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0")
 
 
 def parse_tegrastats(line: str) -> tuple[float, str] | None:
-    """Board power in watts from one tegrastats line, and which rail(s) it is.
+    """Module power in watts from one tegrastats line, and which rail(s) it is; None without rails.
 
     Boards that report the module's input (VDD_IN on Orin Nano/NX and Xavier, POM_5V_IN on
-    Nano/TX1) give that; others (AGX Orin) the sum of their rails.
+    Nano/TX1) give that; AGX Orin the sum of its three module rails. None of them covers the
+    carrier board.
     """
     rails = {name: int(now) for name, now, _ in _RAIL.findall(line)}
     if not rails:
@@ -264,7 +326,18 @@ def parse_tegrastats(line: str) -> tuple[float, str] | None:
     for total in TOTAL_RAILS:
         if total in rails:
             return rails[total] / 1000.0, total
+    if all(rail in rails for rail in AGX_ORIN_MODULE):
+        return sum(rails[r] for r in AGX_ORIN_MODULE) / 1000.0, "+".join(AGX_ORIN_MODULE)
     return sum(rails.values()) / 1000.0, "+".join(rails)
+
+
+def tegrastats_command(interval_ms: int) -> list[str]:
+    """tegrastats as root where that is allowed without a password: some images show the power
+    rails to root only (jetson_stats: "tegrastats ... require[s] the sudo elevation")."""
+    command = ["tegrastats", "--interval", str(interval_ms)]
+    if os.geteuid() != 0 and _run(["sudo", "-n", "-l", "tegrastats"]) is not None:
+        return ["sudo", "-n", *command]
+    return command
 
 
 class PowerSampler:
@@ -272,8 +345,9 @@ class PowerSampler:
 
     def __init__(self, command: list[str] | None = None, interval_ms: int = 50) -> None:
         self.interval_ms = interval_ms
-        self.command = command or ["tegrastats", "--interval", str(interval_ms)]
+        self.command = command or tegrastats_command(interval_ms)
         self.samples: list[float] = []
+        self.lines = 0  # tegrastats lines seen during the window, with or without rails
         self.rail: str | None = None
         self.window: tuple[float, float] | None = None
         self._recording = False
@@ -282,9 +356,11 @@ class PowerSampler:
         self.thread: threading.Thread | None = None
 
     def start(self) -> PowerSampler:
-        if shutil.which(self.command[0]) is None:
-            raise UsageError(f"--power needs {self.command[0]} on the device (Jetson with JetPack)")
-        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        tool = next((part for part in self.command if part not in ("sudo", "-n")), self.command[0])
+        if shutil.which(tool) is None:
+            raise UsageError(f"--power needs {tool} on the device (Jetson with JetPack)")
+        self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
         return self
@@ -292,8 +368,11 @@ class PowerSampler:
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
+            if not self._recording or not line.strip():
+                continue
+            self.lines += 1
             reading = parse_tegrastats(line)
-            if reading is not None and self._recording:
+            if reading is not None:
                 self.samples.append(reading[0])
                 self.rail = reading[1]
 
@@ -320,19 +399,28 @@ class PowerSampler:
 
     def summary(self, throughput_ips: float) -> dict[str, Any]:
         seconds = (self.window[1] - self.window[0]) if self.window else 0.0
-        data: dict[str, Any] = {"source": "tegrastats", "rail": self.rail, "samples": len(self.samples),
-                                "interval_ms": self.interval_ms, "window_s": round(seconds, 3)}
+        data: dict[str, Any] = {"source": "tegrastats", "command": " ".join(self.command), "rail": self.rail,
+                                "samples": len(self.samples), "lines": self.lines, "interval_ms": self.interval_ms,
+                                "window_s": round(seconds, 3)}
         if not self.samples:
-            data.update(mean_w=None, max_w=None, mj_per_image=None,
-                        note="no reading during the timed run: raise --iters so it lasts over a second")
+            data.update(mean_w=None, max_w=None, mj_per_image=None, note=self._no_reading())
             return data
         mean = sum(self.samples) / len(self.samples)
         data.update(mean_w=round(mean, 3), max_w=round(max(self.samples), 3),
                     mj_per_image=round(mean * 1e3 / throughput_ips, 3) if throughput_ips else None,
-                    note="board power including idle draw")
+                    note="module power including idle draw (the carrier board is not measured)")
         if len(self.samples) < 5:
             data["note"] += f"; only {len(self.samples)} reading(s): raise --iters for a steadier figure"
         return data
+
+    def _no_reading(self) -> str:
+        if not self.lines:
+            return "no reading during the timed run: raise --iters so it lasts over a second"
+        if "sudo" in self.command:
+            return (f"tegrastats printed {self.lines} line(s) without power rails, even through sudo: "
+                    "this board reports no rails evit reads")
+        return (f"tegrastats printed {self.lines} line(s) without power rails: on this image it shows them to "
+                "root only; allow `sudo -n tegrastats` for this user (evit then uses it) or run evit as root")
 
 
 class ProfileConditions:

@@ -14,6 +14,9 @@ store, by, in order of preference:
    device's trtexec (JetPack: ``/usr/src/tensorrt/bin/trtexec``), followed by
    ``python -m evit_deploy.trt.inspect PLAN LAYER_INFO`` when that checker is installed.
 
+A build that runs and fails (TensorRT's builder returns no engine, trtexec exits non-zero or
+writes none) is a ToolchainError (exit 3) carrying the builder's last error line. Every device
+subprocess gets ``stdin=DEVNULL``: the worker's stdin is the SSH protocol stream.
 Nothing here imports torch or, at import time, tensorrt.
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from evit_deploy.errors import CheckFailed, RuntimeMissing, UsageError
+from evit_deploy.errors import CheckFailed, RuntimeMissing, ToolchainError, UsageError
 
 TRTEXEC_CANDIDATES = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec")
 BUILDER = ("evit_deploy.trt.build", "build_engine")
@@ -81,7 +84,7 @@ def build_on_device(artifact: str, out: str, options: dict[str, Any],
             report = _trtexec_build(plan, plan_path, timeout=float(options.get("timeout", 3600)))
         engine = work / plan.engine
         if not engine.is_file():
-            raise UsageError(f"the build finished but wrote no {plan.engine} on the device")
+            raise ToolchainError(f"the build finished but wrote no {plan.engine} on the device")
         files = [plan.engine] + ([plan.layer_info] if (work / plan.layer_info).is_file() else [])
         for stray in [p for p in work.iterdir() if p.name not in files]:
             shutil.rmtree(stray) if stray.is_dir() else stray.unlink()
@@ -103,18 +106,31 @@ def _trtexec_build(plan: Any, plan_path: Path, timeout: float) -> dict[str, Any]
                              "nor trtexec (JetPack: /usr/src/tensorrt/bin/trtexec) is installed")
     argv = [trtexec, *trtexec_argv(plan)[1:]]
     try:
-        done = subprocess.run(argv, cwd=plan_path.parent, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(argv, cwd=plan_path.parent, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise UsageError(f"trtexec did not finish within {timeout:g} s on the device") from None
+        raise ToolchainError(f"trtexec did not finish within {timeout:g} s on the device") from None
     if done.returncode != 0:
-        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-        raise UsageError(f"trtexec failed on the device (exit {done.returncode}): {lines[-1] if lines else ''}")
+        raise ToolchainError(f"trtexec failed on the device (exit {done.returncode}): {_cause(done.stdout + done.stderr)}")
     report: dict[str, Any] = {"builder": "trtexec", "command": argv[1:]}
     if importlib.util.find_spec("evit_deploy.trt.inspect") is not None and (plan_path.parent / plan.layer_info).is_file():
         check = subprocess.run([sys.executable, "-m", "evit_deploy.trt.inspect", plan_path.name, plan.layer_info],
-                               cwd=plan_path.parent, capture_output=True, text=True, timeout=600, check=False)
+                               cwd=plan_path.parent, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=600, check=False)
         last = ([line for line in (check.stdout + check.stderr).splitlines() if line.strip()] or [""])[-1]
         report["layer_check"] = {"passed": check.returncode == 0, "summary": last}
         if check.returncode == 1:
             raise CheckFailed(f"the engine built on the device breaks its plan: {last}")
     return report
+
+
+def _cause(output: str) -> str:
+    """The line that says why trtexec failed: the builder's first coded error, else its last line.
+
+    trtexec ends a failed run with a summary (``[E] Engine set up failed``, ``&&&& FAILED
+    TensorRT.trtexec ...``) after follow-on errors (``Assertion enginePtr != nullptr``); the first
+    ``Error Code N: ...`` line names the cause.
+    """
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    coded = [line for line in lines if "Error Code" in line]
+    return coded[0] if coded else (lines or [""])[-1]

@@ -22,7 +22,12 @@ for exported programs). Three things need care, each measured with coremltools 9
   camera frame (CVPixelBuffer / CGImage, RGB) as is.
 
 Running: on macOS the runner is ``MLModel.predict`` with the recipe's compute units (or those
-given as ``--device``). Elsewhere ``verify`` runs the ML program with evit's MIL interpreter
+given as ``--device``). coremltools 9.0 loads a program newer than the OS without complaint
+(no proxy; its first ``predict`` raises a bare Exception), so the runner checks after loading and
+refuses in one line naming the macOS the artifact needs. Where the ops ran is read from Core ML's
+compute plan (``MLComputePlan``, per-device op counts in ``describe()``), and a run on the GPU or
+Neural Engine, which compute in fp16, is held to the recipe's ``accelerated`` tolerances.
+Elsewhere ``verify`` runs the ML program with evit's MIL interpreter
 (``evit_deploy.mil``, numpy): it checks what the converter wrote, not Apple's kernels, and its
 timings mean nothing, so ``profile`` refuses there. ``EVIT_COREML_RUNNER=mil`` forces the
 interpreter on macOS too (to compare both).

@@ -13,6 +13,11 @@ Neither path imports torch. Written against the TensorRT 10 and 11 Python APIs:
   cache (read, then written back), DLA core with GPU fallback, detailed profiling verbosity;
 * after the build: the engine inspector's layer information is checked against the plan
   (``evit_deploy.trt.inspect``); a planned island layer not in fp32 fails the build.
+
+Failures are one line each: no usable GPU (TensorRT's ``Builder``/``Runtime`` then raise
+``TypeError: pybind11::init(): factory function returned nullptr``, NVIDIA/TensorRT#2913) is
+RuntimeMissing (exit 2); a parse or build that TensorRT refuses is ToolchainError (exit 3) with
+TensorRT's last error lines; an engine that breaks the plan is CheckFailed (exit 1).
 """
 from __future__ import annotations
 
@@ -25,18 +30,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evit_deploy.errors import CheckFailed, EvitError, RuntimeMissing, UsageError
-from evit_deploy.trt.inspect import PrecisionReport, check_layers, parse_layers
+from evit_deploy.errors import CheckFailed, EvitError, RuntimeMissing, ToolchainError, UsageError
+from evit_deploy.trt.inspect import PrecisionReport, check_layers, onnx_nodes_in, parse_layers
 from evit_deploy.trt.plan import PLAN_SUFFIX, BuildPlan
+from evit_deploy.trt.stack import cuda_unavailable, gpu_name, install_hint
 
-INSTALL_HINT = "pip install 'evit-deploy[tensorrt]' on a machine with an NVIDIA GPU (JetPack ships it on Jetson)"
+# TensorRT releases that changed what a plan may ask for.
+WEAK_TYPING_DEPRECATED = (10, 12)  # trtexec --fp16/--int8 and ILayer.precision warn from here on
+DLA_ON_11 = (11, 4, 1)  # DLA is back on TensorRT 11 from 11.4.1 (JetPack 7.2.2+, AGX Orin only)
 
 
 def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError:
-        raise RuntimeMissing(f"the tensorrt package is not installed; {INSTALL_HINT}") from None
+        raise RuntimeMissing(f"the tensorrt package is not installed; {install_hint()}") from None
     return trt
 
 
@@ -46,21 +54,30 @@ def gpu_unavailable() -> str | None:
 
     if importlib.util.find_spec("tensorrt") is None:
         return "the tensorrt package is not installed here"
+    return cuda_unavailable()
+
+
+def start(trt: Any, factory: Any, logger: _Logger, what: str) -> Any:
+    """``trt.Builder``/``trt.Runtime`` that says in one line why it cannot start here.
+
+    Without a usable GPU the bindings' factory returns nullptr, which pybind11 raises as a
+    TypeError after TensorRT logged the cause ("CUDA initialization failure with error: 35").
+    """
     try:
-        from evit_deploy.trt.runtime import cudart
+        made = factory(logger.logger)
+    except TypeError as err:
+        if "nullptr" not in str(err):
+            raise
+        made = None
+    if made is None:
+        cause = logger.messages[-1] if logger.messages else "no usable NVIDIA GPU"
+        import importlib.util
 
-        count = cudart_call(cudart().cudaGetDeviceCount())
-    except RuntimeMissing as err:
-        return str(err)
-    except Exception as err:  # noqa: BLE001 - any CUDA failure means no usable GPU
-        return f"no usable CUDA device ({err})"
-    return None if count else "no CUDA device is visible"
-
-
-def cudart_call(result: Any) -> Any:
-    from evit_deploy.trt.runtime import check
-
-    return check(result)
+        found = cuda_unavailable() if importlib.util.find_spec("cuda") else None
+        raise RuntimeMissing(f"TensorRT {trt.__version__} cannot create its {what} here ({cause})"
+                             + (f": {found}" if found else "") + "; it needs an NVIDIA GPU with a working driver "
+                             "(build on the device with --device NAME, or export with --plan-only)")
+    return made
 
 
 @dataclass
@@ -81,10 +98,11 @@ class BuildReport:
 
 
 class _Logger:
-    """Forwards TensorRT's log to ``log`` and keeps the errors for the failure message."""
+    """Forwards TensorRT's log to ``log`` and keeps errors (and warnings) for the failure message."""
 
     def __init__(self, trt: Any, log: Any) -> None:
         self.errors: list[str] = []
+        self.messages: list[str] = []  # errors and warnings, in order
         outer = self
         errors = (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR)
         shown = (*errors, trt.ILogger.Severity.WARNING)
@@ -97,13 +115,14 @@ class _Logger:
                 if severity in errors:
                     outer.errors.append(msg)
                 if severity in shown:
+                    outer.messages.append(msg)
                     log(f"tensorrt: {msg}")
 
         self.logger = Logger()
 
 
-def _major(trt: Any) -> int:
-    return int(str(trt.__version__).split(".")[0])
+def _version(trt: Any) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(trt.__version__).split(".")[:3] if p.isdigit())
 
 
 def build_engine(plan: BuildPlan | str | Path, onnx_path: Path | None = None, engine_path: Path | None = None, *,
@@ -133,28 +152,24 @@ def build_engine(plan: BuildPlan | str | Path, onnx_path: Path | None = None, en
 def _build(plan: BuildPlan, onnx_path: Path, engine_path: Path, *, timing_cache: Path | None,
            layer_info_path: Path | None, log: Any) -> BuildReport:
     trt = import_tensorrt()
-    major = _major(trt)
+    version = _version(trt)
     notes: list[str] = []
-    if (major >= 10) != (plan.trt_major >= 10) or (plan.trt_major >= 10 and major != plan.trt_major):
-        raise UsageError(f"the plan targets TensorRT {plan.trt_version} but TensorRT {trt.__version__} is installed; "
-                         f"re-export with --trt-version {major if major >= 10 else '8.6'}")
-    if plan.typing == "weak" and major >= 11:
-        raise UsageError("TensorRT 11 has no weak typing; re-export with --typing strong")
+    _check_installed(trt, version, plan)
     if not onnx_path.is_file():
         raise UsageError(f"{onnx_path}: the plan's ONNX is missing")
 
     logger = _Logger(trt, log)
-    builder = trt.Builder(logger.logger)
+    builder = start(trt, trt.Builder, logger, "builder")
     flags = 0
     if plan.typing == "strong" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    if major < 10:
+    if version[0] < 10:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger.logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)] or logger.errors
-        raise CheckFailed(f"TensorRT {trt.__version__} could not parse {onnx_path.name}: {'; '.join(errors[:3])}")
+        raise ToolchainError(f"TensorRT {trt.__version__} could not parse {onnx_path.name}: {'; '.join(errors[:3])}")
 
     config = builder.create_builder_config()
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the layer types the check reads
@@ -166,34 +181,35 @@ def _build(plan: BuildPlan, onnx_path: Path, engine_path: Path, *, timing_cache:
         config.clear_flag(trt.BuilderFlag.TF32)
     if plan.typing == "weak":
         _weak_typing(trt, network, config, plan, notes)
+        if version >= WEAK_TYPING_DEPRECATED:
+            notes.append(f"weak typing is deprecated in TensorRT {trt.__version__} (its precision requests print "
+                         "deprecation warnings; 11 removed them): re-export with --typing strong")
     if plan.profile is not None:
         profile = builder.create_optimization_profile()
         profile.set_shape(plan.input_name, plan.profile["min"], plan.profile["opt"], plan.profile["max"])
         config.add_optimization_profile(profile)
     if plan.dla_core is not None:
-        if major >= 11:
-            raise UsageError("TensorRT 11 does not support DLA; re-export without --dla-core")
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = plan.dla_core
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    cache_path = timing_cache or (Path(plan.timing_cache) if plan.timing_cache else None)
+        _use_dla(trt, builder, config, plan)
+    cache_path = timing_cache or plan.timing_cache_path(onnx_path.parent)
     if cache_path is not None:
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-        config.set_timing_cache(cache, False)
+        config.set_timing_cache(config.create_timing_cache(_read_cache(cache_path, notes)), False)
 
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - started
     if serialized is None:
-        raise CheckFailed(f"TensorRT {trt.__version__} could not build the engine: "
-                          f"{'; '.join(logger.errors[-3:]) or 'see the TensorRT log above'}")
+        raise ToolchainError(f"TensorRT {trt.__version__} could not build the engine: "
+                             f"{' | '.join(logger.errors[-3:]) or 'it logged no error (rerun with --verbose)'}")
     data = bytes(serialized)
     _write_atomic(engine_path, data)
     if cache_path is not None:
-        _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+        _write_cache(cache_path, bytes(config.get_timing_cache().serialize()), notes)
 
-    runtime = trt.Runtime(logger.logger)
+    runtime = start(trt, trt.Runtime, logger, "runtime")
     engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise ToolchainError(f"TensorRT {trt.__version__} cannot load the engine it just built: "
+                             f"{' | '.join(logger.errors[-3:]) or 'no error logged'}")
     inspector = engine.create_engine_inspector()
     info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     layer_info_path = layer_info_path or engine_path.with_name(plan.layer_info)
@@ -204,11 +220,51 @@ def _build(plan: BuildPlan, onnx_path: Path, engine_path: Path, *, timing_cache:
                      + ("strong typing binds their ONNX types" if plan.typing == "strong" else "their key ops were shown"))
     result = BuildReport(engine=engine_path.name, trt_version=str(trt.__version__), typing=plan.typing,
                          seconds=round(seconds, 2), engine_bytes=len(data), layer_info=layer_info_path.name,
-                         precision=report.to_dict(), timing_cache=str(cache_path) if cache_path else None,
-                         device=_device_name(), notes=notes)
+                         precision=report.to_dict(), timing_cache=cache_path.name if cache_path else None,
+                         device=gpu_name(), notes=notes)
     if not report.passed:
         raise CheckFailed(report.message())
     return result
+
+
+def _check_installed(trt: Any, version: tuple[int, ...], plan: BuildPlan) -> None:
+    """Refuse a plan this TensorRT cannot build as planned, naming the fix."""
+    major = version[0]
+    if (major >= 10) != (plan.trt_major >= 10) or (plan.trt_major >= 10 and major != plan.trt_major):
+        fix = f"re-export with --trt-version {major if major >= 10 else '8.6'}"
+        if plan.trt_major >= 10:
+            fix += f", or install TensorRT {plan.trt_major}: {install_hint(plan.trt_major)}"
+        raise UsageError(f"the plan targets TensorRT {plan.trt_version} but TensorRT {trt.__version__} is installed; {fix}")
+    if plan.typing == "weak" and major >= 11:
+        raise UsageError("TensorRT 11 has no weak typing; re-export with --typing strong")
+    if plan.dla_core is not None and major >= 11 and version < DLA_ON_11:
+        raise UsageError(f"TensorRT {trt.__version__} has no DLA (11.0-11.4.0 dropped it; 11.4.1 brings it back on "
+                         "Jetson AGX Orin with JetPack 7.2.2+): install 11.4.1 or newer, or re-export without --dla-core")
+
+
+def _use_dla(trt: Any, builder: Any, config: Any, plan: BuildPlan) -> None:
+    cores = int(getattr(builder, "num_DLA_cores", 0))
+    if plan.dla_core is None or plan.dla_core >= cores:
+        raise UsageError(f"--dla-core {plan.dla_core}: this device has {cores} DLA core(s)"
+                         + ("; DLA exists on Jetson AGX Orin and Xavier only" if not cores else ""))
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = plan.dla_core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def _read_cache(path: Path, notes: list[str]) -> bytes:
+    try:
+        return path.read_bytes() if path.is_file() else b""
+    except OSError as err:
+        notes.append(f"timing cache {path.name} unreadable ({err.strerror}); built without it")
+        return b""
+
+
+def _write_cache(path: Path, data: bytes, notes: list[str]) -> None:
+    try:
+        _write_atomic(path, data)
+    except OSError as err:
+        notes.append(f"timing cache {path.name} not saved ({err.strerror})")
 
 
 def _weak_typing(trt: Any, network: Any, config: Any, plan: BuildPlan, notes: list[str]) -> None:
@@ -222,8 +278,7 @@ def _weak_typing(trt: Any, network: Any, config: Any, plan: BuildPlan, notes: li
     matched: set[str] = set()
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        metadata = str(getattr(layer, "metadata", "") or "")
-        nodes = {layer.name} | {n for n in wanted if f"[ONNX Layer: {n}]" in metadata}
+        nodes = {layer.name} | set(onnx_nodes_in(str(getattr(layer, "metadata", "") or "")))
         hits = nodes & wanted.keys()
         if not hits:
             continue
@@ -235,17 +290,6 @@ def _weak_typing(trt: Any, network: Any, config: Any, plan: BuildPlan, notes: li
     missing = sorted(set(wanted) - matched)
     if missing:
         notes.append(f"{len(missing)} island node(s) matched no network layer by name: {', '.join(missing[:5])}")
-
-
-def _device_name() -> str:
-    try:
-        from evit_deploy.trt.runtime import check, cudart
-
-        props = check(cudart().cudaGetDeviceProperties(0))
-        name = props.name
-        return name.decode(errors="replace").rstrip("\x00") if isinstance(name, bytes) else str(name)
-    except Exception:  # noqa: BLE001 - informational only
-        return ""
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -300,7 +344,8 @@ def _record_in_manifest(folder: Path, plan: BuildPlan, engine_path: Path, report
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m evit_deploy.trt.build PLAN``: exit 0 built and checked, 1 failed, 2 bad input."""
+    """``python -m evit_deploy.trt.build PLAN``: exit 0 built and checked, 1 the engine breaks the plan,
+    2 bad input or no usable GPU/TensorRT here, 3 TensorRT failed to parse or build."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m evit_deploy.trt.build",

@@ -90,7 +90,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
         ctx.progress(f"building the TensorRT engine ({plan.typing} typing)")
         engine_path = ctx.workdir / plan.engine
         report = build_engine(plan, onnx_path, engine_path, layer_info_path=ctx.workdir / plan.layer_info,
-                              progress=ctx.progress)
+                              timing_cache=options.timing_cache, progress=ctx.progress)
         files += [engine_path, ctx.workdir / plan.layer_info]
         details["engine"] = report
         notes += report["notes"]
@@ -172,7 +172,7 @@ def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], spec: Inp
         static_shape=None if profile else list(spec.shape), profile=profile.to_dict() if profile else None,
         workspace_gib=options.workspace, dla_core=options.dla_core,
         builder_optimization_level=options.builder_opt_level,
-        timing_cache=str(options.timing_cache) if options.timing_cache else None,
+        timing_cache=options.timing_cache.name if options.timing_cache else None,
         tf32=recipe.precision != "fp32",
         islands=summary, fp32_outside_islands=[p.Fp32Outside(**o) for o in outside], expected_layers=expected,
         island_tensors=[t for e in expected for t in e.outputs],
@@ -183,7 +183,13 @@ def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], spec: Inp
     if options.typing_mode == "weak":
         plan.notes.append("weak typing: the engine's island precisions are requested, not guaranteed; "
                           "the build checks them in the engine's layer information")
+    if options.typing_mode == "weak" and options.major == 10:
+        plan.notes.append("weak typing is deprecated from TensorRT 10.12 on (trtexec --fp16/--int8 and "
+                          "ILayer.precision print deprecation warnings) and removed in 11: prefer --typing strong")
     if options.dla_core is not None:
         plan.notes.append("DLA: layers DLA cannot run (the attention's MatMuls among them) fall back to the GPU")
+    if options.dla_core is not None and options.major >= 11:
+        plan.notes.append("DLA on TensorRT 11 needs 11.4.1 or newer under JetPack 7.2.2+ (Jetson AGX Orin only; "
+                          "11.0-11.4.0 have no DLA); the build refuses older releases")
     plan.trtexec = p.trtexec_argv(plan)
     return plan

@@ -4,8 +4,15 @@ TensorRT 8.6/10 may silently ignore per-layer precision requests inside fused (M
 (NVIDIA/TensorRT #3889, #3224, #4505), so an engine is checked, never trusted. The input is
 the engine inspector's JSON (``IEngineInspector.get_engine_information(JSON)`` of an engine
 built with detailed profiling verbosity, or trtexec's ``--exportLayerInfo`` file). Both
-schemas are read: TensorRT 10 writes ``"Format/Datatype"`` per layer input/output, TensorRT 11
-splits it into ``"Format"`` and ``"DataType"``.
+schemas are read: TensorRT 8.6/10 write ``"Format/Datatype"`` per layer input/output; TensorRT 11
+splits it into ``"Format"`` and a type key (``"Datatype"`` in TensorRT 11.1's own parser,
+``"DataType"`` in the migration guide's I/O tensors), so keys are read case-insensitively. An
+engine none of whose layer inputs/outputs shows a float type cannot be checked, and fails
+(a schema change must not make the check pass without checking anything).
+
+Layer metadata names the ONNX nodes (onnx-tensorrt ``processMetadata``): ``[ONNX Layer: NAME]``,
+with `` | ...`` parts after the name (8.6: doc-string lines; 10: ``Local Function: F``); entries
+of a fused layer are separated by ``\x1e``/``\x1f``.
 
 How a planned island node is judged, from what the engine shows:
 
@@ -34,14 +41,19 @@ from evit_deploy.errors import CheckFailed, EvitError, UsageError
 from evit_deploy.trt.plan import BuildPlan
 
 FLOAT_KINDS = ("fp32", "fp16", "bf16", "fp8", "int8")  # value types a compute layer can run in
-_ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+_ONNX_LAYER = re.compile(r"\[ONNX Layer: (.+?)(?= \| |\])")  # the name ends at " | " or "]"
+_TYPE_KEYS = ("datatype", "format/datatype", "format")  # lower case, in the order they are trusted
+_KINDS = (("bf16", "bf16"), ("bfloat", "bf16"), ("fp8", "fp8"), ("e4m3", "fp8"), ("fp16", "fp16"), ("half", "fp16"),
+          ("fp32", "fp32"), ("float", "fp32"), ("uint8", "uint8"), ("int8", "int8"), ("int32", "int32"),
+          ("int64", "int64"), ("bool", "bool"), ("int4", "int4"))  # uint8 before int8: "uint8" contains it
 _FOREIGN = re.compile(r"^\{?ForeignNode\[(.*)\]\}?$")
 
 
 @dataclass
 class Binding:
     name: str
-    dtype: str  # fp32 | fp16 | bf16 | fp8 | int8 | int32 | int64 | bool | uint8 | unknown
+    dtype: str  # fp32 | fp16 | bf16 | fp8 | int8 | int32 | int64 | bool | uint8 | int4 | unknown
+    keys: tuple[str, ...] = ()  # the entry's keys, to say what an unreadable schema looked like
 
 
 @dataclass
@@ -59,14 +71,19 @@ class Layer:
 
 
 def dtype_of(entry: dict[str, Any]) -> str:
-    """The value type of one layer input/output entry, in either TensorRT's schema."""
-    text = " ".join(str(entry.get(k, "")) for k in ("DataType", "Format/Datatype", "Format")).lower()
-    for needle, kind in (("bf16", "bf16"), ("bfloat", "bf16"), ("fp8", "fp8"), ("e4m3", "fp8"), ("fp16", "fp16"),
-                         ("half", "fp16"), ("fp32", "fp32"), ("float", "fp32"), ("int8", "int8"), ("int32", "int32"),
-                         ("int64", "int64"), ("uint8", "uint8"), ("bool", "bool"), ("int4", "int4")):
-        if needle in text:
+    """The value type of one layer input/output entry, in any TensorRT schema (keys in any case)."""
+    values = {str(key).lower(): str(value).lower() for key, value in entry.items()}
+    for key in _TYPE_KEYS:
+        text = values.get(key, "")
+        kind = next((kind for needle, kind in _KINDS if needle in text), None)
+        if kind:
             return kind
     return "unknown"
+
+
+def onnx_nodes_in(metadata: str) -> list[str]:
+    """The ONNX node names a layer's metadata lists, without the `` | ...`` parts after each."""
+    return list(dict.fromkeys(name.strip() for name in _ONNX_LAYER.findall(metadata)))
 
 
 def parse_layers(info: str | dict[str, Any]) -> list[Layer]:
@@ -85,8 +102,8 @@ def parse_layers(info: str | dict[str, Any]) -> list[Layer]:
         layers.append(Layer(
             name=name,
             type=str(item.get("LayerType", "")),
-            inputs=[Binding(str(b.get("Name", "")), dtype_of(b)) for b in item.get("Inputs", [])],
-            outputs=[Binding(str(b.get("Name", "")), dtype_of(b)) for b in item.get("Outputs", [])],
+            inputs=[_binding(b) for b in item.get("Inputs", [])],
+            outputs=[_binding(b) for b in item.get("Outputs", [])],
             onnx_nodes=nodes,
             complete=complete,
             tactic=str(item.get("TacticName", "")),
@@ -94,10 +111,14 @@ def parse_layers(info: str | dict[str, Any]) -> list[Layer]:
     return layers
 
 
+def _binding(entry: dict[str, Any]) -> Binding:
+    return Binding(str(entry.get("Name", "")), dtype_of(entry), tuple(sorted(map(str, entry))))
+
+
 def _onnx_nodes(name: str, metadata: str) -> tuple[list[str], bool]:
-    found = _ONNX_LAYER.findall(metadata)
+    found = onnx_nodes_in(metadata)
     if found:
-        return list(dict.fromkeys(f.strip() for f in found)), True
+        return found, True
     foreign = _FOREIGN.match(name.strip())
     if foreign:  # Myelin names only the first and last node of its range
         return [p.strip() for p in foreign.group(1).split("...") if p.strip()], False
@@ -113,15 +134,21 @@ class PrecisionReport:
     unseen: list[dict[str, str]] = field(default_factory=list)  # island nodes fused away or absent
     layers: int = 0
     layer_types: dict[str, int] = field(default_factory=dict)  # compute layers by the precision they show
+    unreadable: str | None = None  # why no layer type could be read (then nothing was checked)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def message(self) -> str:
+        if self.unreadable:
+            return self.unreadable
         names = ", ".join(f"{v['node']} ({v['found']} in layer {v['layer']!r})" for v in self.violations[:6])
         more = f" and {len(self.violations) - 6} more" if len(self.violations) > 6 else ""
-        return (f"the engine does not run every planned fp32 island layer in fp32: {names}{more}; "
-                "TensorRT ignored the precision request (fused layer?); use --typing strong on TensorRT 10+")
+        hint = ("TensorRT ignored the precision request (fused layer?); use --typing strong on TensorRT 10+"
+                if self.typing == "weak" else
+                "the strongly typed build did not keep the ONNX's types (fused layer?); keep the layer information "
+                "and report it with the TensorRT version")
+        return f"the engine does not run every planned fp32 island layer in fp32: {names}{more}; {hint}"
 
 
 def check_layers(plan: BuildPlan, layers: list[Layer]) -> PrecisionReport:
@@ -129,6 +156,10 @@ def check_layers(plan: BuildPlan, layers: list[Layer]) -> PrecisionReport:
     expected = {e.node: e for e in plan.expected_layers}
     island_tensors = set(plan.island_tensors)
     report = PrecisionReport(typing=plan.typing, passed=True, layers=len(layers))
+    report.unreadable = _unreadable(layers) if expected else None
+    if report.unreadable:
+        report.passed = False
+        return report
     shown: set[str] = set()
     seen_in: dict[str, list[Layer]] = {}
     visible: dict[str, set[str]] = {}  # tensor -> the types it shows at layer boundaries
@@ -176,6 +207,18 @@ def check_layers(plan: BuildPlan, layers: list[Layer]) -> PrecisionReport:
     return report
 
 
+def _unreadable(layers: list[Layer]) -> str | None:
+    """Why the layer types cannot be read, when no layer input/output shows a float type."""
+    bindings = [b for layer in layers for b in (*layer.inputs, *layer.outputs)]
+    if any(b.dtype in FLOAT_KINDS for b in bindings):
+        return None
+    keys = sorted({k for b in bindings for k in b.keys})
+    return (f"the layer information cannot be read: none of its {len(bindings)} layer inputs/outputs "
+            f"({len(layers)} layers) shows a float data type evit knows (their keys: {', '.join(keys) or 'none'}), "
+            "so no fp32 island was checked; export it with this TensorRT's engine inspector "
+            "(--profilingVerbosity=detailed) or report the schema")
+
+
 def check_file(plan_path: Path, layer_info: Path) -> PrecisionReport:
     plan = BuildPlan.load(plan_path)
     if not layer_info.is_file():
@@ -184,7 +227,8 @@ def check_file(plan_path: Path, layer_info: Path) -> PrecisionReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m evit_deploy.trt.inspect PLAN LAYERS.json``: exit 0 ok, 1 a violation, 2 bad input."""
+    """``python -m evit_deploy.trt.inspect PLAN LAYERS.json``: exit 0 ok, 1 a violation or unreadable
+    layer types, 2 bad input."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m evit_deploy.trt.inspect",

@@ -138,9 +138,8 @@ def check_options(options: TrtOptions, recipe: Recipe) -> None:
         raise UsageError(f"TensorRT {options.trt_version} has no strongly typed networks: use --typing weak, "
                          "or --trt-version 10 (JetPack 6.1+)")
     if options.dla_core is not None:
-        if major >= 11:
-            raise UsageError("--dla-core: TensorRT 11 does not support DLA (10.7 is the last release with it); "
-                             "use --trt-version 10 (JetPack 6.1+) or drop --dla-core")
+        # TensorRT 10.7 was the last 10.x with DLA (JetPack 6 ships 10.3); 11.0-11.4.0 had none and 11.4.1
+        # brought it back on Jetson AGX Orin under JetPack 7.2.2+, strongly typed (checked at build time).
         if options.platform != "jetson":
             raise UsageError(f"--dla-core: DLA exists only on Jetson, but this recipe is for the {options.platform!r} "
                              "platform; use --config trt-fp16-orin (or --platform jetson) or drop --dla-core")

@@ -76,7 +76,7 @@ class BuildPlan(_Model):
     workspace_gib: float | None = None
     dla_core: int | None = None
     builder_optimization_level: int | None = None
-    timing_cache: str | None = None
+    timing_cache: str | None = None  # file name beside the plan (the device has no host paths)
     tf32: bool = True
     islands: list[Island] = Field(default_factory=list)
     fp32_outside_islands: list[Fp32Outside] = Field(default_factory=list)
@@ -104,6 +104,10 @@ class BuildPlan(_Model):
             raise UsageError(f"{path}: not a valid evit TensorRT build plan ({str(err).splitlines()[0]})") from None
 
     # ------------------------------------------------------------------ views
+
+    def timing_cache_path(self, folder: Path) -> Path | None:
+        """The timing cache beside the plan in ``folder`` (older plans held a host path: its name)."""
+        return folder / Path(self.timing_cache).name if self.timing_cache else None
 
     @property
     def island_nodes(self) -> set[str]:
@@ -189,7 +193,7 @@ def trtexec_argv(plan: BuildPlan) -> list[str]:
     if plan.builder_optimization_level is not None:
         argv.append(f"--builderOptimizationLevel={plan.builder_optimization_level}")
     if plan.timing_cache is not None:
-        argv.append(f"--timingCacheFile={plan.timing_cache}")
+        argv.append(f"--timingCacheFile={Path(plan.timing_cache).name}")  # the script runs beside the plan
     argv += ["--profilingVerbosity=detailed", f"--exportLayerInfo={plan.layer_info}"]
     argv.append("--buildOnly" if plan.trt_version == "8.5" else "--skipInference")
     return argv

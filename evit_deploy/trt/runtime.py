@@ -9,11 +9,15 @@ host-to-device copy, the engine and the device-to-host copy are timed separately
 After the first run at a set of input shapes the engine's launch is captured into a CUDA graph
 and replayed (TensorRT asks for one ordinary ``execute_async_v3`` after shapes change, before
 capture, on a non-default stream); engines that cannot be captured (DLA, data-dependent shapes)
-run with ``execute_async_v3`` and say so.
+run with ``execute_async_v3`` and say so. Capture follows trtexec (NVIDIA/TensorRT
+``samples/common/sampleInference.cpp``): thread-local capture mode, and on any failure the
+capture is ended, the partial graph destroyed and the sticky CUDA error cleared, so the stream
+stays usable for plain launches.
 """
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +50,37 @@ def check(result: Any) -> Any:
     err, *values = result if isinstance(result, tuple) else (result,)
     rt = cudart()
     if err != rt.cudaError_t.cudaSuccess:
-        raise RuntimeError(f"CUDA error {err}")
+        raise RuntimeError(f"CUDA error {getattr(err, 'name', err)} ({int(err)})")
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def _is_null(handle: Any) -> bool:
+    return handle is None or int(handle) == 0
+
+
+def capture_graph(rt: Any, stream: Any, launch: Callable[[], bool]) -> tuple[Any, str]:
+    """``launch()`` on ``stream`` captured into an instantiated CUDA graph: (graph_exec, "captured"),
+    or (None, why) with the stream out of capture mode and no CUDA error left behind."""
+    capturing, graph = False, None
+    try:
+        check(rt.cudaStreamBeginCapture(stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+        capturing = True
+        launched = launch()
+        capturing = False
+        graph = check(rt.cudaStreamEndCapture(stream))  # cudaErrorStreamCaptureInvalidated raises here
+        if not launched:
+            raise RuntimeError("execute_async_v3 refused to run under capture")
+        return check(rt.cudaGraphInstantiate(graph, 0)), "captured"
+    except Exception as err:  # noqa: BLE001 - any capture failure: run without graphs
+        if capturing:  # the launch raised mid-capture: end it, or the stream stays unusable
+            _, graph = rt.cudaStreamEndCapture(stream)
+        rt.cudaGetLastError()  # clear the sticky error the failed capture left
+        return None, f"not capturable ({err}); using execute_async_v3"
+    finally:
+        if not _is_null(graph):
+            rt.cudaGraphDestroy(graph)
 
 
 class _Buffer:
@@ -156,21 +187,9 @@ class TrtRunner(Runner):
 
     def _capture(self) -> None:
         """Capture one engine launch into a CUDA graph; fall back to plain launches on failure."""
-        rt = cudart()
-        try:
-            check(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-            launched = self.context.execute_async_v3(int(self.stream))
-            graph = check(rt.cudaStreamEndCapture(self.stream))
-            if not launched:
-                raise RuntimeError("execute_async_v3 refused to run under capture")
-            self.graph_exec = check(rt.cudaGraphInstantiate(graph, 0))
-            rt.cudaGraphDestroy(graph)
-            self.graph_note = "captured"
-        except Exception as err:  # noqa: BLE001 - any capture failure: run without graphs
-            self.use_graph = False
-            self.graph_exec = None
-            self.graph_note = f"not capturable ({err}); using execute_async_v3"
-            rt.cudaStreamSynchronize(self.stream)
+        self.graph_exec, self.graph_note = capture_graph(
+            cudart(), self.stream, lambda: self.context.execute_async_v3(int(self.stream)))
+        self.use_graph = self.graph_exec is not None
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rt = cudart()
@@ -209,9 +228,9 @@ class TrtRunner(Runner):
                                 "cuda_graph": self.graph_note or "not yet captured"}
         if self._trt is not None:
             info["version"] = str(self._trt.__version__)
-        from evit_deploy.trt.build import _device_name
+        from evit_deploy.trt.stack import gpu_name
 
-        info["gpu"] = _device_name()
+        info["gpu"] = gpu_name()
         for key, values in self.times.items():
             tail = values[1:] or values  # the first run includes lazy initialisation
             if tail:

@@ -8,6 +8,7 @@ in this checkout yet, a stand-in writes a plan artifact of the same shape.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -119,3 +120,67 @@ def test_device_tensorrt_picks_the_plan_version(found, option):
     from evit_deploy.remote.export import trt_option_version
 
     assert trt_option_version(found) == option
+
+
+# ----------------------------------------------------------------------------- device-side failures
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+REPO = Path(__file__).resolve().parents[2]
+# trtexec's own failing run (NVIDIA/TensorRT#2035, TensorRT 8.2): the builder's coded error, then the summary.
+TRTEXEC_FAILURE = """\
+[06/07/2022-19:05:53] [I] [TRT] Local timing cache in use. Profiling results in this builder pass will not be stored.
+[06/07/2022-19:05:53] [E] Error[10]: [optimizer.cpp::computeCosts::2011] Error Code 10: Internal Error (Could not find any implementation for node {ForeignNode[onnx::Gather_72...ScatterND_170]}.)
+[06/07/2022-19:05:53] [E] Error[2]: [builder.cpp::buildSerializedNetwork::609] Error Code 2: Internal Error (Assertion enginePtr != nullptr failed. )
+[06/07/2022-19:05:53] [E] Engine could not be created from network
+[06/07/2022-19:05:53] [E] Building engine failed
+[06/07/2022-19:05:53] [E] Failed to create engine from model.
+[06/07/2022-19:05:53] [E] Engine set up failed
+&&&& FAILED TensorRT.trtexec [TensorRT v8205] # ./trtexec --onnx=debug.onnx --saveEngine=debug.trt
+"""
+
+
+@pytest.fixture(scope="module")
+def plan_artifact(tmp_path_factory) -> Path:
+    """A plan-only TensorRT export, as the host uploads it to the device."""
+    from evit_deploy import api
+
+    out = tmp_path_factory.mktemp("plan")
+    return api.export(MODEL, target="trt", out=out, resolution=(64, 128),
+                      options={"plan_only": True, "trt_version": "10", "platform": "jetson"}).artifact
+
+
+def _device_build(artifact: Path, out: Path, env: dict[str, str]) -> tuple[dict, str]:
+    """The device's half of `evit export --device`: the worker's build-trt, its reply and stderr."""
+    import io
+    import subprocess
+
+    from evit_deploy.remote.protocol import read_message
+
+    done = subprocess.run([sys.executable, "-m", "evit_deploy.remote.worker", "build-trt", str(artifact), "--out",
+                           str(out)], capture_output=True, env={**os.environ, **env}, timeout=300, check=False)
+    header, _ = read_message(io.BytesIO(done.stdout))
+    return header, done.stderr.decode()
+
+
+def test_a_failing_trtexec_is_one_line_and_exit_3(plan_artifact, tmp_path):
+    """Issue 20 item 4: a failed device build is a toolchain failure naming trtexec's coded error."""
+    device = tmp_path / "device"
+    device.mkdir()
+    (device / "trtexec").write_text(f"#!/bin/sh\ncat <<'EOF'\n{TRTEXEC_FAILURE}EOF\nexit 1\n")
+    (device / "trtexec").chmod(0o755)
+    header, stderr = _device_build(plan_artifact, tmp_path / "build", {"PATH": f"{device}:/usr/bin:/bin"})
+    assert header["ok"] is False and header["exit_code"] == 3 and header["kind"] == "ToolchainError"
+    assert header["error"].startswith("trtexec failed on the device (exit 1): [06/07/2022-19:05:53] [E] Error[10]: "
+                                      "[optimizer.cpp::computeCosts::2011] Error Code 10: Internal Error (Could not "
+                                      "find any implementation for node"), header["error"]
+    assert "\n" not in header["error"] and "Traceback" not in stderr
+    assert not (tmp_path / "build").exists() and [p.name for p in tmp_path.iterdir()] == ["device"]
+
+
+def test_tensorrt_without_a_gpu_on_the_device_is_runtime_missing(plan_artifact, tmp_path):
+    """Issue 20 item 4: TensorRT's bindings installed but no usable GPU: one line, exit 2, no traceback."""
+    header, stderr = _device_build(plan_artifact, tmp_path / "build",
+                                   {"PYTHONPATH": f"{FAKES}{os.pathsep}{REPO}", "EVIT_FAKE_TRT": "no-gpu"})
+    assert header["ok"] is False and header["exit_code"] == 2 and header["kind"] == "runtime_missing"
+    assert header["error"].startswith("TensorRT 10.3.0 cannot create its builder here (CUDA initialization failure")
+    assert "Traceback" not in stderr and not (tmp_path / "build").exists()

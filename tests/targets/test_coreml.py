@@ -243,7 +243,8 @@ def test_runner_here_is_the_interpreter(seg_fp32, monkeypatch):
 @pytest.mark.macos
 @pytest.mark.skipif(not ON_MAC, reason="needs the Core ML runtime: MLModel.predict runs only on macOS")
 @pytest.mark.parametrize("units", ["all", "cpu_only"])
-def test_macos_predict_verifies_and_profiles(cli, seg_fp32, units, tmp_path):
+def test_macos_predict_verifies_and_profiles(cli, seg_fp32, units, tmp_path, needs_macos_for):
+    needs_macos_for(seg_fp32)
     result = cli("verify", seg_fp32, "--device", f"cpu:{units}", "--json", tmp_path / "v.json")
     assert result.code == 0, result
     report = json.loads((tmp_path / "v.json").read_text())

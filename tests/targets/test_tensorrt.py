@@ -45,9 +45,10 @@ def cls_fp16(tmp_path_factory, seeded_checkpoint):
 
 @pytest.fixture(scope="module")
 def seg_legacy(tmp_path_factory, seeded_checkpoint):
-    """JetPack 5: TensorRT 8.5, weak typing, from the shipped recipe."""
+    """JetPack 5: TensorRT 8.5, weak typing, from the shipped recipe, with a timing cache on the host."""
+    host_cache = tmp_path_factory.mktemp("host") / "orin.timing"
     return export(tmp_path_factory.mktemp("seg85"), weights=seeded_checkpoint(SEG_KEYS),
-                  config="trt-fp16-jetpack5").artifact
+                  config="trt-fp16-jetpack5", options={"timing_cache": str(host_cache)}).artifact
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +141,24 @@ def test_legacy_trtexec_names_exactly_the_islands(seg_legacy):
     assert "--buildOnly" in argv and "--memPoolSize=workspace:1024" in argv
     script = seg_legacy.with_name(f"{SEG}.trtexec.sh").read_text()
     assert "--layerPrecisions=" in script and "node_matmul:fp32" in script
+
+
+def test_weak_typing_on_tensorrt_10_says_it_is_deprecated(tmp_path, seg_fp16):
+    """Issue 20 item 10: from TensorRT 10.12 trtexec and ILayer.precision warn that weak typing is
+    deprecated (11 removed it); the plan says so where it asks for it."""
+    plan = load_plan(export(tmp_path, precision="fp16", resolution=(64, 128),
+                            options={"trt_version": "10", "typing": "weak"}).artifact)
+    assert plan.typing == "weak" and "--fp16" in plan.trtexec
+    assert any(note.startswith("weak typing is deprecated from TensorRT 10.12 on") for note in plan.notes)
+    assert not any("deprecated" in note for note in load_plan(seg_fp16).notes)  # strong typing: nothing to say
+
+
+def test_the_timing_cache_travels_as_a_name_beside_the_plan(seg_legacy):
+    """Issue 20 item 8: the device has no host paths; the build reads/writes the cache beside the plan."""
+    plan = load_plan(seg_legacy)
+    script = seg_legacy.with_name(f"{SEG}.trtexec.sh").read_text()
+    assert plan.timing_cache == "orin.timing" and "--timingCacheFile=orin.timing" in plan.trtexec
+    assert "--timingCacheFile=orin.timing" in script and "/host" not in script
 
 
 def test_trtexec_per_major(seg_fp16):
@@ -291,7 +310,7 @@ def test_int8_verifies_on_ort(seg_int8, test_photos, precision_limited):
 
 @pytest.mark.parametrize("args,message", [
     (["--trt-version", "9"], "unknown TensorRT version '9'"),
-    (["--trt-version", "11", "--dla-core", "0", "--platform", "jetson"], "TensorRT 11 does not support DLA"),
+    (["--trt-version", "11", "--dla-core", "0"], "DLA exists only on Jetson"),
     (["--dla-core", "0"], "DLA exists only on Jetson"),
     (["--config", "trt-fp16-a100", "--dla-core", "0"], "DLA exists only on Jetson"),
     (["--dynamic", "--min-shape", "1024x2048", "--max-shape", "512x1024"],
@@ -336,6 +355,7 @@ def test_device_side_modules_do_not_import_torch(tmp_path, seg_fp16):
 # ------------------------------------------------------------------------------------- GPU
 
 
+@pytest.mark.gpu
 def test_engine_build_check_and_run(trt_gpu, cli, seg_fp16, tmp_path, test_photos):
     """On a GPU: build from the plan, check the island layers in the engine, verify and profile it."""
     import shutil
@@ -357,6 +377,7 @@ def test_engine_build_check_and_run(trt_gpu, cli, seg_fp16, tmp_path, test_photo
     assert {"h2d_ms", "compute_ms", "d2h_ms", "cuda_graph"} <= set(runner)
 
 
+@pytest.mark.gpu
 def test_engine_export_on_gpu(trt_gpu, tmp_path, seeded_checkpoint):
     from evit_deploy import api
 

@@ -71,11 +71,19 @@ def test_int8_weak_typing_enables_int8_and_fp16():
 
 def test_shapes_workspace_dla_cache_and_level():
     p = plan(static_shape=None, profile={"min": [1, 3, 256, 512], "opt": [1, 3, 512, 1024], "max": [4, 3, 1024, 2048]},
-             workspace_gib=2, dla_core=0, builder_optimization_level=3, timing_cache="/c/t.cache")
+             workspace_gib=2, dla_core=0, builder_optimization_level=3, timing_cache="t.cache")
     argv = trtexec_argv(p)
     assert {"--minShapes=input:1x3x256x512", "--optShapes=input:1x3x512x1024", "--maxShapes=input:4x3x1024x2048",
             "--memPoolSize=workspace:2048", "--useDLACore=0", "--allowGPUFallback", "--builderOptimizationLevel=3",
-            "--timingCacheFile=/c/t.cache"} <= set(argv)
+            "--timingCacheFile=t.cache"} <= set(argv)
+
+
+def test_a_host_timing_cache_path_never_reaches_the_device(tmp_path):
+    """Issue 20 item 8: plans written before held the host's absolute path; the device has only the name."""
+    old = plan(timing_cache="/home/me/caches/orin.timing")
+    assert "--timingCacheFile=orin.timing" in trtexec_argv(old)
+    assert old.timing_cache_path(tmp_path) == tmp_path / "orin.timing"
+    assert plan().timing_cache_path(tmp_path) is None
 
 
 def test_fp32_turns_tf32_off():
@@ -124,7 +132,7 @@ def test_typing_defaults_follow_the_major():
 @pytest.mark.parametrize("options,message", [
     ({"trt_version": "11", "typing": "weak"}, "TensorRT 11 removed weak typing"),
     ({"trt_version": "8.6", "typing": "strong"}, "no strongly typed networks"),
-    ({"trt_version": "11", "dla_core": 0, "platform": "jetson"}, "TensorRT 11 does not support DLA"),
+    ({"trt_version": "11", "dla_core": 0}, "DLA exists only on Jetson"),
     ({"dla_core": 0}, "DLA exists only on Jetson"),
     ({"dla_core": 0, "platform": "datacenter"}, "DLA exists only on Jetson"),
     ({"trt_version": "8.5", "builder_opt_level": 3}, "arrived in TensorRT 8.6"),
@@ -133,6 +141,13 @@ def test_typing_defaults_follow_the_major():
 def test_option_rules(options, message):
     with pytest.raises(UsageError, match=message):
         check_options(TrtOptions(**options), recipe(**options))
+
+
+def test_dla_on_tensorrt_11_is_allowed_on_jetson():
+    """Issue 20 item 5: TensorRT 11.4.1 brings DLA back on Jetson AGX Orin (JetPack 7.2.2+, strongly typed);
+    the installed release is checked when the engine is built."""
+    options = {"trt_version": "11", "dla_core": 0, "platform": "jetson"}
+    check_options(TrtOptions(**options), recipe(**options))
 
 
 def test_dla_needs_reduced_precision():
