@@ -1,0 +1,45 @@
+"""EfficientViT-SAM (arXiv 2402.05008): EfficientViT image encoder + SAM's prompt encoder and mask
+decoder, layout-identical to the official checkpoints (``image_encoder.*``, ``prompt_encoder.*``,
+``mask_decoder.*``), plus the two export graphs (``encoder``, ``decoder``) in ``graphs``.
+"""
+
+from __future__ import annotations
+
+from .builders import (
+    SAM_BUILDERS,
+    SAM_NORM_EPS,
+    efficientvit_sam_l0,
+    efficientvit_sam_l1,
+    efficientvit_sam_l2,
+    efficientvit_sam_xl0,
+    efficientvit_sam_xl1,
+)
+from .encoder import EMBEDDING_SIZE, EfficientViTSamImageEncoder, SamNeck
+from .mask_decoder import MLP, MaskDecoder
+from .model import PROMPT_FRAME, EfficientViTSam
+from .prompt_encoder import POINT_LABELS, PromptEncoder, RandomFourierEncoding
+from .transformer import Attention, MLPBlock, TwoWayAttentionBlock, TwoWayTransformer
+
+__all__ = [
+    "EMBEDDING_SIZE",
+    "MLP",
+    "POINT_LABELS",
+    "PROMPT_FRAME",
+    "SAM_BUILDERS",
+    "SAM_NORM_EPS",
+    "Attention",
+    "EfficientViTSam",
+    "EfficientViTSamImageEncoder",
+    "MLPBlock",
+    "MaskDecoder",
+    "PromptEncoder",
+    "RandomFourierEncoding",
+    "SamNeck",
+    "TwoWayAttentionBlock",
+    "TwoWayTransformer",
+    "efficientvit_sam_l0",
+    "efficientvit_sam_l1",
+    "efficientvit_sam_l2",
+    "efficientvit_sam_xl0",
+    "efficientvit_sam_xl1",
+]
