@@ -1,9 +1,10 @@
 """One builder per official model, the builder registry, and the zoo-name table.
 
 Builder names are the official function names (``efficientvit_cls_b1``,
-``efficientvit_seg_l2``, ``efficientvit_sam_xl0``...; the SAM builders live in ``sam/``), so ``state_dict_keys/<builder>.txt`` and checkpoints line up with
-them one to one. The norm eps is *not* a builder argument: it belongs to the zoo entry (section
-7 of the spec) and is applied by ``build_model``.
+``efficientvit_seg_l2``, ``efficientvit_sam_xl0``...; the SAM builders live in ``sam/``), so
+``state_dict_keys/<builder>.txt`` and checkpoints line up with them one to one. The norm eps
+is *not* a builder argument: it belongs to the zoo entry (section 7 of the spec) and is applied
+by ``build_model``.
 """
 
 from __future__ import annotations

@@ -16,15 +16,13 @@ from .builders import (
 )
 from .encoder import EMBEDDING_SIZE, EfficientViTSamImageEncoder, SamNeck
 from .mask_decoder import MLP, MaskDecoder
-from .model import PROMPT_FRAME, EfficientViTSam
-from .prompt_encoder import POINT_LABELS, PromptEncoder, RandomFourierEncoding
+from .model import EfficientViTSam
+from .prompt_encoder import PromptEncoder, RandomFourierEncoding
 from .transformer import Attention, MLPBlock, TwoWayAttentionBlock, TwoWayTransformer
 
 __all__ = [
     "EMBEDDING_SIZE",
     "MLP",
-    "POINT_LABELS",
-    "PROMPT_FRAME",
     "SAM_BUILDERS",
     "SAM_NORM_EPS",
     "Attention",

@@ -100,5 +100,11 @@ def efficientvit_sam_xl1(image_size: int = 1024) -> EfficientViTSam:
 
 SAM_BUILDERS = {
     fn.__name__: fn
-    for fn in (efficientvit_sam_l0, efficientvit_sam_l1, efficientvit_sam_l2, efficientvit_sam_xl0, efficientvit_sam_xl1)
+    for fn in (
+        efficientvit_sam_l0,
+        efficientvit_sam_l1,
+        efficientvit_sam_l2,
+        efficientvit_sam_xl0,
+        efficientvit_sam_xl1,
+    )
 }

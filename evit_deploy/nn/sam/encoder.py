@@ -55,7 +55,9 @@ class SamNeck(DAGBlock):
             for fid, in_channels in zip(fid_list, in_channel_list)
         }
         middle = [
-            ResidualBlock(self._middle_block(middle_op, head_width, expand_ratio, norm, act_func), IdentityLayer())
+            ResidualBlock(
+                self._middle_block(middle_op, head_width, expand_ratio, norm, act_func), IdentityLayer()
+            )
             for _ in range(head_depth)
         ]
         output = ConvLayer(head_width, out_dim, 1, use_bias=True, norm=None, act_func=None)
@@ -71,7 +73,9 @@ class SamNeck(DAGBlock):
     def _middle_block(kind: str, width: int, expand_ratio: float, norm: str, act_func: str) -> nn.Module:
         """Full-norm blocks (BN after every conv, no bias); every released model uses ``fmb``."""
         if kind == "mb":
-            return MBConv(width, width, expand_ratio=expand_ratio, norm=norm, act_func=(act_func, act_func, None))
+            return MBConv(
+                width, width, expand_ratio=expand_ratio, norm=norm, act_func=(act_func, act_func, None)
+            )
         if kind == "fmb":
             return FusedMBConv(width, width, expand_ratio=expand_ratio, norm=norm, act_func=(act_func, None))
         if kind == "res":

@@ -30,7 +30,9 @@ class MLP(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(dims, dims[1:] + [output_dim]))
+        self.layers = nn.ModuleList(
+            nn.Linear(d_in, d_out) for d_in, d_out in zip(dims, dims[1:] + [output_dim])
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers[:-1]:
@@ -65,9 +67,14 @@ class MaskDecoder(nn.Module):
             nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
-            [MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)]
+            [
+                MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+                for _ in range(self.num_mask_tokens)
+            ]
         )
-        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
 
     def forward(
         self,
@@ -83,7 +90,9 @@ class MaskDecoder(nn.Module):
         """
         batch = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
+        tokens = torch.cat(
+            [output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt_embeddings], dim=1
+        )
 
         src = (image_embeddings + dense_prompt_embeddings).expand(batch, -1, -1, -1)
         _, c, h, w = src.shape

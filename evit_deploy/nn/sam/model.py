@@ -7,16 +7,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...sam.transforms import PROMPT_FRAME
 from .encoder import EMBED_DIM, EMBEDDING_SIZE, EfficientViTSamImageEncoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
 
-__all__ = ["PROMPT_FRAME", "EfficientViTSam"]
+__all__ = ["EfficientViTSam", "decode_prompts"]
 
-PROMPT_FRAME = 1024
-"""Side of the square frame prompt coordinates live in, for every model (the decoder was trained
-with SAM's 1024x1024 input); the encoder input may be smaller (512 for the L models)."""
+
+def decode_prompts(
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoder,
+    image_embeddings: torch.Tensor,
+    point_coords: torch.Tensor,
+    point_labels: torch.Tensor,
+    mask_input: torch.Tensor | None = None,
+    has_mask_input: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> all four mask logits (B, 4, 256, 256) and IoU predictions (B, 4).
+
+    ``point_coords`` (B, N, 2) are pixels in the 1024 frame, ``point_labels`` (B, N) as in
+    ``evit_deploy.sam.POINT_LABELS``; ``image_embeddings`` is (1 or B, 256, 64, 64);
+    ``mask_input`` (B, 1, 256, 256) with ``has_mask_input`` (B,) as in ``PromptEncoder.embed_mask``.
+    """
+    sparse = prompt_encoder.embed_points(point_coords, point_labels)
+    dense = prompt_encoder.embed_mask(mask_input, has_mask_input)
+    return mask_decoder(image_embeddings, prompt_encoder.dense_pe(), sparse, dense)
 
 
 class EfficientViTSam(nn.Module):
@@ -55,14 +72,16 @@ class EfficientViTSam(nn.Module):
         mask_input: torch.Tensor | None = None,
         has_mask_input: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts -> all four mask logits (B, 4, 256, 256) and IoU predictions (B, 4).
-
-        ``point_coords`` (B, N, 2) are pixels in the 1024 frame, ``point_labels`` (B, N) as in
-        ``prompt_encoder.POINT_LABELS``; ``image_embeddings`` is (1 or B, 256, 64, 64).
-        """
-        sparse = self.prompt_encoder.embed_points(point_coords, point_labels)
-        dense = self.prompt_encoder.embed_mask(mask_input, has_mask_input)
-        return self.mask_decoder(image_embeddings, self.prompt_encoder.dense_pe(), sparse, dense)
+        """``decode_prompts`` with this model's prompt encoder and mask decoder."""
+        return decode_prompts(
+            self.prompt_encoder,
+            self.mask_decoder,
+            image_embeddings,
+            point_coords,
+            point_labels,
+            mask_input,
+            has_mask_input,
+        )
 
     def forward(
         self, images: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor

@@ -16,11 +16,7 @@ from torch import nn
 
 from ..layers import LayerNorm2d
 
-__all__ = ["POINT_LABELS", "PromptEncoder", "RandomFourierEncoding"]
-
-POINT_LABELS = {-1: "padding (not a point)", 0: "negative point", 1: "positive point",
-                2: "box top-left corner", 3: "box bottom-right corner"}
-"""The decoder's point labels; a box is its two corners labelled 2 and 3."""
+__all__ = ["PromptEncoder", "RandomFourierEncoding"]
 
 
 class RandomFourierEncoding(nn.Module):
@@ -94,10 +90,11 @@ class PromptEncoder(nn.Module):
         return self.pe_layer(self.grid).permute(2, 0, 1).unsqueeze(0)
 
     def embed_points(self, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
-        """(B, N, 2) pixel coordinates and (B, N) labels (see ``POINT_LABELS``) -> (B, N, embed_dim).
+        """(B, N, 2) pixel coordinates and (B, N) labels -> tokens (B, N, embed_dim).
 
-        A point's token is its positional code plus the embedding of its label; a padding point
-        (label -1) carries only ``not_a_point_embed``. Labels outside -1..3 get the bare code.
+        Labels as in ``evit_deploy.sam.POINT_LABELS``. A point's token is its positional code plus
+        the embedding of its label; a padding point (label -1) carries only ``not_a_point_embed``.
+        Labels outside -1..3 get the bare code.
         """
         frame = point_coords.new_tensor([self.input_image_size[1], self.input_image_size[0]])
         code = self.pe_layer((point_coords + 0.5) / frame)
@@ -108,7 +105,9 @@ class PromptEncoder(nn.Module):
             tokens = tokens + embedding.weight * (labels == label).to(code.dtype)
         return tokens
 
-    def embed_mask(self, mask_input: torch.Tensor | None, has_mask_input: torch.Tensor | None) -> torch.Tensor:
+    def embed_mask(
+        self, mask_input: torch.Tensor | None, has_mask_input: torch.Tensor | None
+    ) -> torch.Tensor:
         """The dense prompt: (B, embed_dim, h, w) from a (B, 1, 4h, 4w) mask, else (1, embed_dim, 1, 1).
 
         ``has_mask_input`` (B,) is 1 where a row's mask is real and 0 where it is a placeholder, as
