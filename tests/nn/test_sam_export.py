@@ -186,6 +186,15 @@ def test_encoder_exports_with_dynamic_batch(l0: EfficientViTSam, reference_dir: 
     model = _export(graph, tmp_path / "encoder.onnx")
     assert _dims(model.graph.input[0]) == ["batch", 3, 512, 512]
     assert _dims(model.graph.output[0]) == ["batch", 256, 64, 64]
+    tiny = [
+        t.name
+        for t in model.graph.initializer
+        if np.prod(t.dims) == 1 and 0 < abs(float(onnx.numpy_helper.to_array(t).reshape(-1)[0])) < 1e-12
+    ]
+    assert tiny, "LiteMLA's eps (1e-15) was optimised out of the ONNX graph"
+    resizes = [n for n in model.graph.node if n.op_type == "Resize"]
+    modes = [a.s.decode() for n in resizes for a in n.attribute if a.name == "mode"]
+    assert modes == ["cubic"] * 3, modes  # the neck resizes all three scales to 64x64, bicubic
     fixtures = reference_dir / "fixtures" / "sam"
     x = np.load(fixtures / "efficientvit_sam_l0.encoder.input.npy")
     batch = np.concatenate([x, x[..., ::-1]])
