@@ -15,8 +15,9 @@ from .builders import (
     efficientvit_sam_xl1,
 )
 from .encoder import EMBEDDING_SIZE, EfficientViTSamImageEncoder, SamNeck
+from .graphs import SAM_DECODER_UNFRIENDLY_OPS, SAM_GRAPHS, SamDecoderGraph, SamEncoderGraph, unfriendly_ops
 from .mask_decoder import MLP, MaskDecoder
-from .model import EfficientViTSam
+from .model import EfficientViTSam, decode_prompts
 from .prompt_encoder import PromptEncoder, RandomFourierEncoding
 from .transformer import Attention, MLPBlock, TwoWayAttentionBlock, TwoWayTransformer
 
@@ -24,6 +25,8 @@ __all__ = [
     "EMBEDDING_SIZE",
     "MLP",
     "SAM_BUILDERS",
+    "SAM_DECODER_UNFRIENDLY_OPS",
+    "SAM_GRAPHS",
     "SAM_NORM_EPS",
     "Attention",
     "EfficientViTSam",
@@ -32,12 +35,16 @@ __all__ = [
     "MaskDecoder",
     "PromptEncoder",
     "RandomFourierEncoding",
+    "SamDecoderGraph",
+    "SamEncoderGraph",
     "SamNeck",
     "TwoWayAttentionBlock",
     "TwoWayTransformer",
+    "decode_prompts",
     "efficientvit_sam_l0",
     "efficientvit_sam_l1",
     "efficientvit_sam_l2",
     "efficientvit_sam_xl0",
     "efficientvit_sam_xl1",
+    "unfriendly_ops",
 ]
