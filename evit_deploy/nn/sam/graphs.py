@@ -18,7 +18,6 @@ constructs in ``SAM_DECODER_UNFRIENDLY_OPS``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -42,7 +41,8 @@ MAX_PROMPTS = 1024
 MAX_POINTS = 64
 
 SAM_DECODER_UNFRIENDLY_OPS: dict[str, str] = {
-    "OneHot": "TensorRT has no OneHot; one-hot labels must be arithmetic masks (labels == k)",
+    "OneHot": "one-hot labels: older TensorRT parsers lack it and its depth must be a build-time constant; "
+    "use arithmetic masks (labels == k)",
     "NonZero": "output shape depends on the data (boolean indexing such as x[labels == -1] = ...)",
     "Compress": "output shape depends on the data",
     "Unique": "output shape depends on the data",
@@ -59,12 +59,9 @@ SAM_DECODER_UNFRIENDLY_OPS: dict[str, str] = {
     "CumSum": "repeat_interleave's index arithmetic (cumulative repeat counts)",
     "Range": "index ranges built from runtime shapes (repeat_interleave, arange(B) gathers)",
 }
-"""Op types the decoder must not contain, each with the construct that would bring it in
-(official issues #70, #78: repeat_interleave; TensorRT cannot use these for shape tensors)."""
-
-
-def _named_dims(names: Iterable[str], maxes: Iterable[int]) -> dict[str, Dim]:
-    return {name: Dim(name, min=1, max=top) for name, top in zip(names, maxes)}
+"""Op types kept out of the decoder, each with the construct that would bring it in: shapes that
+depend on data, control flow, and index arithmetic on runtime shapes, which TensorRT rejects or
+cannot use as shape tensors (official issues #70, #78: repeat_interleave)."""
 
 
 class SamEncoderGraph(nn.Module):
@@ -135,7 +132,8 @@ class SamDecoderGraph(nn.Module):
         )
         if not self.single_mask:
             return masks, iou_predictions
-        # The best-scored of all four tokens, gathered (ArgMax + GatherElements): no arange(B).
+        # The best-scored of all four tokens, as the official export (Meta's prefers token 0 from
+        # three points on); gathered with ArgMax + GatherElements, no arange(B) index.
         best = torch.argmax(iou_predictions, dim=1, keepdim=True)
         best_mask = torch.gather(
             masks, 1, best[:, :, None, None].expand(-1, -1, masks.shape[2], masks.shape[3])
@@ -162,8 +160,8 @@ class SamDecoderGraph(nn.Module):
         return inputs
 
     def dynamic_shapes(self) -> dict[str, Any]:
-        dims = _named_dims(("num_prompts", "num_points"), (MAX_PROMPTS, MAX_POINTS))
-        prompts, points = dims["num_prompts"], dims["num_points"]
+        prompts = Dim("num_prompts", min=1, max=MAX_PROMPTS)
+        points = Dim("num_points", min=1, max=MAX_POINTS)
         shapes: dict[str, Any] = {
             "image_embeddings": {0: prompts} if self.embeddings_per_prompt else None,
             "point_coords": {0: prompts, 1: points},
