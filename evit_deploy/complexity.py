@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from evit_deploy.zoo import ModelCard
 
-__all__ = ["card_stats", "count_macs", "count_params", "counted_with"]
+__all__ = ["card_stats", "count_graph_macs", "count_macs", "count_params", "counted_with"]
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -78,3 +78,19 @@ def card_stats(card: ModelCard, input_size: tuple[int, int] | None = None) -> di
         model = build_model(card.builder, norm_eps=card.norm_eps, **card.builder_kwargs)
     size = tuple(input_size or card.input_size)
     return {"params": count_params(model), "macs": count_macs(model, size)}  # type: ignore[arg-type]
+
+
+def count_graph_macs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """MACs of one ``module(*inputs)`` call, for graphs with several inputs (SAM's decoder).
+
+    Counted under ``inference_mode`` rather than ``no_grad``: a view of a parameter passed
+    between modules (SAM's no-mask embedding) still requires grad under ``no_grad``, and
+    FlopCounterMode's module tracker then fails to hook it.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        module(*inputs)
+    return int(counter.get_total_flops()) // 2

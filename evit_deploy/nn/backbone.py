@@ -26,6 +26,8 @@ __all__ = [
     "efficientvit_backbone_l1",
     "efficientvit_backbone_l2",
     "efficientvit_backbone_l3",
+    "efficientvit_backbone_xl0",
+    "efficientvit_backbone_xl1",
 ]
 
 Features = dict[str, torch.Tensor]
@@ -194,3 +196,29 @@ def efficientvit_backbone_l2(in_channels: int = 3) -> EfficientViTLargeBackbone:
 
 def efficientvit_backbone_l3(in_channels: int = 3) -> EfficientViTLargeBackbone:
     return EfficientViTLargeBackbone([64, 128, 256, 512, 1024], [1, 2, 2, 8, 8], in_channels=in_channels)
+
+
+def _sam_xl_backbone(depth_list: Sequence[int], in_channels: int) -> EfficientViTLargeBackbone:
+    """Six stages (strides 2..64): a FusedMBConv stage 3, then two attention stages with 3x3
+    multi-scale aggregation, so the 1024x1024 input reaches stride 64 before global attention."""
+    return EfficientViTLargeBackbone(
+        [32, 64, 128, 256, 512, 1024],
+        depth_list,
+        block_list=["res", "fmb", "fmb", "fmb", "att@3", "att@3"],
+        expand_list=[1, 4, 4, 4, 4, 6],
+        fewer_norm_list=[False, False, False, False, True, True],
+        in_channels=in_channels,
+    )
+
+
+def efficientvit_backbone_xl0(in_channels: int = 3) -> EfficientViTLargeBackbone:
+    """EfficientViT-SAM-XL0's backbone (built inline by the official ``efficientvit_sam_xl0``).
+
+    Stage 0 has depth 0: it is only the stem conv.
+    """
+    return _sam_xl_backbone([0, 1, 1, 2, 3, 3], in_channels)
+
+
+def efficientvit_backbone_xl1(in_channels: int = 3) -> EfficientViTLargeBackbone:
+    """EfficientViT-SAM-XL1's backbone (built inline by the official ``efficientvit_sam_xl1``)."""
+    return _sam_xl_backbone([1, 2, 2, 4, 6, 6], in_channels)

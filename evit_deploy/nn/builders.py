@@ -1,9 +1,10 @@
 """One builder per official model, the builder registry, and the zoo-name table.
 
 Builder names are the official function names (``efficientvit_cls_b1``,
-``efficientvit_seg_l2``...), so ``state_dict_keys/<builder>.txt`` and checkpoints line up with
-them one to one. The norm eps is *not* a builder argument: it belongs to the zoo entry (section
-7 of the spec) and is applied by ``build_model``.
+``efficientvit_seg_l2``, ``efficientvit_sam_xl0``...; the SAM builders live in ``sam/``), so
+``state_dict_keys/<builder>.txt`` and checkpoints line up with them one to one. The norm eps
+is *not* a builder argument: it belongs to the zoo entry (section 7 of the spec) and is applied
+by ``build_model``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from .backbone import (
     efficientvit_backbone_l1,
     efficientvit_backbone_l2,
     efficientvit_backbone_l3,
+    efficientvit_backbone_xl0,
+    efficientvit_backbone_xl1,
 )
 from .cls import ClsHead, EfficientViTCls
 from .layers import set_norm_eps
+from .sam.builders import SAM_BUILDERS, SAM_NORM_EPS
 from .seg import EfficientViTSeg, SegHead
 
 __all__ = [
@@ -232,8 +236,8 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
         efficientvit_seg_l1,
         efficientvit_seg_l2,
     )
-}
-"""Official cls/seg builder name -> builder. Seg builders take ``dataset``."""
+} | SAM_BUILDERS
+"""Official builder name -> builder. Seg builders take ``dataset``; SAM builders ``image_size``."""
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     fn.__name__: fn
@@ -246,16 +250,24 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
         efficientvit_backbone_l1,
         efficientvit_backbone_l2,
         efficientvit_backbone_l3,
+        efficientvit_backbone_xl0,
+        efficientvit_backbone_xl1,
     )
 }
-"""Official backbone builder name -> builder (L0 exists for SAM-L0 only)."""
+"""Backbone builder name -> builder. L0 exists for SAM-L0 only; XL0/XL1 are SAM-XL's six-stage
+backbones, which the official code builds inline (the names are ours)."""
 
 
 def norm_eps_for(builder: str) -> float:
-    """The zoo's norm eps for a cls/seg builder (or backbone): B-series 1e-5, L-series 1e-7."""
-    family = builder.rsplit("_", 1)[-1][:1]
+    """The zoo's norm eps for a builder (or backbone): B-series 1e-5, L-series 1e-7, SAM 1e-6.
+
+    SAM-L reuses the L backbones yet uses 1e-6: the eps belongs to the model, not the backbone.
+    """
     if builder not in BUILDERS and builder not in BACKBONES:
         raise UsageError(f"unknown builder {builder!r}; known: {', '.join(sorted(BUILDERS))}")
+    if builder in SAM_BUILDERS or builder.endswith(("_xl0", "_xl1")):
+        return SAM_NORM_EPS
+    family = builder.rsplit("_", 1)[-1][:1]
     return B_NORM_EPS if family == "b" else L_NORM_EPS
 
 
@@ -294,11 +306,12 @@ _SEG_DATASETS: dict[str, tuple[str, ...]] = {
 
 
 def official_registry() -> dict[str, tuple[str, dict[str, Any], float]]:
-    """Every official cls/seg zoo name -> (builder name, builder kwargs, norm eps).
+    """Every official zoo name -> (builder name, builder kwargs, norm eps).
 
     Classification: a bare name (``efficientvit-b1``, no checkpoint) plus one name per released
     resolution (``efficientvit-b1-r224``); the resolution never changes the architecture.
     Segmentation: ``efficientvit-seg-<model>-<dataset>`` with ``dataset`` bound.
+    SAM: ``efficientvit-sam-<model>``, the builder's default encoder input size.
     """
     registry: dict[str, tuple[str, dict[str, Any], float]] = {}
     for model, resolutions in _CLS_RESOLUTIONS.items():
@@ -315,4 +328,6 @@ def official_registry() -> dict[str, tuple[str, dict[str, Any], float]]:
                 {"dataset": dataset},
                 norm_eps_for(builder),
             )
+    for builder in SAM_BUILDERS:
+        registry[builder.replace("_", "-")] = (builder, {}, SAM_NORM_EPS)
     return registry

@@ -17,6 +17,7 @@ from torch import nn
 __all__ = [
     "ConvLayer",
     "IdentityLayer",
+    "LayerNorm2d",
     "LinearLayer",
     "UpSampleLayer",
     "autocast_disabled",
@@ -48,12 +49,31 @@ def build_act(name: str | None) -> nn.Module | None:
     return None
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map, one pixel at a time (SAM's encoder and decoder).
+
+    A subclass of ``nn.LayerNorm`` so checkpoints see ``weight``/``bias`` and the zoo's eps
+    setter reaches it. Written out (mean, biased variance, sqrt, divide) in the official
+    order rather than permuting to NHWC for ``F.layer_norm``: the embeddings are judged at
+    1e-5 and the exported graph stays a plain chain of reductions.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - torch.mean(x, dim=1, keepdim=True)
+        out = centred / torch.sqrt(torch.square(centred).mean(dim=1, keepdim=True) + self.eps)
+        if self.elementwise_affine:
+            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return out
+
+
 def build_norm(name: str | None, num_features: int) -> nn.Module | None:
     """Norm by official name. eps stays at PyTorch's 1e-5 here; the zoo sets it per family."""
     if name == "bn2d":
         return nn.BatchNorm2d(num_features)
     if name == "ln":
         return nn.LayerNorm(num_features)
+    if name == "ln2d":
+        return LayerNorm2d(num_features)
     return None
 
 

@@ -22,9 +22,9 @@ _REFERENCE = (
 
 
 def key_files() -> list[Path]:
-    """Every classification and segmentation key list (SAM is a later phase)."""
+    """Every official key list: classification, segmentation and SAM (whole model)."""
     folder = _REFERENCE / "state_dict_keys"
-    return sorted(p for p in folder.glob("efficientvit_*.txt") if not p.stem.startswith("efficientvit_sam"))
+    return sorted(folder.glob("efficientvit_*.txt"))
 
 
 def fixture_cases() -> dict[str, dict[str, Any]]:
@@ -33,7 +33,8 @@ def fixture_cases() -> dict[str, dict[str, Any]]:
 
 
 def builder_of_key_file(path: Path) -> tuple[str, dict[str, Any]]:
-    """``efficientvit_seg_b1_ade20k.txt`` -> (``efficientvit_seg_b1``, {"dataset": "ade20k"})."""
+    """``efficientvit_seg_b1_ade20k.txt`` -> (``efficientvit_seg_b1``, {"dataset": "ade20k"});
+    cls and SAM files are named after their builder."""
     parts = path.stem.split("_")
     if parts[1] == "seg":
         return "_".join(parts[:3]), {"dataset": parts[3]}

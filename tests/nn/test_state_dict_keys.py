@@ -43,9 +43,9 @@ def test_liteMLA_eps_is_not_a_state_dict_key() -> None:
     assert not [k for k in model.state_dict() if k.endswith("eps")]
 
 
-@pytest.mark.parametrize("model", ["l0", "l1", "l2"])
+@pytest.mark.parametrize("model", ["l0", "l1", "l2", "xl0", "xl1"])
 def test_large_backbones_match_sam_image_encoders(reference_dir: Path, model: str) -> None:
-    """SAM-L reuses the L backbones; L0 exists only there, so this is L0's only layout check."""
+    """SAM-L reuses the L backbones; L0 and the six-stage XL backbones exist only in SAM."""
     prefix = "image_encoder.backbone."
     want = [
         (name[len(prefix) :], shape)
