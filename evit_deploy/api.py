@@ -17,7 +17,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from evit_deploy.artifact import (
+from evit_deploy.configs import Recipe, Tolerances, load_recipe
+from evit_deploy.data import input_batches, list_images
+from evit_deploy.errors import RuntimeMissing, UsageError
+from evit_deploy.manifest import (
     FileEntry,
     Manifest,
     SourceWeights,
@@ -29,9 +32,6 @@ from evit_deploy.artifact import (
     staging_dir,
     write_json_atomic,
 )
-from evit_deploy.configs import Recipe, Tolerances, load_recipe
-from evit_deploy.data import input_batches, list_images
-from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.parity import Comparator, ParityReport
 from evit_deploy.profiling import ProfileResult, measure
 from evit_deploy.spec import InputSpec

@@ -14,8 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from evit_deploy.artifact import write_json_atomic
 from evit_deploy.errors import UsageError
+from evit_deploy.manifest import write_json_atomic
 from evit_deploy.parity import ParityReport
 from evit_deploy.profiling import ProfileResult
 

@@ -99,8 +99,8 @@ def needs_macos_for():
     import platform
 
     def check(artifact: Path) -> None:
-        from evit_deploy.mil.program import read_spec
         from evit_deploy.coreml.options import SPEC_MACOS
+        from evit_deploy.mil.program import read_spec
 
         needed = SPEC_MACOS[read_spec(artifact).specificationVersion]
         have = platform.mac_ver()[0]

@@ -47,7 +47,7 @@ def export_on_device(model: str, device: str, *, inventory: Inventory | str | Pa
                      **export_args: Any) -> Any:
     """A TensorRT engine for ``device``, built there, published in ``out`` with its manifest."""
     from evit_deploy import api
-    from evit_deploy.artifact import FileEntry, Manifest, publish, sha256_path, size_of, staging_dir
+    from evit_deploy.manifest import FileEntry, Manifest, publish, sha256_path, size_of, staging_dir
 
     inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)
     entry = inv.get(device.partition(":")[0])
@@ -101,7 +101,7 @@ def export_on_device(model: str, device: str, *, inventory: Inventory | str | Pa
             manifest = Manifest.model_validate(data)
             artifact = publish(order, out_dir, manifest)
     from evit_deploy.api import ExportResult
-    from evit_deploy.artifact import manifest_path_for
+    from evit_deploy.manifest import manifest_path_for
 
     return ExportResult(artifact, manifest_path_for(artifact), manifest, manifest.export_seconds)
 

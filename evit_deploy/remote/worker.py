@@ -82,7 +82,7 @@ def _runtimes(names: list[str] | None, device: str) -> dict[str, str | None]:
 
 def probe(directory: Path, expect: dict[str, Any]) -> dict[str, Any]:
     """Is the artifact already here, byte for byte? And is its manifest the current one?"""
-    from evit_deploy.artifact import sha256_path
+    from evit_deploy.manifest import sha256_path
 
     missing = []
     for name, digest, size in expect.get("files", []):
@@ -105,7 +105,7 @@ def _manifest_digest(path: Path) -> str | None:
 
 def op_receive(args: argparse.Namespace, stdin: IO[bytes]) -> tuple[dict[str, Any], bytes]:
     """Unpack the tar on stdin beside DIR, check every hash, then move it into place."""
-    from evit_deploy.artifact import load_manifest
+    from evit_deploy.manifest import load_manifest
 
     dest = Path(args.dir).expanduser()
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,8 @@ from evit_deploy.spec import InputSpec
 if TYPE_CHECKING:  # torch stays out of runner imports: devices run artifacts without it
     import torch
 
-    from evit_deploy.artifact import Manifest
     from evit_deploy.configs import Recipe
+    from evit_deploy.manifest import Manifest
 
 OptionsT = TypeVar("OptionsT", bound=TargetOptions)
 

@@ -16,8 +16,8 @@ from evit_deploy.targets.base import Target, register
 if TYPE_CHECKING:
     import torch
 
-    from evit_deploy.artifact import Manifest
     from evit_deploy.configs import Recipe
+    from evit_deploy.manifest import Manifest
 
 
 @register("ort", "onnxruntime")

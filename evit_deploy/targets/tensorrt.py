@@ -34,8 +34,8 @@ from evit_deploy.trt.options import TrtOptions, check_options
 if TYPE_CHECKING:
     import torch
 
-    from evit_deploy.artifact import Manifest
     from evit_deploy.configs import Recipe
+    from evit_deploy.manifest import Manifest
 
 GPU_DEVICES = ("cuda", "gpu", "trt", "tensorrt")
 ONNX_HINT = "pip install 'evit-deploy[onnx]'"

@@ -54,8 +54,8 @@ from evit_deploy.tflite.options import INSTALL_HINT, TfliteOptions, missing
 if TYPE_CHECKING:
     import torch
 
-    from evit_deploy.artifact import Manifest
     from evit_deploy.configs import Recipe
+    from evit_deploy.manifest import Manifest
 
 
 @register("litert", "tfl")

@@ -310,7 +310,7 @@ def build_from_plan_file(plan_path: Path, *, engine: Path | None = None, onnx: P
     plan = BuildPlan.load(plan_path)
     folder = plan_path.parent
     onnx_path = onnx or folder / plan.onnx
-    from evit_deploy.artifact import sha256_path
+    from evit_deploy.manifest import sha256_path
 
     if onnx_path.is_file() and sha256_path(onnx_path) != plan.onnx_sha256:
         raise UsageError(f"{onnx_path}: not the ONNX this plan was made for (sha256 differs); re-export")
@@ -322,7 +322,7 @@ def build_from_plan_file(plan_path: Path, *, engine: Path | None = None, onnx: P
 
 def _record_in_manifest(folder: Path, plan: BuildPlan, engine_path: Path, report: dict[str, Any]) -> None:
     """Add the engine to the export's manifest (if it is beside the plan), written atomically."""
-    from evit_deploy.artifact import (
+    from evit_deploy.manifest import (
         FileEntry,
         load_manifest,
         manifest_path_for,

@@ -149,8 +149,8 @@ def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profile: Profile | No
 def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], spec: InputSpec,
           profile: Profile | None, recipe: Recipe, options: TrtOptions, ctx: ExportContext,
           int8_info: dict[str, Any] | None, overflow: dict[str, Any] | None) -> Any:
-    from evit_deploy.artifact import sha256_path
     from evit_deploy.graph import islands_summary
+    from evit_deploy.manifest import sha256_path
     from evit_deploy.trt import plan as p
     from evit_deploy.trt import typed
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from evit_deploy.artifact import load_manifest
+from evit_deploy.manifest import load_manifest
 
 MODEL = "efficientvit-seg-b0-cityscapes"
 
@@ -63,7 +63,7 @@ def _stand_in_plan_export(monkeypatch, seen: dict) -> None:
                          layer_info=f"{model}.layers.json")
         plan_path = folder / f"{model}.trt-plan.json"
         plan.save(plan_path)
-        from evit_deploy.artifact import FileEntry, manifest_path_for, sha256_path, write_json_atomic
+        from evit_deploy.manifest import FileEntry, manifest_path_for, sha256_path, write_json_atomic
 
         data = result.manifest.model_dump(mode="json")
         data.update(target="trt", precision="fp16")

@@ -1,4 +1,4 @@
-"""Artifacts and their manifests, written so that an interrupted export never looks complete.
+"""Manifests and artifact files, written so that an interrupted export never looks complete.
 
 An artifact is its file(s) plus ``NAME.evit.json``. The manifest is written last: a file
 without one is refused by ``verify`` and ``profile``, and every file's sha256 is in it so
