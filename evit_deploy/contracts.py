@@ -28,6 +28,9 @@ class TargetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+CALIBRATION_NEEDED = "int8 needs calibration images: pass --calib DIR (a folder of representative images)"
+
+
 @dataclass
 class ExportContext:
     """What a target's export needs besides the module: where to write, what to report."""
@@ -38,6 +41,15 @@ class ExportContext:
     workdir: Path  # a private staging folder; the caller moves results into place
     calibration: Callable[[InputSpec], list[np.ndarray]] | None = None
     progress: Callable[[str], None] = lambda message: None
+
+    def calibration_batches(self, spec: InputSpec) -> list[np.ndarray]:
+        """The calibration images preprocessed for ``spec``'s size, one (1, 3, H, W) array each."""
+        if self.calibration is None:
+            raise UsageError(CALIBRATION_NEEDED)
+        images = self.calibration(spec.with_resolution(spec.height, spec.width, batch=1))
+        if not images:
+            raise UsageError("the calibration source gave no images; pass --calib DIR with representative images")
+        return images
 
 
 @dataclass
@@ -72,6 +84,9 @@ class Runner(ABC):
     """
 
     backend: ClassVar[str] = "runner"
+    # Which of the recipe's criteria ``verify`` holds this runner to: None for the precision's own,
+    # else a ``runtime_tolerances`` profile (e.g. "accelerated": Core ML on GPU/ANE computes in fp16).
+    tolerance_profile: str | None = None
 
     def __init__(self) -> None:
         self.inputs: list[TensorInfo] = []

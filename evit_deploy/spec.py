@@ -7,11 +7,27 @@ was built for, on devices that have no PyTorch.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any, Literal
 
 import numpy as np
 
 Layout = Literal["NCHW", "NHWC"]
+
+
+class Precision(str, Enum):
+    """The arithmetic an artifact is exported for: a closed set every target picks from.
+
+    A ``str`` enum, so it compares, hashes, prints and serialises as its value (``"fp16"``)
+    in manifests, recipes and messages.
+    """
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from evit_deploy.coreml.options import COMPUTE_UNITS, CoreMLOptions
 from evit_deploy.coreml.precision import island_selector, program_precision
 from evit_deploy.coreml.rewrite import normalising_wrapper, replace_tanh_gelu
 from evit_deploy.coreml.tools import import_coremltools, quiet_coremltools
-from evit_deploy.errors import CheckFailed, UsageError
+from evit_deploy.errors import CheckFailed
 from evit_deploy.spec import InputSpec, TensorInfo
+from evit_deploy.toolchain import first_line, toolchain_error
 
 if TYPE_CHECKING:
     import torch
@@ -94,11 +95,11 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
                                  minimum_deployment_target=target, compute_precision=compute,
                                  compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[options.compute_units]),
                                  skip_model_load=True)
-        except (NotImplementedError, ValueError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            where = [line.strip() for line in chatter.getvalue().splitlines() if line.startswith("ERROR")]
-            raise UsageError(f"coremltools could not convert {ctx.model_name}: {first}"
-                             + (f" ({where[-1]})" if where else "")) from None
+        except Exception as err:  # noqa: BLE001 - coremltools raises many types: exit 3, the log kept
+            output = chatter.getvalue().splitlines()
+            where = [line.strip() for line in output if line.startswith("ERROR")]
+            raise toolchain_error("coremltools", f"to convert {ctx.model_name}", err, output,
+                                  line=f"{first_line(err)} ({where[-1]})" if where else None) from None
         if options.compress != "none":
             ctx.progress(f"compressing weights ({options.compress})")
             mlmodel, details["compression"] = compress(ct, mlmodel, options.compress, options.level)

@@ -14,9 +14,10 @@ import numpy as np
 
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
-from evit_deploy.errors import RuntimeMissing, UsageError
+from evit_deploy.errors import RuntimeMissing
 from evit_deploy.onnx.options import INSTALL_HINT, OnnxOptions
 from evit_deploy.spec import InputSpec, TensorInfo
+from evit_deploy.toolchain import toolchain_error
 
 if TYPE_CHECKING:
     import onnx
@@ -32,24 +33,28 @@ def export_onnx_graph(model: torch.nn.Module, spec: InputSpec, options: OnnxOpti
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     example = torch.zeros(spec.shape)
     path = workdir / "raw.onnx"
-    if options.exporter == "dynamo":
-        dynamic_shapes = None
-        if spec.dynamic:
-            batch = torch.export.Dim("batch", min=1, max=256)
-            # EfficientViT needs H and W divisible by 32: say so to the exporter, which
-            # then keeps every stride-2 size an exact integer expression.
-            # (torch specialises a size of 1, so the stride-32 map must be at least 2x2: 64x64 pixels.)
-            h32, w32 = torch.export.Dim("h32", min=2, max=256), torch.export.Dim("w32", min=2, max=256)
-            dynamic_shapes = ({0: batch, 2: 32 * h32, 3: 32 * w32},)
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=options.opset,
-                                    input_names=[spec.name], output_names=["logits"],
-                                    dynamic_shapes=dynamic_shapes, verbose=False)
-        program.save(str(path))
-    else:
-        axes = {spec.name: {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "out_h", 3: "out_w"}}
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=options.opset,
-                          input_names=[spec.name], output_names=["logits"],
-                          dynamic_axes=axes if spec.dynamic else None, do_constant_folding=True)
+    try:
+        if options.exporter == "dynamo":
+            dynamic_shapes = None
+            if spec.dynamic:
+                batch = torch.export.Dim("batch", min=1, max=256)
+                # EfficientViT needs H and W divisible by 32: say so to the exporter, which
+                # then keeps every stride-2 size an exact integer expression.
+                # (torch specialises a size of 1, so the stride-32 map must be at least 2x2: 64x64 pixels.)
+                h32, w32 = torch.export.Dim("h32", min=2, max=256), torch.export.Dim("w32", min=2, max=256)
+                dynamic_shapes = ({0: batch, 2: 32 * h32, 3: 32 * w32},)
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=options.opset,
+                                        input_names=[spec.name], output_names=["logits"],
+                                        dynamic_shapes=dynamic_shapes, verbose=False)
+            program.save(str(path))
+        else:
+            axes = {spec.name: {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "out_h", 3: "out_w"}}
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=options.opset,
+                              input_names=[spec.name], output_names=["logits"],
+                              dynamic_axes=axes if spec.dynamic else None, do_constant_folding=True)
+    except Exception as err:  # noqa: BLE001 - the exporter raises many types: exit 3, the log kept
+        raise toolchain_error("torch", f"to export the model to ONNX ({options.exporter}, opset {options.opset})",
+                              err) from None
     graph = onnx.load(str(path))
     path.unlink()
     return graph
@@ -67,7 +72,8 @@ def simplify(graph: onnx.ModelProto, how: str) -> onnx.ModelProto:
             raise RuntimeMissing(f"--simplify onnxsim needs onnxsim; {INSTALL_HINT}") from None
         simplified, ok = onnxsim.simplify(graph)
         if not ok:
-            raise UsageError("onnxsim could not validate the simplified graph; use --simplify onnxslim or none")
+            raise toolchain_error("onnxsim", "to validate the simplified graph (use --simplify onnxslim or none)",
+                                  RuntimeError("the simplified graph gives other outputs than the original"))
         return simplified
     return graph
 
@@ -106,7 +112,7 @@ def check_and_save(graph: onnx.ModelProto, path: Path) -> onnx.ModelProto:
         inferred = onnx.shape_inference.infer_shapes(graph, check_type=True, strict_mode=True)
         onnx.checker.check_model(inferred, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise UsageError(f"the exported ONNX graph is invalid: {str(err).splitlines()[0]}") from None
+        raise toolchain_error("onnx", "to check the exported graph", err) from None
     onnx.save(inferred, str(path))
     return inferred
 

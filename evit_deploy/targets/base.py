@@ -74,7 +74,7 @@ class Target(ABC, Generic[OptionsT]):
         """Refuse recipe combinations this target cannot honour (raise UsageError)."""
         if recipe.precision not in self.precisions:
             raise UsageError(
-                f"target {self.name!r} does not support precision {recipe.precision!r}; "
+                f"target {self.name!r} does not support precision '{recipe.precision}'; "
                 f"choose one of {', '.join(self.precisions)}"
             )
         self.options(recipe)

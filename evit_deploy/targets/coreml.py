@@ -104,9 +104,9 @@ class CoreMLTarget(Target[CoreMLOptions]):
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.coreml.runner import CoreMLRunner, MilRunner
 
-        options = CoreMLOptions.model_validate(manifest.recipe.get("options", {}))
+        options = CoreMLOptions.model_validate(manifest.recipe.options)
         units = device_compute_units(device) or options.compute_units
-        spec = InputSpec.from_dict(manifest.input)
+        spec = manifest.input
         if not _mil_forced() and macos_runtime_missing() is None:
             return CoreMLRunner(path, spec, compute_units=units, image_input=options.image_input)
         return MilRunner(path, spec, image_input=options.image_input)

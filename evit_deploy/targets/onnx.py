@@ -43,5 +43,5 @@ class OnnxTarget(Target[OnnxOptions]):
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.onnx.runner import OnnxRunner
 
-        options = OnnxOptions.model_validate(manifest.recipe.get("options", {}))
+        options = OnnxOptions.model_validate(manifest.recipe.options)
         return OnnxRunner(path, device=device, threads=threads, graph_optimization=options.graph_optimization)

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 
 from evit_deploy.contracts import ExportContext, ExportOutput, Runner
 from evit_deploy.errors import UsageError
-from evit_deploy.spec import InputSpec, TensorInfo
+from evit_deploy.spec import InputSpec
 from evit_deploy.targets.base import Target, register
 from evit_deploy.tflite.options import INSTALL_HINT, TfliteOptions, missing
 
@@ -89,6 +89,4 @@ class TfliteTarget(Target[TfliteOptions]):
 
         if device != "cpu":
             raise UsageError(f"the LiteRT runner here runs on the CPU (XNNPACK); got --device {device!r}")
-        inputs = [TensorInfo.from_dict(i) for i in manifest.inputs] or None
-        outputs = [TensorInfo.from_dict(o) for o in manifest.outputs] or None
-        return TfliteRunner(path, threads=threads, inputs=inputs, outputs=outputs)
+        return TfliteRunner(path, threads=threads, inputs=manifest.inputs or None, outputs=manifest.outputs or None)

@@ -6,10 +6,10 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from evit_deploy.errors import UsageError
 from evit_deploy.spec import InputSpec
 from evit_deploy.tflite.logs import native_logs_quiet
 from evit_deploy.tflite.options import TfliteOptions
+from evit_deploy.toolchain import toolchain_error
 
 if TYPE_CHECKING:
     import torch
@@ -60,10 +60,8 @@ def convert_fp32(model: torch.nn.Module, spec: InputSpec, options: TfliteOptions
             try:
                 edge = litert_torch.convert(module.eval(), (example,))
                 content = edge.model_content()  # serialisation happens here (and logs)
-            except Exception as err:  # noqa: BLE001 - the converter raises many types; keep one line + log tail
-                tail = "; ".join(logs[-3:])
-                raise UsageError(f"litert-torch could not convert the model: {str(err).splitlines()[0]}"
-                                 + (f" ({tail})" if tail else "")) from None
+            except Exception as err:  # noqa: BLE001 - the converter raises many types: exit 3, the log kept
+                raise toolchain_error("litert-torch", "to convert the model", err, logs) from None
         _FP32_CACHE.clear()  # one model at a time: flatbuffers of big models are large
         _FP32_CACHE[key] = content
     info["output_rank"] = rank

@@ -16,19 +16,14 @@ from evit_deploy.tflite.metadata import add_metadata
 from evit_deploy.tflite.options import TfliteOptions
 from evit_deploy.tflite.quantize import quantize_fp16, quantize_int8
 from evit_deploy.tflite.runner import TfliteRunner
+from evit_deploy.toolchain import toolchain_error
 
 if TYPE_CHECKING:
     import torch
 
-_RUN_ERRORS = (RuntimeError, ValueError, UsageError)
-
-
 def _calibration_batches(ctx: ExportContext, spec: InputSpec, layout: str) -> list[np.ndarray]:
-    if ctx.calibration is None:
-        raise UsageError("int8 needs calibration images: pass --calib DIR (a folder of representative images)")
-    singles = ctx.calibration(spec)
-    if not singles:
-        raise UsageError("the calibration source gave no images; pass --calib DIR with representative images")
+    """The calibration images grouped into the artifact's batch size, in its layout."""
+    singles = ctx.calibration_batches(spec)
     batches = []
     for start in range(0, len(singles), spec.batch):
         group = [singles[(start + b) % len(singles)] for b in range(spec.batch)]
@@ -88,8 +83,8 @@ def _smoke_test(path: Path, spec: InputSpec, input_layout: str, output_layout: s
             feed = runner.prepare({spec.name: np.zeros(spec.shape, np.float32)}) if sample is None \
                 else {spec.name: sample}
             result = runner.infer(feed)
-    except _RUN_ERRORS as err:
-        raise CheckFailed(f"{path.name} was written but LiteRT cannot run it: {err}") from None
+    except (RuntimeError, ValueError, UsageError) as err:  # what LiteRT refuses to load is the toolchain's fault
+        raise toolchain_error("ai-edge-litert", f"to load {path.name}, just written", err) from None
     bad = [name for name, value in result.items() if not np.all(np.isfinite(value))]
     if bad:
         raise CheckFailed(f"{path.name} runs but gives non-finite values in {bad} on "

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
-from evit_deploy.errors import UsageError
 from evit_deploy.onnx.export import add_metadata, check_and_save, export_onnx_graph, simplify, tensor_infos
 from evit_deploy.onnx.options import OnnxOptions
 from evit_deploy.spec import InputSpec
@@ -102,12 +101,10 @@ def _int8(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: TrtO
           islands: list[Any], ctx: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
     from evit_deploy.trt import int8
 
-    source = recipe.calibration.source
-    if ctx.calibration is None or source is None:
-        raise UsageError("int8 needs calibration images: pass --calib DIR (a folder of representative images)")
+    calibration = ctx.calibration_batches(spec)
     one = spec.with_resolution(spec.height, spec.width, batch=1)
     material = {
-        "images": int8.image_digests(Path(source)),
+        "images": int8.image_digests(Path(str(recipe.calibration.source))),
         "samples": recipe.calibration.samples,
         "preprocessing": {"size": [one.height, one.width], "mean": list(one.mean), "std": list(one.std),
                           "color": one.color, "crop_ratio": one.extra.get("crop_ratio"),
@@ -116,7 +113,6 @@ def _int8(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: TrtO
         "model": int8.sha256_bytes(graph.SerializeToString()),
     }
     exclude = [n for island in islands for n in island.nodes]
-    calibration = ctx.calibration(one)
     ctx.progress(f"int8: Q/DQ on {', '.join(options.quantize_ops)}; {len(exclude)} island node(s) stay fp32")
     return int8.quantize_qdq(graph, calibration, input_name=spec.name, exclude=exclude,
                              op_types=options.quantize_ops, method=options.calib_method,
@@ -135,7 +131,7 @@ def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profile: Profile | No
     for where, h, w in shapes:
         at = spec.with_resolution(h, w, batch=1)
         if ctx.calibration is not None:
-            inputs = ctx.calibration(at)[: options.overflow_samples]
+            inputs = ctx.calibration_batches(at)[: options.overflow_samples]
             source = "calibration images"
         else:
             inputs = [random_batch(at, 0, i) for i in range(options.overflow_samples)]

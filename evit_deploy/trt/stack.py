@@ -27,6 +27,15 @@ def install_hint(trt_major: int = 10, cuda_major: int = 12) -> str:
     return f"pip install 'evit-deploy[{extra}]' on a machine with an NVIDIA GPU (JetPack ships TensorRT on Jetson)"
 
 
+def import_tensorrt() -> Any:
+    """The tensorrt module, or one line saying which extra installs it."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise RuntimeMissing(f"the tensorrt package is not installed; {install_hint()}") from None
+    return trt
+
+
 def _version(*names: str) -> str | None:
     for name in names:
         try:
@@ -78,7 +87,7 @@ def _driver_version(rt: Any) -> int | None:
 
 def cuda_unavailable() -> str | None:
     """None when cuda-python sees a CUDA device; else why not, naming the piece to change."""
-    from evit_deploy.trt.runtime import cudart
+    from evit_deploy.trt.cuda import cudart
 
     try:
         rt = cudart()
@@ -96,7 +105,7 @@ def cuda_unavailable() -> str | None:
 def gpu_name() -> str:
     """The first CUDA device's name, or "" where there is none (informational only)."""
     try:
-        from evit_deploy.trt.runtime import check, cudart
+        from evit_deploy.trt.cuda import check, cudart
 
         name = check(cudart().cudaGetDeviceProperties(0)).name
     except Exception:  # noqa: BLE001 - no GPU, no driver, no cuda-python: no name
@@ -110,7 +119,7 @@ def describe() -> dict[str, Any]:
                              "tensorrt_wheel_cuda": tensorrt_wheel_cuda(), "cuda_python": bindings_version(),
                              "driver_cuda": None, "gpu": "", "problem": cuda_unavailable()}
     try:
-        from evit_deploy.trt.runtime import cudart
+        from evit_deploy.trt.cuda import cudart
 
         driver = _driver_version(cudart())
     except RuntimeMissing:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from evit_deploy._resources import data_dir
 from evit_deploy.errors import UsageError
+from evit_deploy.spec import InputSpec
 
 Task = Literal["classification", "segmentation"]
 Dataset = Literal["imagenet", "cityscapes", "ade20k"]
@@ -202,6 +203,17 @@ class ModelCard(_Strict):
                                  f"num_classes is {self.num_classes}")
             self._resolved_classes = tuple(names)
         return list(self._resolved_classes)
+
+    def input_spec(self, resolution: tuple[int, int] | None = None, batch: int = 1,
+                   dynamic: bool = False) -> InputSpec:
+        """The input an export of this model takes, preprocessed as the card says."""
+        height, width = resolution or tuple(self.input_size)
+        pre = self.preprocessing
+        extra: dict[str, Any] = {"task": self.task}
+        if self.task == "classification" and pre.crop_ratio:
+            extra["crop_ratio"] = pre.crop_ratio
+        return InputSpec(batch=batch, height=height, width=width, mean=tuple(pre.mean), std=tuple(pre.std),
+                         color=pre.color, dynamic=dynamic, extra=extra)
 
     @property
     def output_shape(self) -> tuple[int, ...]:

@@ -167,7 +167,7 @@ def test_profile_torch_eager(cli):
 @pytest.mark.parametrize("args,message", [
     (["--resolution", "100x200"], "not a multiple of 32"),
     (["--target", "openvino-nope"], "unknown target 'openvino-nope'"),
-    (["--precision", "fp64"], "invalid recipe field 'precision'"),
+    (["--precision", "fp64"], "--precision 'fp64' is not one of 'fp32', 'fp16' or 'int8'"),
     (["--opset-typo", "18"], "unknown recipe field 'options.opset_typo'"),
     (["--precision", "int8"], "does not support precision 'int8'"),
 ])

@@ -1,0 +1,96 @@
+"""An artifact's runner against its PyTorch reference on the same inputs, compared and recorded.
+
+The artifact's runner is given (a local one, or a device's ``RemoteRunner``): inputs, the
+reference and the comparison always stay on this machine.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from evit_deploy.artifact import ArtifactHandle
+from evit_deploy.configs import Tolerances
+from evit_deploy.contracts import Runner
+from evit_deploy.data import input_batches, list_images
+from evit_deploy.manifest import ParityRecord, manifest_path_for, write_json_atomic
+from evit_deploy.parity import Comparator, ParityReport
+from evit_deploy.pipeline.reference import reference_model
+from evit_deploy.requests import VerifyRequest
+
+Progress = Callable[[str], None]
+
+
+def verify_runner(handle: ArtifactHandle, artifact_runner: Runner, request: VerifyRequest, *,
+                  progress: Progress = lambda message: None) -> ParityReport:
+    """Compare ``artifact_runner`` (not yet loaded) with the reference; record the result unless asked not to.
+
+    ``request.weight_rounding``: for an fp16/int8 artifact, also run the reference with only its
+    weights rounded to that precision, so a shortfall shows whether the precision or the export
+    caused it (``evit_deploy.weight_rounding``; one more reference inference per sample).
+    """
+    from evit_deploy import zoo
+    from evit_deploy.targets.torch_ref import TorchRunner
+    from evit_deploy.weight_rounding import rounded_copy
+
+    manifest = handle.manifest
+    source = request.images
+    samples = request.samples or (4 if source is None else len(list_images(source)))
+    spec = handle.run_spec(request.resolution)
+    batches = input_batches(spec, samples=samples, seed=request.seed, source=source)
+    criteria = manifest.recipe.resolved_tolerances(artifact_runner.tolerance_profile).model_dump()
+    criteria.update(request.tolerances.model_dump(exclude_none=True))
+    tol = Tolerances.model_validate(criteria)
+    progress("building the PyTorch reference")
+    model, reference_info, notes = reference_model(manifest, request.weights)
+    num_classes = int(zoo.get_card(manifest.model).num_classes)
+    comparator = Comparator(manifest.task, num_classes, tol)
+    out_names = [o.name for o in manifest.outputs] or ["logits"]
+    rounded = rounded_copy(model, manifest.precision) if request.weight_rounding else None
+    rounding = Comparator(manifest.task, num_classes, tol) if rounded is not None else None
+    with contextlib.ExitStack() as stack:
+        reference = stack.enter_context(TorchRunner(model, spec, output_names=out_names))
+        runner = stack.enter_context(artifact_runner)
+        rounded_runner = stack.enter_context(TorchRunner(rounded, spec, output_names=out_names)) if rounded else None
+        for index, batch in enumerate(batches):
+            progress(f"sample {index + 1}/{samples}")
+            feed = {spec.name: batch}
+            expected = reference.run(feed)
+            comparator.update(runner.run(feed), expected)
+            if rounded_runner is not None and rounding is not None:
+                rounding.update(rounded_runner.run(feed), expected)
+        runner_info = runner.describe()
+    report = comparator.report(
+        weight_rounding=rounding,
+        model=manifest.model,
+        artifact=str(handle.path),
+        precision=manifest.precision,
+        input_source=str(source) if source else f"random (seed {request.seed}, {spec.height}x{spec.width})",
+        reference=reference_info,
+        runner=runner_info,
+        notes=notes + manifest.notes,
+    )
+    if request.record:
+        record_parity(handle, report)
+    return report
+
+
+def record_parity(handle: ArtifactHandle, report: ParityReport) -> None:
+    """Keep the latest verify result in the manifest (the manifest itself is not hashed)."""
+    record = ParityRecord(
+        passed=report.passed,
+        verified=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        inputs=report.input_source,
+        samples=report.samples,
+        runner=report.runner,
+        task=report.task_metrics,
+        weight_rounding=report.weight_rounding,
+        outputs={k: v.to_dict() for k, v in report.outputs.items()},
+        failed=[c.name for c in report.failures],
+    )
+    updated = handle.manifest.model_copy(update={"parity": record})
+    try:
+        write_json_atomic(manifest_path_for(Path(handle.path)), updated.model_dump(mode="json"))
+    except OSError:
+        pass  # a read-only artifact folder still verifies; the result is in the report
