@@ -42,10 +42,12 @@ def cubic_taps(n_in: int, n_out: int, dtype: type[np.floating] = np.float64) -> 
     """(n_out, 4) source indices (clamped: replicated border) and Keys weights of a 1-D resize.
 
     Output ``i`` samples the source at ``(i + 0.5) * n_in / n_out - 0.5`` (half-pixel centres,
-    ``align_corners=False``). ``dtype`` float32 reproduces torch's float32 index arithmetic.
+    ``align_corners=False``). ``dtype`` float32 reproduces torch's float32 index arithmetic (to an ulp
+    or so of the weights: torch's build may fuse the polynomial's multiply-adds too).
     """
     scale = dtype(n_in / n_out)
-    real = scale * (np.arange(n_out, dtype=dtype) + dtype(0.5)) - dtype(0.5)
+    # scale * (i + 0.5) - 0.5 rounded once to dtype, as the fused multiply-add of torch's CPU kernel does
+    real = (np.float64(scale) * (np.arange(n_out) + 0.5) - 0.5).astype(dtype)
     base = np.floor(real)
     t = (real - base).astype(dtype)
     a = dtype(CUBIC_A)
