@@ -75,11 +75,11 @@ class SegIoU:
 def cls_input(path: Path, size: int, crop_ratio: float) -> torch.Tensor:
     """torchvision's Resize(ceil(size / crop_ratio), BICUBIC) + CenterCrop(size) + ToTensor + Normalize."""
     image = Image.open(path).convert("RGB")
-    short = int(math.ceil(size / crop_ratio))
+    short = math.ceil(size / crop_ratio)
     w, h = image.size
     new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
     image = image.resize(new, Image.Resampling.BICUBIC)
-    top, left = int(round((new[1] - size) / 2.0)), int(round((new[0] - size) / 2.0))
+    top, left = round((new[1] - size) / 2.0), round((new[0] - size) / 2.0)
     image = image.crop((left, top, left + size, top + size))
     x = torch.as_tensor(np.array(image).transpose(2, 0, 1), dtype=torch.float32).div(255.0)
     mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
