@@ -90,8 +90,9 @@ class EvalResult:
             "model": self.model, "task": self.task, "source": self.source, "target": self.target,
             "precision": self.precision, "data": self.data, "format": self.format, "images": self.images,
             "headline": self.headline, "published": self.published, "protocol": self.protocol,
-            "reference": self.reference.to_dict(self.classes) if self.reference else None,
-            "artifact": self.artifact.to_dict(self.classes) if self.artifact else None,
+            "classes": self.classes,
+            "reference": self.reference.to_dict() if self.reference else None,
+            "artifact": self.artifact.to_dict() if self.artifact else None,
             "difference": self.difference(), "drop": self.drop,
             "runner": self.runner, "reference_info": self.reference_info, "notes": self.notes,
             "seconds": round(self.seconds, 3),
@@ -185,7 +186,7 @@ def evaluate(
         data=str(dataset.root), format=dataset.format, classes=dataset.classes, images=len(dataset.samples),
         protocol=scored.protocol, reference=scored.scores.get("reference"), artifact=scored.scores.get("artifact"),
         published=published, runner=runner_info, reference_info=reference_info,
-        notes=notes + (manifest.notes if manifest else []), seconds=time.perf_counter() - started,
+        notes=notes, seconds=time.perf_counter() - started,
     )
 
 

@@ -34,12 +34,9 @@ class Scores:
     absent: list[int]  # classes with no label and no prediction (left out of the mean)
     confusion: np.ndarray = field(repr=False)  # rows: label, columns: prediction
 
-    def to_dict(self, classes: list[str]) -> dict[str, Any]:
-        return {
-            "metrics": self.metrics,
-            "per_class": {name: value for name, value in zip(classes, self.per_class)},
-            "absent": [classes[i] for i in self.absent],
-        }
+    def to_dict(self) -> dict[str, Any]:
+        """Per-class lists follow the result's ``classes`` (names can repeat: ImageNet has two "crane")."""
+        return {"metrics": self.metrics, "per_class": self.per_class, "support": self.support, "absent": self.absent}
 
 
 class ConfusionMatrix:

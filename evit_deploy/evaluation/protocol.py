@@ -35,7 +35,7 @@ from evit_deploy.data import normalise
 from evit_deploy.errors import UsageError
 
 CUBIC_A = -0.75  # OpenCV's and PyTorch's bicubic constant
-LOGIT_BLOCK_BYTES = 64 * 2**20  # upsampled logits held at once (rows are processed in blocks)
+LOGIT_BLOCK_BYTES = 16 * 2**20  # upsampled logits per block of rows (two such arrays live at once)
 
 
 def cubic_taps(n_in: int, n_out: int, dtype: type[np.floating] = np.float64) -> tuple[np.ndarray, np.ndarray]:
@@ -68,9 +68,12 @@ def _resize_axis(array: np.ndarray, axis: int, index: np.ndarray, weights: np.nd
     """Weighted sum of four gathered slices along ``axis``, left to right as torch sums them."""
     shape = [1] * array.ndim
     shape[axis] = -1
-    out = np.take(array, index[:, 0], axis=axis) * weights[:, 0].reshape(shape)
-    for k in range(1, 4):
-        out += np.take(array, index[:, k], axis=axis) * weights[:, k].reshape(shape)
+    out = np.take(array, index[:, 0], axis=axis)
+    out *= weights[:, 0].reshape(shape)
+    for k in range(1, 4):  # in place: two arrays of the output's size at a time
+        term = np.take(array, index[:, k], axis=axis)
+        term *= weights[:, k].reshape(shape)
+        out += term
     return out
 
 
@@ -111,8 +114,7 @@ def upsample_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     labels = np.empty(size, dtype=np.int64)
     for block, values in upsampled_rows(logits, size):
-        if np.isnan(values).any():
-            values = np.where(np.isnan(values), -np.inf, values)
+        np.nan_to_num(values, copy=False, nan=-np.inf, posinf=np.inf, neginf=-np.inf)
         labels[block] = values.argmax(axis=0)
     return labels
 
