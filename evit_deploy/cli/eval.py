@@ -92,8 +92,9 @@ def eval_command(
             name = METRIC_NAMES[result.headline]
             scores = result.artifact or result.reference
             assert scores is not None
+            value = scores.metrics[result.headline]
             drop = "" if result.drop is None else f" (drop {result.drop:+.2f})"
-            out.print(f"{name} {scores.metrics[result.headline]:.2f}{drop} {source}", markup=False)
+            out.print(f"{name} {'-' if value is None else f'{value:.2f}'}{drop} {source}", markup=False)
         elif not to_stdout:
             print_eval(out, result, per_class=per_class)
         failure = result.drop_failure(max_drop) if max_drop is not None else None
