@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from evit_deploy.artifact import ArtifactHandle, open_artifact
+from evit_deploy.bundle import is_bundle, load_bundle
 from evit_deploy.contracts import Runner
 from evit_deploy.devices import is_local, load_inventory
 from evit_deploy.errors import UsageError
-from evit_deploy.parity import ParityReport
+from evit_deploy.parity import BundleReport, ParityReport
 from evit_deploy.pipeline.export import ExportResult, export_here
 from evit_deploy.pipeline.profile import profile_here
 from evit_deploy.pipeline.verify import verify_runner
@@ -68,13 +69,20 @@ def _export_for_device(request: ExportRequest, progress: Progress) -> ExportResu
     return export_here(request.replace(device=None, inventory=None), progress=progress)
 
 
-def verify(artifact: str | Path | VerifyRequest, *, progress: Progress = _quiet, **options: Any) -> ParityReport:
+def verify(artifact: str | Path | VerifyRequest, *, progress: Progress = _quiet,
+           **options: Any) -> ParityReport | BundleReport:
     """Run the artifact and its PyTorch reference on the same inputs and compare.
 
     ``device`` is ``cpu``/``cuda`` here, or an inventory device (``evit_deploy.devices``):
-    then only the artifact runs there, inputs and the reference stay on this machine.
+    then only the artifact runs there, inputs and the reference stay on this machine. A bundle
+    (``MODEL.evit.json`` of a several-graph export) is verified graph by graph.
     """
     request = artifact if isinstance(artifact, VerifyRequest) else VerifyRequest.parse(artifact=artifact, **options)
+    if is_bundle(request.artifact):
+        _, graphs = load_bundle(request.artifact)
+        return BundleReport(str(request.artifact), {
+            name: verify(request.replace(artifact=path), progress=lambda m, n=name: progress(f"{n}: {m}"))
+            for name, path in graphs.items()})
     handle = open_artifact(request.artifact)
     handle.run_spec(request.resolution)  # a shape the artifact cannot take is refused before a device is reached
     runner = artifact_runner(handle, request.device, threads=request.threads, inventory=request.inventory,
@@ -93,14 +101,19 @@ def artifact_runner(handle: ArtifactHandle, device: str, *, threads: int | None 
 
 
 def profile(artifact: str | Path | ProfileRequest, *, on_iteration: Tick = _no_tick, progress: Progress = _quiet,
-            **options: Any) -> ProfileResult:
+            **options: Any) -> ProfileResult | dict[str, ProfileResult]:
     """Time an artifact (or, with ``target='torch'``, a zoo model in eager PyTorch).
 
     ``device`` is ``cpu``/``cuda`` here, or an inventory device (``evit_deploy.devices``), where
-    the artifact is uploaded and timed. ``lock_clocks`` and ``power`` are for Jetsons.
+    the artifact is uploaded and timed. ``lock_clocks`` and ``power`` are for Jetsons. A bundle
+    gives one result per graph.
     """
-    request = artifact if isinstance(artifact, ProfileRequest) else ProfileRequest.parse(artifact=str(artifact),
+    request = artifact if isinstance(artifact, ProfileRequest) else ProfileRequest.parse(artifact=artifact,
                                                                                          **options)
+    if is_bundle(Path(request.artifact)):
+        _, graphs = load_bundle(Path(request.artifact))
+        return {name: profile(request.replace(artifact=str(path)), on_iteration=on_iteration, progress=progress)
+                for name, path in graphs.items()}
     if is_local(request.device):
         return profile_here(request, on_iteration=on_iteration)
     if request.target is not None:

@@ -71,6 +71,7 @@ class Recipe(BaseModel):
     tolerances: Tolerances | None = None  # None: DEFAULT_TOLERANCES[precision]
     runtime_tolerances: dict[str, Tolerances] = Field(default_factory=dict)  # profile -> criteria (see above)
     options: dict[str, Any] = Field(default_factory=dict)
+    model_options: dict[str, bool] = Field(default_factory=dict)  # a several-graph model's (card graphs: options)
     description: str = ""
 
     @field_validator("resolution")

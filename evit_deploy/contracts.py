@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from evit_deploy.errors import UsageError
-from evit_deploy.spec import InputSpec, Layout, TensorInfo, to_layout
+from evit_deploy.spec import GraphIO, InputSpec, Layout, TensorInfo, to_layout
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -35,12 +35,19 @@ CALIBRATION_NEEDED = "int8 needs calibration images: pass --calib DIR (a folder 
 class ExportContext:
     """What a target's export needs besides the module: where to write, what to report."""
 
-    model_name: str
+    model_name: str  # the artifact's file stem (a graph of a several-graph model: MODEL.GRAPH)
     task: str
     classes: list[str]
     workdir: Path  # a private staging folder; the caller moves results into place
+    graph: GraphIO  # the tensors to export: names, sizes, dynamic dims
     calibration: Callable[[InputSpec], list[np.ndarray]] | None = None
     progress: Callable[[str], None] = lambda message: None
+
+    @property
+    def image_graph(self) -> bool:
+        """One input, the preprocessed image: what calibration, image inputs and NHWC apply to."""
+        return len(self.graph.inputs) == 1 and len(self.graph.inputs[0].shape) == 4 and \
+            self.graph.inputs[0].shape[1] == 3
 
     def calibration_batches(self, spec: InputSpec) -> list[np.ndarray]:
         """The calibration images preprocessed for ``spec``'s size, one (1, 3, H, W) array each."""

@@ -80,6 +80,8 @@ class Manifest(BaseModel):
     notes: list[str] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict)
     parity: ParityRecord | None = None
+    graph: str | None = None  # which graph of a several-graph model (SAM: encoder, decoder); None: the model
+    bundle: str | None = None  # the bundle manifest naming every graph of the export (``evit_deploy.bundle``)
 
     @property
     def primary(self) -> str:
@@ -132,7 +134,9 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 @contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
-    """A private folder beside ``out`` for work in progress, removed whatever happens."""
+    """A private folder inside ``out`` for work in progress, removed whatever happens; folders this
+    run created for ``out`` are removed too when it fails and leaves them empty."""
+    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = tempfile.mkdtemp(prefix=".evit-staging-", dir=out)
@@ -141,6 +145,14 @@ def staging_dir(out: Path) -> Iterator[Path]:
     path = Path(probe)
     try:
         yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        for folder in created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or not ours to remove): stop there
+        raise
     finally:
         shutil.rmtree(path, ignore_errors=True)
 

@@ -34,6 +34,13 @@ def _resolution(value: Any) -> Any:
 Resolution = Annotated[tuple[int, int] | None, BeforeValidator(_resolution)]
 
 
+def _names(value: Any) -> Any:
+    """``"encoder,decoder"`` -> ["encoder", "decoder"] (a list passes as it is)."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()] or None
+    return value
+
+
 def _path_text(value: Any) -> Any:
     """A path given as ``Path`` or text (an artifact, or a zoo name where the command takes one)."""
     return str(value) if isinstance(value, Path) else value
@@ -162,6 +169,9 @@ class ExportRequest(Request):
     inventory: Path | None = Field(None, description="devices.yaml (default: $EVIT_DEVICES, else "
                                                      "~/.config/evit/devices.yaml).")
     name: str | None = Field(None, description="File stem of the artifact (default: the model name).")
+    graphs: Annotated[list[str] | None, BeforeValidator(_names)] = Field(
+        None, description="Graphs to export of a model that deploys as several (e.g. encoder,decoder; default: all).",
+        json_schema_extra=cli("--graph", metavar="NAME[,NAME]", as_type=str))
     seed: Seed = Field(0, description="Seed for random weights when no --weights is given.")
     options: dict[str, Any] = Field(default_factory=dict, description="Target options (after the others).",
                                     json_schema_extra=cli(hidden=True))

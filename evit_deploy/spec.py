@@ -84,6 +84,50 @@ class InputSpec:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class DynamicDim:
+    """One axis of an input that an artifact accepts at other sizes: ``multiple * k``, k in [min, max]."""
+
+    axis: int
+    name: str
+    min: int
+    max: int
+    multiple: int = 1  # EfficientViT's height and width: multiples of 32
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """One input of an exported graph; ``shape`` is the size it is exported (and traced) at."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    dynamic: tuple[DynamicDim, ...] = ()
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """The tensors one exported graph takes and gives: what every backend exports and runs.
+
+    A cls/seg model is one graph with one image input (``GraphIO.image``); a model that deploys
+    as several graphs (SAM: encoder and prompt decoder) gives each its own, from its card.
+    """
+
+    inputs: tuple[GraphInput, ...]
+    outputs: tuple[str, ...]
+
+    @classmethod
+    def image(cls, spec: InputSpec, output: str = "logits") -> GraphIO:
+        """The image graph ``spec`` describes: one NCHW input, H and W multiples of 32 when dynamic."""
+        dynamic = (DynamicDim(0, "batch", 1, 256), DynamicDim(2, "h32", 2, 256, 32),
+                   DynamicDim(3, "w32", 2, 256, 32)) if spec.dynamic else ()
+        return cls((GraphInput(spec.name, spec.shape, dynamic=dynamic),), (output,))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+
 def to_layout(array: np.ndarray, src: Layout, dst: Layout) -> np.ndarray:
     """Move the channel axis of a 4-D tensor; other ranks pass through unchanged."""
     if src == dst or array.ndim != 4:

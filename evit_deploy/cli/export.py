@@ -33,12 +33,20 @@ def export(
     with handle_errors():
         with stage_progress(quiet or json_out) as progress:
             result = api.export(request, progress=progress)
-        if json_out:
+        if json_out and result.bundle is not None:
+            print(json.dumps({"bundle": result.bundle.model_dump(mode="json"),
+                              "graphs": {name: r.manifest.model_dump(mode="json") for name, r in result.graphs.items()}},
+                             indent=2))
+        elif json_out:
             print(json.dumps(result.manifest.model_dump(mode="json"), indent=2))
         else:
             if not quiet:
-                for note in result.manifest.notes:
-                    err.print(f"note: {note}")
-                err.print(f"exported {result.manifest.model} -> {result.manifest.target} {result.manifest.precision} "
-                          f"in {result.seconds:.1f} s; manifest {result.manifest_path}")
+                for graph in result.graphs.values() or [result]:
+                    for note in graph.manifest.notes:
+                        err.print(f"note: {note}")
+                    label = graph.manifest.model + (f" {graph.manifest.graph}" if graph.manifest.graph else "")
+                    err.print(f"exported {label} -> {graph.manifest.target} {graph.manifest.precision} "
+                              f"in {graph.seconds:.1f} s; manifest {graph.manifest_path}")
+                if result.bundle is not None:
+                    err.print(f"bundle of {len(result.graphs)} graphs: {result.artifact}")
             print(result.artifact)

@@ -39,18 +39,25 @@ def profile(
             _profile_devices(request, names, json_path, quiet or to_stdout, quiet)
             return
         with iteration_progress(quiet or to_stdout, "profiling") as tick:
-            result = api.profile(request, on_iteration=tick)
+            profiled = api.profile(request, on_iteration=tick)
+        results = list(profiled.values()) if isinstance(profiled, dict) else [profiled]
+        data = ({"graphs": {name: r.to_dict() for name, r in profiled.items()}} if isinstance(profiled, dict)
+                else profiled.to_dict())
         if to_stdout:
-            print(json.dumps(result.to_dict(), indent=2))
+            print(json.dumps(data, indent=2))
             return
         if json_path is not None:
-            write_json(json_path, result.to_dict())
+            write_json(json_path, data)
+        first = results[0]
         if not quiet:
-            out.print(_table([result], f"{result.model} · {result.target} {result.precision}"))
+            out.print(_table(results, f"{first.model} · {first.target} {first.precision}"))
             if request.per_layer:
-                out.print(layer_table(result))
+                for result in results:
+                    out.print(layer_table(result))
         else:
-            out.print(f"p50 {result.latency_ms.p50:.2f} ms  {result.throughput_ips:.1f} img/s", markup=False)
+            for result in results:
+                name = f"{Path(result.artifact).name}: " if len(results) > 1 else ""
+                out.print(f"{name}p50 {result.latency_ms.p50:.2f} ms  {result.throughput_ips:.1f} img/s", markup=False)
 
 
 def _profile_devices(request: ProfileRequest, names: list[str], json_path: Path | None, silent: bool,

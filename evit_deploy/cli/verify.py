@@ -23,6 +23,7 @@ def verify(
     """Compare ARTIFACT with its PyTorch reference. Exit 0 pass, 1 fail, 2 usage error, 3 toolchain failure."""
     from evit_deploy import api
     from evit_deploy.errors import CheckFailed
+    from evit_deploy.parity import ParityReport
     from evit_deploy.report import print_parity, write_json, write_junit
 
     with handle_errors():
@@ -41,7 +42,7 @@ def verify(
                 out.print(f"{verdict} {request.artifact}", markup=False)
             else:
                 print_parity(out, report)
-                remote = report.runner.get("remote")
+                remote = report.runner.get("remote") if isinstance(report, ParityReport) else None
                 if remote:
                     from evit_deploy.machine import state_summary
 

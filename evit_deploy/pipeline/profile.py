@@ -9,12 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from evit_deploy.artifact import open_artifact
 from evit_deploy.data import input_batches
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.profiling import ProfileResult, measure
 from evit_deploy.requests import ProfileRequest
-from evit_deploy.spec import Precision
+from evit_deploy.spec import Precision, TensorInfo
 
 Tick = Callable[[int, int], None]
 
@@ -38,7 +40,8 @@ def profile_here(request: ProfileRequest, *, on_iteration: Tick = lambda done, t
     if reason is not None:
         raise RuntimeMissing(f"cannot profile {path.name} here: {reason}")
     spec = handle.run_spec(request.resolution, request.batch)
-    feed = {spec.name: next(iter(input_batches(spec, samples=1, seed=request.seed)))}
+    feed = (_graph_feed(handle.manifest.inputs, request.seed) if handle.manifest.graph
+            else {spec.name: next(iter(input_batches(spec, samples=1, seed=request.seed)))})
 
     def timed(tick: Tick) -> dict[str, Any]:
         return measure(lambda: handle.runner(device=request.device, threads=request.threads), feed,
@@ -58,6 +61,19 @@ def profile_here(request: ProfileRequest, *, on_iteration: Tick = lambda done, t
                          precision=handle.manifest.precision, batch=spec.batch, input_shape=list(spec.shape),
                          threads=request.threads, warmup=request.warmup, iters=request.iters, device=request.device,
                          **measured)
+
+
+def _graph_feed(inputs: list[TensorInfo], seed: int) -> dict[str, np.ndarray]:
+    """Seeded normal values for a graph that takes no image (timing needs sizes, not meaning; no torch
+    on a device to make the upstream graph's real outputs). Sizes canonical (NCHW), dynamic dims 1."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for tensor in inputs:
+        shape = [d or 1 for d in tensor.shape]
+        if tensor.layout == "NHWC" and len(shape) == 4:
+            shape = [shape[0], shape[3], shape[1], shape[2]]
+        feed[tensor.name] = rng.standard_normal(shape).astype(np.float32)
+    return feed
 
 
 def _profile_torch(request: ProfileRequest, on_iteration: Tick) -> ProfileResult:

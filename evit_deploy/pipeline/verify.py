@@ -13,9 +13,11 @@ from pathlib import Path
 from evit_deploy.artifact import ArtifactHandle
 from evit_deploy.configs import Tolerances
 from evit_deploy.contracts import Runner
-from evit_deploy.data import input_batches, list_images
+from evit_deploy.data import list_images
+from evit_deploy.errors import UsageError
 from evit_deploy.manifest import ParityRecord, manifest_path_for, write_json_atomic
 from evit_deploy.parity import Comparator, ParityReport
+from evit_deploy.pipeline.feeds import graph_feeds, graph_inputs, graph_module
 from evit_deploy.pipeline.reference import reference_model
 from evit_deploy.requests import VerifyRequest
 
@@ -35,27 +37,35 @@ def verify_runner(handle: ArtifactHandle, artifact_runner: Runner, request: Veri
     from evit_deploy.weight_rounding import rounded_copy
 
     manifest = handle.manifest
+    card = zoo.get_card(manifest.model)
+    graph = card.graph(manifest.graph) if manifest.graph else None
     source = request.images
     samples = request.samples or (4 if source is None else len(list_images(source)))
     spec = handle.run_spec(request.resolution)
-    batches = input_batches(spec, samples=samples, seed=request.seed, source=source)
     criteria = manifest.recipe.resolved_tolerances(artifact_runner.tolerance_profile).model_dump()
     criteria.update(request.tolerances.model_dump(exclude_none=True))
     tol = Tolerances.model_validate(criteria)
+    task = manifest.task if graph is None or graph.verify == "logits" else graph.verify
+    if task not in ("classification", "segmentation", "tensor"):
+        raise UsageError(f"{handle.path.name}: verify does not judge {task!r} graphs here yet")
     progress("building the PyTorch reference")
     model, reference_info, notes = reference_model(manifest, request.weights)
-    num_classes = int(zoo.get_card(manifest.model).num_classes)
-    comparator = Comparator(manifest.task, num_classes, tol)
+    options = manifest.recipe.model_options
+    feeds = graph_feeds(card, graph, model, spec, options, samples=samples, seed=request.seed, source=source)
+    num_classes = int(card.num_classes)
+    comparator = Comparator(task, num_classes, tol)
     out_names = [o.name for o in manifest.outputs] or ["logits"]
+    inputs = graph_inputs(spec, graph)
     rounded = rounded_copy(model, manifest.precision) if request.weight_rounding else None
-    rounding = Comparator(manifest.task, num_classes, tol) if rounded is not None else None
+    rounding = Comparator(task, num_classes, tol) if rounded is not None else None
     with contextlib.ExitStack() as stack:
-        reference = stack.enter_context(TorchRunner(model, spec, output_names=out_names))
+        reference = stack.enter_context(TorchRunner(graph_module(model, card, graph, options), inputs,
+                                                    output_names=out_names))
         runner = stack.enter_context(artifact_runner)
-        rounded_runner = stack.enter_context(TorchRunner(rounded, spec, output_names=out_names)) if rounded else None
-        for index, batch in enumerate(batches):
+        rounded_runner = stack.enter_context(TorchRunner(graph_module(rounded, card, graph, options), inputs,
+                                                         output_names=out_names)) if rounded else None
+        for index, feed in enumerate(feeds):
             progress(f"sample {index + 1}/{samples}")
-            feed = {spec.name: batch}
             expected = reference.run(feed)
             comparator.update(runner.run(feed), expected)
             if rounded_runner is not None and rounding is not None:

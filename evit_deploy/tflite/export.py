@@ -9,7 +9,7 @@ import numpy as np
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import CheckFailed, UsageError
-from evit_deploy.spec import InputSpec, TensorInfo, to_layout
+from evit_deploy.spec import GraphIO, InputSpec, TensorInfo, to_layout
 from evit_deploy.tflite.convert import convert_fp32
 from evit_deploy.tflite.graph import Graph
 from evit_deploy.tflite.metadata import add_metadata
@@ -37,7 +37,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     """``NAME.tflite`` in ``ctx.workdir``: converted, quantised as ``precision`` asks, metadata, smoke-tested."""
     calibration = _calibration_batches(ctx, spec, options.layout) if precision == "int8" else []
     ctx.progress(f"litert-torch convert ({options.layout.upper()}, bicubic {options.bicubic})")
-    content, info = convert_fp32(model, spec, options)
+    content, info = convert_fp32(model, ctx.graph, options)
     fp32_graph = Graph(content)
     details: dict[str, Any] = {"layout": options.layout.upper(), "fp32_ops": fp32_graph.op_counts(), **info}
     notes: list[str] = []
@@ -53,35 +53,39 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     if info.get("bicubic_layers") and options.bicubic == "exact":
         notes.append(f"{info['bicubic_layers']} bicubic upsampling layer(s) exported as the exact "
                      "pad + depthwise conv + pixel shuffle rewrite (TFLite has no bicubic resize)")
-    output_layout = "NHWC" if options.layout == "nhwc" and info["output_rank"] == 4 else "NCHW"
-    input_layout = "NHWC" if options.layout == "nhwc" else "NCHW"
+    ranks = info["output_rank"] if isinstance(info["output_rank"], list) else [info["output_rank"]]
+    nhwc = options.layout == "nhwc"
+    inputs = [TensorInfo(i.name, (), "float32", "NHWC" if nhwc and len(i.shape) == 4 else "NCHW")
+              for i in ctx.graph.inputs]
+    outputs = [TensorInfo(name, (), "float32", "NHWC" if nhwc and rank == 4 else "NCHW")
+               for name, rank in zip(ctx.graph.outputs, ranks)]
     content = add_metadata(content, {
         "model": ctx.model_name, "task": ctx.task, "precision": precision,
-        "input_layout": input_layout, "input_size": [spec.height, spec.width], "color": spec.color,
+        "input_layout": inputs[0].layout, "input_size": [spec.height, spec.width], "color": spec.color,
         "mean": list(spec.mean), "std": list(spec.std), "classes": ctx.classes,
         "output": ("logits at 1/8 input resolution" if ctx.task == "segmentation" else "logits")
-                  + (f" ({output_layout})" if info["output_rank"] == 4 else ""),
+                  + (f" ({outputs[0].layout})" if ranks[0] == 4 else ""),
     })
     path = ctx.workdir / f"{ctx.model_name}.tflite"
     path.write_bytes(content)
     ctx.progress("loading the artifact in the LiteRT interpreter")
-    inputs, outputs = _smoke_test(path, spec, input_layout, output_layout, calibration)
+    inputs, outputs = _smoke_test(path, ctx.graph, inputs, outputs, calibration)
     final = Graph(content)
     details["ops"] = final.op_counts()
     details["size_bytes"] = len(content)
     return ExportOutput(files=[path], converter=package_versions("litert-torch", "ai-edge-litert", "ai-edge-quantizer"),
                         inputs=inputs, outputs=outputs, notes=notes, details=details)
 
-def _smoke_test(path: Path, spec: InputSpec, input_layout: str, output_layout: str,
+def _smoke_test(path: Path, io: GraphIO, inputs: list[TensorInfo], outputs: list[TensorInfo],
                 calibration: list[np.ndarray]) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """Load and run once in the CPU interpreter: a model it rejects is no artifact."""
-    runner = TfliteRunner(path, inputs=[TensorInfo(spec.name, (), "float32", input_layout)],  # type: ignore[arg-type]
-                          outputs=[TensorInfo("logits", (), "float32", output_layout)])  # type: ignore[arg-type]
+    runner = TfliteRunner(path, inputs=inputs, outputs=outputs)
     try:
         with runner:
-            sample = calibration[0] if calibration else None
-            feed = runner.prepare({spec.name: np.zeros(spec.shape, np.float32)}) if sample is None \
-                else {spec.name: sample}
+            if calibration:  # already in the artifact's layout
+                feed = {io.inputs[0].name: calibration[0]}
+            else:
+                feed = runner.prepare({i.name: np.zeros(i.shape, np.float32) for i in io.inputs})
             result = runner.infer(feed)
     except (RuntimeError, ValueError, UsageError) as err:  # what LiteRT refuses to load is the toolchain's fault
         raise toolchain_error("ai-edge-litert", f"to load {path.name}, just written", err) from None

@@ -9,8 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
+from evit_deploy.errors import UsageError
 from evit_deploy.onnx.export import add_metadata, check_and_save, export_onnx_graph, simplify, tensor_infos
 from evit_deploy.onnx.options import OnnxOptions
 from evit_deploy.spec import InputSpec
@@ -30,10 +33,14 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
 
     from evit_deploy.trt import typed
 
+    if not ctx.image_graph and recipe.dynamic:
+        raise UsageError(f"TensorRT shape profiles are planned for one-image graphs; export {ctx.model_name} "
+                         "static (drop --dynamic)")
     profile = resolve_profile(options, spec)
     precision = recipe.precision
     ctx.progress(f"torch.onnx.export (dynamo, opset {options.opset})")
-    graph = export_onnx_graph(model, spec, OnnxOptions(opset=options.opset, simplify=options.simplify), ctx.workdir)
+    graph = export_onnx_graph(model, ctx.graph, OnnxOptions(opset=options.opset, simplify=options.simplify),
+                              ctx.workdir)
     if options.simplify != "none":
         graph = simplify(graph, options.simplify)
     typed.name_all_nodes(graph)  # the names the plan, trtexec and TensorRT's layers share
@@ -124,6 +131,14 @@ def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profile: Profile | No
     from evit_deploy.data import random_batch
     from evit_deploy.trt.typed import raise_on_overflow, scan_fp16
 
+    if not ctx.image_graph:  # a graph fed by another graph or prompts: seeded normal values at its sizes
+        rng = np.random.default_rng(0)
+        feeds = [{i.name: rng.standard_normal(i.shape).astype(np.float32) for i in ctx.graph.inputs}
+                 for _ in range(options.overflow_samples)]
+        ctx.progress("fp16 overflow check on ONNX Runtime (random inputs)")
+        scan = scan_fp16(simulated, feeds)
+        raise_on_overflow(scan, "export shape")
+        return {"export shape": {**scan.to_dict(), "inputs": "standard normal values (seed 0)"}}
     shapes = [("export shape", spec.height, spec.width)]
     if profile is not None and (profile.max[2], profile.max[3]) != (spec.height, spec.width):
         shapes.append(("--max-shape", profile.max[2], profile.max[3]))
@@ -163,9 +178,10 @@ def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], spec: Inp
         model=ctx.model_name, task=ctx.task, precision=recipe.precision, trt_version=options.trt_version,
         trt_major=options.major, typing=options.typing_mode, platform=options.platform,
         onnx=onnx_path.name, onnx_sha256=sha256_path(onnx_path), engine=f"{name}.engine",
-        layer_info=f"{name}.layers.json", input_name=spec.name,
+        layer_info=f"{name}.layers.json", input_name=ctx.graph.inputs[0].name,
         output_names=[o.name for o in final.graph.output],
-        static_shape=None if profile else list(spec.shape), profile=profile.to_dict() if profile else None,
+        static_shape=None if profile else list(ctx.graph.inputs[0].shape),
+        profile=profile.to_dict() if profile else None,
         workspace_gib=options.workspace, dla_core=options.dla_core,
         builder_optimization_level=options.builder_opt_level,
         timing_cache=options.timing_cache.name if options.timing_cache else None,
