@@ -26,7 +26,7 @@ from evit_deploy.parity import BundleReport, ParityReport
 from evit_deploy.pipeline.export import ExportResult, export_here
 from evit_deploy.pipeline.profile import profile_here
 from evit_deploy.pipeline.verify import verify_runner
-from evit_deploy.profiling import ProfileResult
+from evit_deploy.profiling import ProfileResult, warn_oversubscribed
 from evit_deploy.requests import ExportRequest, ProfileRequest, VerifyRequest
 
 Progress = Callable[[str], None]
@@ -94,6 +94,7 @@ def artifact_runner(handle: ArtifactHandle, device: str, *, threads: int | None 
                     inventory: str | Path | None = None, progress: Progress = _quiet) -> Runner:
     """A runner for the artifact here (``cpu``/``cuda``) or on an inventory device (connected, not loaded)."""
     if is_local(device):
+        warn_oversubscribed(threads)
         return handle.runner(device=device, threads=threads)
     from evit_deploy.remote.flows import remote_runner
 

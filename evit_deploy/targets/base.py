@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, cast
 
 from evit_deploy.configs import validate_options
-from evit_deploy.contracts import ExportContext, ExportOutput, Runner, TargetOptions
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner, TargetOptions
 from evit_deploy.errors import UsageError
 from evit_deploy.spec import InputSpec
 
@@ -65,6 +65,10 @@ class Target(ABC, Generic[OptionsT]):
     @abstractmethod
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         """A Runner for an exported artifact (not yet loaded)."""
+
+    def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
+        """What the artifact itself says (embedded metadata, its inputs), to hold against its manifest."""
+        return ArtifactFacts()
 
     def options(self, recipe: Recipe) -> OptionsT:
         """The recipe's target options, validated against ``options_model`` (UsageError naming the field)."""

@@ -25,7 +25,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evit_deploy.contracts import ExportContext, ExportOutput, Runner
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.spec import InputSpec
 from evit_deploy.targets.base import Target, register
@@ -85,6 +85,13 @@ class TensorRTTarget(Target[TrtOptions]):
         from evit_deploy.trt.export import export_artifact
 
         return export_artifact(model, spec, recipe, self.options(recipe), ctx)
+
+    def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
+        """The typed ONNX's facts (an engine carries none evit can read without TensorRT)."""
+        from evit_deploy.onnx.export import read_facts
+
+        onnx_path = path if path.suffix == ".onnx" else self._file(manifest, path, ".onnx")
+        return read_facts(onnx_path) if onnx_path is not None else ArtifactFacts()
 
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         """``cuda``: the engine (primary after a GPU or device build, else beside the typed ONNX);

@@ -45,7 +45,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evit_deploy.contracts import ExportContext, ExportOutput, Runner
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner
 from evit_deploy.errors import UsageError
 from evit_deploy.spec import InputSpec
 from evit_deploy.targets.base import Target, register
@@ -83,6 +83,11 @@ class TfliteTarget(Target[TfliteOptions]):
         from evit_deploy.tflite.export import export_artifact
 
         return export_artifact(model, spec, recipe.precision, self.options(recipe), ctx)
+
+    def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
+        from evit_deploy.tflite.metadata import read_facts
+
+        return read_facts(path)
 
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.tflite.runner import TfliteRunner
