@@ -42,7 +42,7 @@ from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Ru
 from evit_deploy.coreml.options import COMPRESSION_MIN, CoreMLOptions, device_compute_units
 from evit_deploy.coreml.tools import INSTALL_HINT, coremltools_missing, macos_runtime_missing
 from evit_deploy.errors import UsageError
-from evit_deploy.spec import InputSpec
+from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.targets.base import Target, register
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def _mil_forced() -> bool:
 class CoreMLTarget(Target[CoreMLOptions]):
     name = "coreml"
     extensions = (".mlpackage",)
-    precisions = ("fp32", "fp16")
+    precisions = (Precision.FP32, Precision.FP16)
     options_model = CoreMLOptions
     description = "Core ML ML program (.mlpackage) for iPhone, iPad and Mac; checked on Linux by a MIL interpreter"
     requires = INSTALL_HINT

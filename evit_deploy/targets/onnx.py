@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner
 from evit_deploy.dependencies import missing_modules
 from evit_deploy.onnx.options import INSTALL_HINT, OnnxOptions
-from evit_deploy.spec import InputSpec
+from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.targets.base import Target, register
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class OnnxTarget(Target[OnnxOptions]):
     name = "onnx"
     extensions = (".onnx",)
-    precisions = ("fp32", "fp16")
+    precisions = (Precision.FP32, Precision.FP16)
     options_model = OnnxOptions
     description = "ONNX graph, run with ONNX Runtime (any platform)"
     requires = INSTALL_HINT
