@@ -34,8 +34,8 @@ def nvidia() -> tuple[list[str], str | None]:
 
 
 def macos() -> tuple[list[str], str | None]:
-    from evit_deploy.machine import cpu_model, package_version
     from evit_deploy.coreml.tools import macos_runtime_missing
+    from evit_deploy.machine import cpu_model, package_version
 
     version = platform.mac_ver()[0]
     line = (f"macOS {version}, {cpu_model()}; coremltools {package_version('coremltools') or 'not installed'}"
