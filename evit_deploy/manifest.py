@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -140,6 +140,41 @@ def publish(staged: list[Path], out: Path, manifest: Manifest) -> Path:
     return out / staged[0].name
 
 
+def confined(folder: Path, entry: str, origin: Path | str) -> Path:
+    """``folder / entry``, refused unless it stays inside ``folder``.
+
+    A manifest received from someone else decides which files ``verify`` hashes and which
+    files ``--device`` uploads: an entry such as ``../../.ssh/id_ed25519`` (or a symlink to it)
+    would otherwise carry a file of this machine to a device. Entries are relative POSIX paths
+    without ``..``; they, and any link inside a bundle folder, must resolve inside ``folder``."""
+    def refuse(why: str) -> UsageError:
+        return UsageError(f"{origin}: file entry {entry!r} {why}; a manifest lists only files beside it "
+                          "(re-export the artifact, or remove that entry)")
+
+    if not entry or any(not c.isprintable() for c in entry):
+        raise refuse("is empty or holds control characters")
+    pure = PurePosixPath(entry)
+    if pure.is_absolute() or "\\" in entry or (len(entry) > 1 and entry[1] == ":"):
+        raise refuse("is an absolute or Windows path")
+    if ".." in pure.parts or pure.parts in ((), (".",)):
+        raise refuse("points outside the artifact folder ('..')")
+    root = folder.resolve()
+    path = folder.joinpath(*pure.parts)
+    for candidate in [path, *(_links_under(path) if path.is_dir() and not path.is_symlink() else [])]:
+        if not candidate.resolve().is_relative_to(root):
+            link = "" if candidate == path else f" (its {candidate.relative_to(path)})"
+            raise refuse(f"resolves through a symlink{link} outside the artifact folder, to {candidate.resolve()}")
+    return path
+
+
+def _links_under(folder: Path) -> list[Path]:
+    """Every symlink inside a bundle folder (``.mlpackage``), without following any."""
+    found = []
+    for base, dirs, files in os.walk(folder, followlinks=False):
+        found += [Path(base) / n for n in dirs + files if (Path(base) / n).is_symlink()]
+    return found
+
+
 def load_manifest(artifact: Path, *, check_hashes: bool = True) -> Manifest:
     """The manifest of an artifact, refusing incomplete or altered artifacts with one clear line."""
     if not artifact.exists():
@@ -156,9 +191,9 @@ def load_manifest(artifact: Path, *, check_hashes: bool = True) -> Manifest:
         raise UsageError(f"{manifest_file}: not a valid evit manifest ({str(err).splitlines()[0]}); re-export") from None
     if manifest.primary != artifact.name:
         raise UsageError(f"{manifest_file} describes {manifest.primary}, not {artifact.name}; re-export the artifact")
+    paths = [confined(artifact.parent, entry.path, manifest_file) for entry in manifest.files]
     if check_hashes:
-        for entry in manifest.files:
-            path = artifact.parent / entry.path
+        for entry, path in zip(manifest.files, paths):
             if not path.exists():
                 raise UsageError(f"{path}: listed in the manifest but missing; re-export the artifact")
             actual = sha256_path(path)

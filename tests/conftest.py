@@ -224,3 +224,29 @@ def loud_attention():
         return out
 
     return scale_qk
+
+
+@pytest.fixture(scope="session")
+def small_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete small artifact (cls-B0 ONNX at 64x64, random weights), exported once a session.
+    Tests that edit it work on ``copy_artifact(small_onnx, tmp_path)``."""
+    import warnings
+
+    from evit_deploy import api
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights, on purpose
+        return api.export("efficientvit-b0-r224", target="onnx", resolution=(64, 64),
+                          out=tmp_path_factory.mktemp("small-onnx")).artifact
+
+
+@pytest.fixture
+def copy_artifact():
+    """``copy_artifact(artifact, folder)`` -> the artifact copied with its manifest into ``folder``."""
+    import shutil
+
+    def copy(artifact: Path, folder: Path) -> Path:
+        shutil.copytree(artifact.parent, folder, dirs_exist_ok=True)
+        return folder / artifact.name
+
+    return copy
