@@ -40,6 +40,24 @@ _HOST = re.compile(r"^[A-Za-z0-9_.%:\[\]-]+$")  # names, IPv4, IPv6 (bracketed o
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SSH_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+# ``ssh_options`` evit passes to ssh as ``-o Key=Value``: options that shape the connection,
+# authentication and host-key checking, nothing else (ssh_config(5) keywords, case-insensitive).
+SSH_OPTIONS_ALLOWED = frozenset(k.lower() for k in (
+    "AddressFamily", "BindAddress", "BindInterface", "CASignatureAlgorithms", "CertificateFile", "CheckHostIP",
+    "Ciphers", "Compression", "ConnectionAttempts", "ConnectTimeout", "ControlMaster", "ControlPath",
+    "ControlPersist", "FingerprintHash", "GlobalKnownHostsFile", "GSSAPIAuthentication", "HashKnownHosts",
+    "HostKeyAlgorithms", "HostKeyAlias", "Hostname", "IdentitiesOnly", "IdentityAgent", "IdentityFile", "IPQoS",
+    "KexAlgorithms", "LogLevel", "MACs", "NoHostAuthenticationForLocalhost", "Port", "PreferredAuthentications",
+    "ProxyJump", "PubkeyAcceptedAlgorithms", "PubkeyAuthentication", "RekeyLimit", "RequiredRSASize",
+    "RevokedHostKeys", "ServerAliveCountMax", "ServerAliveInterval", "StrictHostKeyChecking", "TCPKeepAlive",
+    "UpdateHostKeys", "User", "UserKnownHostsFile", "VerifyHostKeyDNS",
+))
+# Refused by name with the reason: each runs a command or loads code on *this* machine whenever evit
+# connects (or, for Match/Include, pulls in directives that can).
+SSH_OPTIONS_LOCAL_CODE = {k.lower(): k for k in (
+    "ProxyCommand", "LocalCommand", "PermitLocalCommand", "KnownHostsCommand", "Match", "Include",
+    "PKCS11Provider", "SecurityKeyProvider", "XAuthLocation",
+)}
 
 
 class Preset(BaseModel):
@@ -134,9 +152,21 @@ class Device(BaseModel):
     @field_validator("ssh_options")
     @classmethod
     def _ssh_options(cls, value: dict[str, Any]) -> dict[str, str]:
+        """Only options of ``SSH_OPTIONS_ALLOWED``: an inventory is often shared (a team file, a README
+        snippet, ``$EVIT_DEVICES`` in CI), and an inline ``ProxyCommand`` would run on this machine at
+        every connection. What ssh itself should do beyond that belongs in the ssh configuration."""
         for key, option in value.items():
-            if not _SSH_KEY.match(key) or "\n" in str(option):
+            if not _SSH_KEY.match(str(key)) or any(not c.isprintable() for c in str(option)):
                 raise ValueError(f"{key!r}: an ssh option is a word (e.g. UserKnownHostsFile) with a one-line value")
+            if key.lower() in SSH_OPTIONS_LOCAL_CODE:
+                raise ValueError(
+                    f"{key} runs a command or loads code on this machine whenever evit connects, so evit refuses "
+                    "it here; if you need it, put it under a Host alias in ~/.ssh/config (or the file named by "
+                    "ssh_config) and use that alias as host")
+            if key.lower() not in SSH_OPTIONS_ALLOWED:
+                raise ValueError(
+                    f"{key} is not an option evit passes to ssh (only connection, authentication and host-key "
+                    "options: see SECURITY.md); put it in ~/.ssh/config if ssh needs it for this host")
         return {k: str(v) for k, v in value.items()}
 
     @model_validator(mode="after")
@@ -250,7 +280,8 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
         except ValidationError as err:
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "entry"
-            raise UsageError(f"{source}: device {name!r}: {field}: {first['msg']}") from None
+            message = first["msg"].removeprefix("Value error, ")
+            raise UsageError(f"{source}: device {name!r}: {field}: {message}") from None
         if device.name in devices:
             raise UsageError(f"{source}: device {device.name!r} is defined twice")
         devices[device.name] = device
