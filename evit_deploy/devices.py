@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evit_deploy.errors import UsageError
+from evit_deploy.textfile import load_yaml
 
 PresetName = Literal["jetson-orin", "jetson-orin-nano", "gpu-server", "mac", "raspberry-pi", "local"]
 LOCAL_DEVICES = ("cpu", "cuda", "gpu")
@@ -244,14 +245,7 @@ def load_inventory(explicit: str | Path | None = None) -> Inventory:
         return Inventory()
     if not path.is_file():
         raise UsageError(f"{path}: inventory not found (from {how}); create it or point {how} at devices.yaml")
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"{path}: not readable YAML ({first})") from None
-    return parse_inventory(data, str(path))
+    return parse_inventory(load_yaml(path, "inventory") or {}, str(path))
 
 
 def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
