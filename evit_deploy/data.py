@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,13 +59,14 @@ def load_image(path: Path, spec: InputSpec) -> np.ndarray:
 
     Classification: resize the shorter side to ceil(size / crop_ratio) (bicubic), centre
     crop, as the official eval script does. Segmentation: resize to the input size
-    (bicubic), as the official demo does.
+    (bicubic), as the official demo does. Any Pillow mode is read (16-bit and float images
+    through ``eight_bit``, palette, alpha, CMYK through Pillow's own conversion).
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            image = image.convert(spec.color)
+            image = _to_color(eight_bit(image, path), spec.color, path)
             crop_ratio = spec.extra.get("crop_ratio")
             if crop_ratio:
                 target = math.ceil(max(spec.height, spec.width) / crop_ratio)
@@ -78,7 +80,47 @@ def load_image(path: Path, spec: InputSpec) -> np.ndarray:
             pixels = np.asarray(image, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as err:
         raise UsageError(f"{path}: cannot be read as an image ({err.__class__.__name__}); remove or replace it") from None
+    except Image.DecompressionBombError as err:
+        raise UsageError(f"{path}: refused as a possible decompression bomb ({err}); use a smaller image") from None
     return normalise(pixels, spec)
+
+
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def eight_bit(image: Any, path: Path) -> Any:
+    """16-bit, 32-bit integer and float greyscale images as 8-bit ``L``; other modes unchanged.
+
+    Pillow's ``convert("RGB")`` clips these modes at 255 instead of scaling them, so a 16-bit
+    PNG came out almost all white (issue 14 item 14). The model's preprocessing is defined on
+    8-bit pixels: 16-bit values are scaled by 255/65535 (a 16-bit copy of an 8-bit image, v * 257,
+    gives back exactly v), floats in [0, 1] by 255. Values outside those ranges have no known
+    scale and are refused."""
+    from PIL import Image
+
+    if image.mode not in SIXTEEN_BIT_MODES | {"I", "F"}:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode == "F":
+        if not np.isfinite(values).all() or low < 0 or high > 1:
+            raise UsageError(f"{path}: a floating-point image with values in [{low:g}, {high:g}]; evit reads float "
+                             "images in [0, 1] only: save it as an 8- or 16-bit PNG")
+        scale = 255.0
+    else:
+        if low < 0 or high > 65535:
+            raise UsageError(f"{path}: a 32-bit integer image with values in [{low:g}, {high:g}], beyond 16 bits; "
+                             "save it as an 8- or 16-bit PNG")
+        scale = 255.0 / 65535.0
+    return Image.fromarray(np.rint(values * scale).astype(np.uint8))
+
+
+def _to_color(image: Any, color: str, path: Path) -> Any:
+    try:
+        return image.convert(color)
+    except ValueError as err:
+        raise UsageError(f"{path}: its {image.mode} pixels cannot be converted to {color} ({err}); "
+                         "save it as an RGB or greyscale PNG or JPEG") from None
 
 
 def image_batches(folder: Path, spec: InputSpec, samples: int) -> Iterator[np.ndarray]:
