@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from evit_deploy.configs import Recipe, Tolerances, load_recipe
-from evit_deploy.data import input_batches, list_images
+from evit_deploy.data import count_inputs, input_batches, list_images
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.manifest import (
     FileEntry,
@@ -289,7 +289,7 @@ def verify(
 
     handle = open_artifact(artifact)
     if samples is None:
-        samples = 4 if images is None else len(list_images(Path(images)))
+        samples = 4 if images is None else count_inputs(Path(images))
     if samples < 1:
         raise UsageError(f"--samples must be at least 1, got {samples}")
     source = Path(images) if images is not None else None

@@ -131,21 +131,61 @@ def image_batches(folder: Path, spec: InputSpec, samples: int) -> Iterator[np.nd
         yield np.stack(batch)
 
 
-def npy_batches(path: Path, spec: InputSpec, samples: int) -> Iterator[np.ndarray]:
-    """Batches from a saved NCHW (or CHW) float array, e.g. a real preprocessed frame."""
+NPY_SHAPE = "N x 3 x H x W (or 3 x H x W) floats, already preprocessed (normalised) for the model"
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    """The array of a ``.npy`` input, memory-mapped (a large file is not read whole), as NCHW."""
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise UsageError(f"{path}: not a .npy array ({err}); save inputs with numpy.save") from None
+        raise UsageError(f"{path}: not a .npy array ({str(err).splitlines()[0] if str(err) else err}); "
+                         "save inputs with numpy.save") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiub":
+        raise UsageError(f"{path}: holds {getattr(array, 'dtype', type(array).__name__)} data, not numbers; "
+                         f"a .npy input is {NPY_SHAPE}")
     if array.ndim == 3:
         array = array[None]
+    if array.ndim != 4 or array.shape[0] == 0:
+        raise UsageError(f"{path}: shape {tuple(array.shape)}; a .npy input is {NPY_SHAPE}")
+    return array
+
+
+def count_inputs(source: Path) -> int:
+    """How many distinct inputs a source holds: a folder's images, or N of a ``.npy`` (what verify
+    compares by default)."""
+    return len(_open_npy(source)) if is_npy(source) else len(_input_folder(source))
+
+
+def _input_folder(source: Path) -> list[Path]:
+    """The images of an input folder; a file that is not ``.npy`` is told both forms inputs take."""
+    if source.is_file():
+        raise UsageError(f"{source}: neither a folder of images nor a .npy array ({NPY_SHAPE})")
+    return list_images(source)
+
+
+def is_npy(source: Path) -> bool:
+    return source.suffix.lower() == ".npy"
+
+
+def npy_batches(path: Path, spec: InputSpec, samples: int) -> Iterator[np.ndarray]:
+    """Batches from a saved NCHW (or CHW) float array, e.g. a real preprocessed frame."""
+    array = _open_npy(path)
     expected = (3, spec.height, spec.width)
-    if array.ndim != 4 or tuple(array.shape[1:]) != expected:
-        raise UsageError(f"{path}: shape {tuple(array.shape)} does not match the artifact's input N x {expected}")
-    array = array.astype(np.float32)
+    if tuple(array.shape[1:]) != expected:
+        raise UsageError(f"{path}: shape {tuple(array.shape)} does not match the artifact's input N x {expected}; "
+                         f"a .npy input is {NPY_SHAPE}")
+    return _npy_rows(path, array, spec, samples)
+
+
+def _npy_rows(path: Path, array: np.ndarray, spec: InputSpec, samples: int) -> Iterator[np.ndarray]:
     for index in range(samples):
         rows = [(index * spec.batch + b) % len(array) for b in range(spec.batch)]
-        yield array[rows]
+        batch = np.asarray(array[rows], dtype=np.float32)
+        if not np.isfinite(batch).all():
+            bad = next(r for r in rows if not np.isfinite(np.asarray(array[r], dtype=np.float32)).all())
+            raise UsageError(f"{path}: input {bad} holds NaN or Inf; every input must be finite")
+        yield batch
 
 
 def input_batches(spec: InputSpec, *, samples: int, seed: int, source: Path | None = None) -> Iterator[np.ndarray]:
@@ -154,7 +194,7 @@ def input_batches(spec: InputSpec, *, samples: int, seed: int, source: Path | No
         raise UsageError(f"--samples must be at least 1, got {samples}")
     if source is None:
         return (random_batch(spec, seed, i) for i in range(samples))
-    if source.suffix == ".npy":
+    if is_npy(source):
         return npy_batches(source, spec, samples)
-    list_images(source)  # fail early, before any work, on a bad folder
+    _input_folder(source)  # fail early, before any work, on a bad folder
     return image_batches(source, spec, samples)

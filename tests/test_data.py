@@ -5,6 +5,8 @@ became white and calibration silently used white images.
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +123,46 @@ def test_a_decompression_bomb_is_one_line(tmp_path, grey, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", grey.size // 4)
     with pytest.raises(UsageError, match="refused as a possible decompression bomb"):
         load_image(path, SEG)
+
+
+# ----------------------------------------------------------------------------- .npy inputs (item 16)
+
+def _normalised(rng: np.random.Generator, n: int, h: int = 64, w: int = 64) -> np.ndarray:
+    pixels = rng.random((n, h, w, 3), dtype=np.float32)
+    return ((pixels - np.array(SEG.mean, np.float32)) / np.array(SEG.std, np.float32)).transpose(0, 3, 1, 2)
+
+
+def test_verify_images_takes_a_npy(tmp_path, small_onnx, copy_artifact, cli):
+    """The issue's reproduction: ``verify --images good.npy`` said "not a folder"."""
+    artifact = copy_artifact(small_onnx, tmp_path / "art")
+    good = tmp_path / "good.npy"
+    np.save(good, _normalised(np.random.default_rng(0), 3))
+    result = cli("verify", artifact, "--images", good, "--json", "-")
+    assert result.code == 0, result
+    report = json.loads(result.stdout)
+    assert report["samples"] == 3 and report["inputs"] == str(good) and report["passed"]
+
+
+@pytest.mark.parametrize("content,needle", [
+    (np.zeros((2, 3, 32, 32), np.float32),
+     r"shape \(2, 3, 32, 32\) does not match the artifact's input N x \(3, 64, 64\); a \.npy input is N x 3 x H x W"),
+    (np.zeros((0, 3, 64, 64), np.float32), r"shape \(0, 3, 64, 64\); a \.npy input is N x 3"),
+    (np.zeros((64, 64), np.float32), r"shape \(64, 64\); a \.npy input is N x 3 x H x W"),
+    (np.array(["a", "b"]), r"holds <U1 data, not numbers; a \.npy input is N x 3 x H x W"),
+    (np.full((1, 3, 64, 64), np.nan, np.float32), "input 0 holds NaN or Inf"),
+    (b"not numpy", r"not a \.npy array"),
+    (b"text", r"neither a folder of images nor a \.npy array \(N x 3 x H x W"),
+], ids=["other-size", "empty", "2d", "strings", "nan", "garbage", "txt"])
+def test_bad_npy_inputs_are_one_line(tmp_path, small_onnx, copy_artifact, cli, content, needle):
+    artifact = copy_artifact(small_onnx, tmp_path / "art")
+    path = tmp_path / ("in.txt" if needle.startswith("neither") else "in.npy")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.save(path, content)
+    manifest = artifact.with_name(artifact.name.replace(".onnx", ".evit.json")).read_text()
+    result = cli("verify", artifact, "--images", path)
+    assert result.code == 2, result
+    (line,) = result.error_lines
+    assert re.search(needle, line), line
+    assert artifact.with_name(artifact.name.replace(".onnx", ".evit.json")).read_text() == manifest
