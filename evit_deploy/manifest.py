@@ -10,7 +10,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -19,6 +22,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evit_deploy.errors import UsageError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 MANIFEST_SUFFIX = ".evit.json"
 SCHEMA_VERSION = 1
@@ -108,19 +116,107 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+STAGING_PREFIX = ".evit-staging-"
+_IMPORTED = time.time()
+
+
 @contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
-    """A private folder beside ``out`` for work in progress, removed whatever happens."""
+    """A private folder beside ``out`` for work in progress, removed whatever happens.
+
+    The folder is ``flock``-ed while the export runs. SIGTERM and SIGHUP unwind like Ctrl-C, so
+    it goes at once; SIGKILL leaves it behind (nothing runs then), and the next export into
+    ``out`` removes every staging folder that no running export holds and that is older than
+    itself (``remove_stale_staging``)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=".evit-staging-", dir=out)
+        remove_stale_staging(out)
+        path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     except OSError as err:
         raise UsageError(f"cannot write to --out {out}: {err.strerror or err}; choose a writable folder") from None
-    path = Path(probe)
+    lock = _try_lock(path)
     try:
-        yield path
+        with _signals_unwind():
+            yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove the staging folders in ``out`` left by killed exports; returns what was removed.
+
+    Stale means: no process holds its lock, and it is older than this process (a folder made after
+    we started may belong to an export still between creating and locking it)."""
+    if fcntl is None:  # no flock (Windows): a live export's folder cannot be told from a dead one's
+        return []
+    started = process_started()
+    removed = []
+    for folder in sorted(out.glob(STAGING_PREFIX + "*")):
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_mtime >= started:
+                continue
+            lock = _try_lock(folder)
+        except OSError:
+            continue
+        if lock is None:
+            continue  # a running export holds it
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            os.close(lock)
+    return removed
+
+
+def process_started() -> float:
+    """When this process started (Linux: from /proc), else when evit was imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+def _try_lock(folder: Path) -> int | None:
+    """An exclusive ``flock`` on the folder itself (the fd holds it; the kernel drops it when the
+    process dies, however it dies); None when another process holds it or locks do not exist here."""
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """SIGTERM/SIGHUP raise ``SystemExit(128 + signal)`` while staging, so ``finally`` blocks remove
+    the staging folder (their default action ends the process where it stands). Only on the main
+    thread and where no one else installed a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) == signal.SIG_DFL:
+            previous[number] = signal.signal(number, _unwind)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _unwind(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def publish(staged: list[Path], out: Path, manifest: Manifest) -> Path:
