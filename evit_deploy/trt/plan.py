@@ -67,6 +67,8 @@ class BuildPlan(_Model):
     platform: str = "generic"
     onnx: str  # file name, beside the plan
     onnx_sha256: str
+    opset: int | None = None  # the ONNX's opset (plans before issue 14: not recorded)
+    parser_opset: int | None = None  # the highest opset the target TensorRT's ONNX parser takes
     engine: str
     layer_info: str  # where a build writes the engine inspector's JSON
     input_name: str = "input"
@@ -117,6 +119,7 @@ class BuildPlan(_Model):
         """The manifest's view of the plan (the full plan is the JSON file)."""
         return {
             "trt_version": self.trt_version, "typing": self.typing, "platform": self.platform,
+            "opset": self.opset, "parser_opset": self.parser_opset,
             "static_shape": self.static_shape, "profile": self.profile, "workspace_gib": self.workspace_gib,
             "dla_core": self.dla_core, "builder_optimization_level": self.builder_optimization_level,
             "islands": len(self.islands), "fp32_layers_planned": len(self.expected_layers),
