@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from evit_deploy.configs import Recipe, Tolerances, load_recipe
-from evit_deploy.data import count_inputs, input_batches, list_images
+from evit_deploy.data import CalibrationImages, count_inputs, input_batches, list_images
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.manifest import (
     FileEntry,
@@ -162,17 +162,12 @@ def _check_calibration(recipe: Recipe) -> None:
         list_images(calib.source, minimum=calib.samples)
 
 
-def _calibration_source(recipe: Recipe) -> Callable[[InputSpec], list[Any]] | None:
+def _calibration_source(recipe: Recipe) -> Callable[[InputSpec], CalibrationImages] | None:
     calib = recipe.calibration
     if calib.source is None:
         return None
-    source = calib.source
-
-    def batches(spec: InputSpec) -> list[Any]:
-        one = spec.with_resolution(spec.height, spec.width, batch=1)
-        return list(input_batches(one, samples=calib.samples, seed=0, source=source))
-
-    return batches
+    source, samples = calib.source, calib.samples
+    return lambda spec: CalibrationImages(source, spec.with_resolution(spec.height, spec.width, batch=1), samples)
 
 
 # --------------------------------------------------------------------------- verify

@@ -7,10 +7,10 @@ imports torch or a runtime: a device runs artifacts with numpy and its runtime a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -28,6 +28,14 @@ class TargetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Images(Protocol):
+    """Calibration inputs: NCHW batches, re-iterable and counted, read lazily (never all in memory)."""
+
+    def __iter__(self) -> Iterator[np.ndarray]: ...
+
+    def __len__(self) -> int: ...
+
+
 @dataclass
 class ExportContext:
     """What a target's export needs besides the module: where to write, what to report."""
@@ -36,7 +44,7 @@ class ExportContext:
     task: str
     classes: list[str]
     workdir: Path  # a private staging folder; the caller moves results into place
-    calibration: Callable[[InputSpec], list[np.ndarray]] | None = None
+    calibration: Callable[[InputSpec], Images] | None = None
     progress: Callable[[str], None] = lambda message: None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,21 @@ def input_batches(spec: InputSpec, *, samples: int, seed: int, source: Path | No
         return npy_batches(source, spec, samples)
     _input_folder(source)  # fail early, before any work, on a bad folder
     return image_batches(source, spec, samples)
+
+
+@dataclass(frozen=True)
+class CalibrationImages:
+    """Calibration inputs read from disk one image at a time, as often as they are iterated.
+
+    Calibrators pass over the images once or twice; holding them all (64 photos at 1024x2048
+    are 1.6 GB of float32) is what they must not do (issue 14)."""
+
+    source: Path
+    spec: InputSpec  # batch 1
+    samples: int
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return input_batches(self.spec, samples=self.samples, seed=0, source=self.source)
+
+    def __len__(self) -> int:
+        return self.samples

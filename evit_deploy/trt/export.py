@@ -6,6 +6,7 @@ chosen TensorRT major, and (unless ``--plan-only``) built with ``evit_deploy.trt
 """
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from evit_deploy.errors import ToolchainError, UsageError
 from evit_deploy.onnx.export import add_metadata, check_and_save, export_onnx_graph, simplify, tensor_infos
 from evit_deploy.onnx.opset import opset_of, to_opset_17
 from evit_deploy.onnx.options import OnnxOptions
+from evit_deploy.profiling import peak_rss_mb
 from evit_deploy.spec import InputSpec
 from evit_deploy.trt.options import EXPORTER_OPSET, PARSER_OPSET, Profile, TrtOptions, resolve_profile
 
@@ -104,6 +106,8 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
         files += [engine_path, ctx.workdir / plan.layer_info]
         details["engine"] = report
         notes += report["notes"]
+    if precision == "int8":
+        details["peak_rss_mb"] = round(peak_rss_mb(), 1)  # the process's high-water mark, calibration included
     converter = {"onnx": onnx.__version__, **package_versions("onnxscript", "onnxruntime", "tensorrt")}
     return ExportOutput(files=files, converter=converter, inputs=tensor_infos(final, "input"),
                         outputs=tensor_infos(final, "output"), notes=notes, details=details)
@@ -145,7 +149,7 @@ def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profile: Profile | No
     for where, h, w in shapes:
         at = spec.with_resolution(h, w, batch=1)
         if ctx.calibration is not None:
-            inputs = ctx.calibration(at)[: options.overflow_samples]
+            inputs = list(islice(ctx.calibration(at), options.overflow_samples))
             source = "calibration images"
         else:
             inputs = [random_batch(at, 0, i) for i in range(options.overflow_samples)]
