@@ -53,7 +53,11 @@ class Graph:
                 self.consumers.setdefault(t, []).append(op["index"])
 
     def tensor_name(self, index: int) -> str:
-        name = self.tensors[index].name
+        return self.name_of(self.tensors[index])
+
+    @staticmethod
+    def name_of(tensor: Any) -> str:
+        name = tensor.name
         return name.decode() if isinstance(name, bytes) else (name or "")
 
     def activation_bytes(self) -> int:

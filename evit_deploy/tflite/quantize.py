@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from evit_deploy.contracts import Images
 from evit_deploy.memory import require
@@ -78,14 +81,21 @@ def quantize_fp16(fp32: bytes, options: TfliteOptions) -> tuple[bytes, dict[str,
     }
 
 
-def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: Images,
-                  progress: Any) -> tuple[bytes, dict[str, Any]]:
-    """Static int8 with the float islands of ``options.keep_float`` (DIV is always float)."""
-    from ai_edge_litert.interpreter import Interpreter
+@dataclass(frozen=True)
+class Int8Plan:
+    """What int8 keeps float and the ai-edge-quantizer recipe that says so, before calibration."""
 
-    with native_logs_quiet():
-        from ai_edge_quantizer import quantizer
+    graph: Graph
+    marked: bytes  # the fp32 model with the float ops' outputs renamed (FLOAT_MARK)
+    recipe: list[dict[str, Any]]
+    islands: list[list[int]]
+    div_only: list[int]
+    hardswish: list[int]
+    head: list[int]
 
+
+def int8_plan(fp32: bytes, options: TfliteOptions) -> Int8Plan:
+    """The float islands of ``options.keep_float`` (DIV is always float), marked, and the recipe."""
     graph = Graph(fp32)
     islands = graph.attention_islands() if "attention" in options.keep_float else []
     float_ops: set[int] = {i for island in islands for i in island}
@@ -107,7 +117,20 @@ def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: Images,
         {"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"},
         {"regex": re.escape(FLOAT_MARK) + ";", "operation": "*", "algorithm_key": "no_quantize"},
     ]
+    return Int8Plan(graph, marked, recipe, islands, div_only, hardswish, head)
 
+
+def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: Images,
+                  progress: Any) -> tuple[bytes, dict[str, Any]]:
+    """Static int8 with the float islands of ``options.keep_float`` (DIV is always float)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with native_logs_quiet():
+        from ai_edge_quantizer import quantizer
+
+    plan = int8_plan(fp32, options)
+    graph, marked, recipe = plan.graph, plan.marked, plan.recipe
+    islands, div_only, hardswish, head = plan.islands, plan.div_only, plan.hardswish, plan.head
     with native_logs_quiet():
         qt = quantizer.Quantizer(bytearray(marked), recipe)
         signature = Interpreter(model_content=marked).get_signature_list()
@@ -154,24 +177,37 @@ def _calibrate(model: bytes, recipe: list[dict[str, Any]], signature: str, input
     activations clip. ``min_max`` keeps the extremes instead: cls-B1 top-1 on unseen photos
     90% -> 95% (20 photos, seeded weights).
 
-    One ``calibrate`` call per image gives the ranges one call with every image gives (the
-    update runs image by image either way, and the state carries over between calls); a call with
-    every image would hold them all in memory (issue 14: 1.6 GB of inputs alone for 64 images at
-    1024x2048), and it counts its dataset with ``len(list(...))``, so a lazy one does not help.
+    Memory (issue 14): the default calibrator keeps every tensor of the graph alive and copies
+    each into numpy (8 GB for seg-B1 at 1024x2048), and a call with every image holds them all
+    (it counts its dataset with ``len(list(...))``). The profiler-based calibrator tracks each
+    tensor's min and max inside LiteRT while it runs, so memory is one inference's; it is fed
+    one image per call (the state carries over). Its statistics arrive as float64 of shape (1,);
+    the default calibrator's are float32 with the tensor's rank (``keepdims``), and the updates
+    compute in that dtype, so each update is done in float32 and the result reshaped: the ranges,
+    and the quantized model, come out identical to the one-shot default calibration
+    (``tests/test_calibration_streaming.py``).
     """
     from ai_edge_quantizer import calibrator, recipe_manager
-    from ai_edge_quantizer.utils.qsv_utils import min_max_update
+    from ai_edge_quantizer.utils.qsv_utils import min_max_update, moving_average_update
 
     manager = recipe_manager.RecipeManager()
     manager.load_quantization_recipe(recipe)
-    update = {"qsv_update_func": min_max_update} if mode == "min_max" else {}
-    calib = calibrator.Calibrator(model, num_threads=max(1, os.cpu_count() or 1), **update)
+    update = min_max_update if mode == "min_max" else moving_average_update
+    calib = calibrator.Calibrator(model, num_threads=max(1, os.cpu_count() or 1),
+                                  mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
+                                  qsv_update_func=lambda old, new: update(_float32(old), _float32(new)))
     for image in calibration:
         calib.calibrate({signature: [{input_name: image}]}, manager)
-    return calib.get_model_qsvs()
+    ranks = {Graph.name_of(t): len(t.shape) for t in Graph(model).tensors}
+    return {name: {key: value.reshape((1,) * ranks.get(name, 1)) for key, value in _float32(qsv).items()}
+            for name, qsv in calib.get_model_qsvs().items()}
+
+
+def _float32(qsv: dict[str, Any]) -> dict[str, Any]:
+    return {key: np.asarray(value, dtype=np.float32) for key, value in qsv.items()}
 
 
 def required_bytes(model: bytes) -> int:
-    """Memory the calibrating interpreter needs for one image: it keeps every tensor of the graph
-    alive (``preserve_all_tensors``) and the calibrator copies each into numpy once more."""
-    return 2 * Graph(model).activation_bytes() + 2 * len(model)
+    """Memory the calibrating interpreter needs for one image: about one inference's tensors (the
+    profiler-based calibrator keeps none beyond their use; every tensor is counted, an upper bound)."""
+    return Graph(model).activation_bytes() + 2 * len(model)

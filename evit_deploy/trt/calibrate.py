@@ -10,9 +10,11 @@ at a time, and the result is *exactly* what the one-shot calibration gives, beca
   scalars per tensor; it only needs a reader that loads images lazily.
 - histograms (``percentile``, ``entropy``): the one-shot histogram of a tensor spans the range
   of all its values over all images (``np.histogram(all, bins)``, or a fixed ``(-t, t)``). A first
-  pass finds that range exactly (running min/max); a second pass adds each image's counts in
-  that range, and counts over fixed edges add up exactly. Twice the inference, a fraction of
-  the memory: one image's tensors at a time.
+  pass finds that range exactly (min/max reduced inside the graph, per image); a second pass adds
+  each image's counts in that range, and counts over fixed edges add up exactly. A run of the
+  second pass outputs at most ``GROUP_BYTES`` of tensors (the graph is cut into several runs
+  per image where needed), so memory no longer grows with the images nor the tensors kept:
+  seg-B1 at 1024x2048 keeps 2.5 GiB of Conv tensors per image.
 
 ``required_bytes`` estimates the memory one image's tensors need, so a calibration that cannot
 fit is refused in one line before it starts (``evit_deploy.memory``).
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from onnxruntime.quantization.calibrate import CalibraterBase, TensorsData
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+GROUP_BYTES = 512 * 2**20  # tensors one histogram-pass run outputs at most
 
 
 class StreamReader:
@@ -77,88 +80,165 @@ def calibrator_for(model: onnx.ModelProto, folder: Path, op_types: list[str], me
 
 
 def stream_ranges(model: onnx.ModelProto, images: Iterable[np.ndarray], *, input_name: str, op_types: list[str],
-                  method: str, progress: Callable[[str], None] = lambda message: None) -> TensorsData:
-    """Per-tensor ranges over ``images`` (re-iterable; read twice for histogram methods)."""
+                  method: str, budget: int = GROUP_BYTES,
+                  progress: Callable[[str], None] = lambda message: None) -> TensorsData:
+    """Per-tensor ranges over ``images`` (re-iterable; read twice for histogram methods). A run of
+    the histogram pass outputs at most ``budget`` bytes of tensors (more runs per image if needed)."""
     with tempfile.TemporaryDirectory(prefix="evit-calib-") as tmp:
         calibrator = calibrator_for(model, Path(tmp), op_types, method)
         if method == "minmax":
             progress("int8: min/max ranges, one image at a time")
             calibrator.collect_data(StreamReader(input_name, images))
             return calibrator.compute_data()
-        return _histogram_ranges(calibrator, images, input_name, progress)
+        base = _load_inferred(Path(tmp) / "model_input.onnx")
+        return _histogram_ranges(calibrator, base, images, input_name, budget, progress)
 
 
-def _histogram_ranges(calibrator: Any, images: Iterable[np.ndarray], input_name: str,
-                      progress: Callable[[str], None]) -> TensorsData:
+def _histogram_ranges(calibrator: Any, base: onnx.ModelProto, images: Iterable[np.ndarray], input_name: str,
+                      budget: int, progress: Callable[[str], None]) -> TensorsData:
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    session = calibrator.infer_session
-    names = [o.name for o in session.get_outputs()]
-    wanted = [(i, n) for i, n in enumerate(names) if n in calibrator.tensors_to_calibrate]
+    order = {t: i for i, t in enumerate(t for node in base.graph.node for t in (*node.input, *node.output))}
+    tensors = sorted(calibrator.tensors_to_calibrate, key=lambda t: order.get(t, -1))
     symmetric = calibrator.symmetric and calibrator.method == "percentile"  # as HistogramCollector.collect
-    low: dict[str, Any] = {}
-    high: dict[str, Any] = {}
-    for index, outputs in enumerate(_run(session, images, input_name)):  # pass 1: the exact ranges
-        progress(f"int8: ranges, image {index + 1}")
-        for i, name in wanted:
-            values = outputs[i].reshape(-1)
-            _fold(low, high, name, *_extremes(values))
-            if symmetric:
-                magnitude = np.absolute(values)
-                _fold(low, high, name + "|abs|", magnitude.min(), magnitude.max())
+    low, high, edges = _ranges(base, tensors, images, input_name, symmetric, progress)
+    counts: dict[str, Any] = {}
+    bin_edges: dict[str, Any] = {}
+    groups = _groups(base, tensors, images, input_name, budget)
+    sessions = [_session(_extract(base, input_name, group)) for group in groups]
+    for index, batch in enumerate(images):  # pass 2: each image's counts in those ranges, a group per run
+        progress(f"int8: histograms, image {index + 1}" + (f" ({len(groups)} runs each)" if len(groups) > 1 else ""))
+        feed = {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        for group, session in zip(groups, sessions):
+            for name, values in zip(group, session.run(group, feed)):
+                flat = values.reshape(-1)
+                if not np.isfinite(flat).all():
+                    raise UsageError(_NONFINITE)
+                hist, bin_edges[name] = np.histogram(np.absolute(flat) if symmetric else flat,
+                                                     calibrator.num_bins, range=edges[name])
+                counts[name] = hist if name not in counts else counts[name] + hist
     collector = HistogramCollector(method=calibrator.method, symmetric=calibrator.symmetric,
                                    num_bins=calibrator.num_bins, num_quantized_bins=calibrator.num_quantized_bins,
                                    percentile=calibrator.percentile, scenario=calibrator.scenario)
-    edges: dict[str, tuple[Any, Any]] = {}
-    for _i, name in wanted:
-        if symmetric:  # np.histogram(|all|, bins): edges over [min |x|, max |x|]
-            edges[name] = (low[name + "|abs|"], high[name + "|abs|"])
-        else:  # np.histogram(all, bins, range=(-t, t)), t = max(|min|, |max|) in the tensor's dtype
-            threshold = np.array(max(abs(low[name]), abs(high[name])), dtype=np.asarray(low[name]).dtype)
-            edges[name] = (-threshold, threshold)
-    counts: dict[str, Any] = {}
-    bin_edges: dict[str, Any] = {}
-    for index, outputs in enumerate(_run(session, images, input_name)):  # pass 2: counts in those ranges
-        progress(f"int8: histograms, image {index + 1}")
-        for i, name in wanted:
-            values = outputs[i].reshape(-1)
-            if symmetric:
-                values = np.absolute(values)
-            hist, bin_edges[name] = np.histogram(values, calibrator.num_bins, range=edges[name])
-            counts[name] = hist if name not in counts else counts[name] + hist
-    for _i, name in wanted:
+    for name in tensors:
         entry = (counts[name], bin_edges[name].astype(np.asarray(low[name]).dtype), low[name], high[name])
         collector.histogram_dict[name] = entry if symmetric else (*entry, edges[name][1])
     calibrator.collector = collector
     return calibrator.compute_data()
 
 
-def _run(session: Any, images: Iterable[np.ndarray], input_name: str) -> Iterator[list[np.ndarray]]:
-    for batch in images:
-        yield session.run(None, {input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+_NONFINITE = "a calibration image drives an activation to NaN or Inf; check the weights and the images"
 
 
-def _extremes(values: np.ndarray) -> tuple[Any, Any]:
-    if values.size == 0:
-        zero = np.array(0, dtype=values.dtype)
-        return zero, zero
-    if not np.isfinite(values).all():
-        raise UsageError("a calibration image drives an activation to NaN or Inf; check the weights and the images")
-    return values.min(), values.max()
+def _ranges(base: onnx.ModelProto, tensors: list[str], images: Iterable[np.ndarray], input_name: str,
+            symmetric: bool, progress: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Pass 1: every tensor's exact min and max (and of |x| for symmetric histograms), reduced inside
+    the graph so a run holds no more than one inference's activations; then the histogram edges
+    the one-shot calibration would use."""
+    import onnx
+    from onnx import helper
+
+    types = {v.name: v.type.tensor_type.elem_type for v in [*base.graph.value_info, *base.graph.input]}
+    reduced = onnx.ModelProto()
+    reduced.CopyFrom(base)
+    outputs: dict[str, list[str]] = {}
+    for index, name in enumerate(tensors):
+        sources = [(name, "")] + ([(f"evit_abs_{index}", "|abs|")] if symmetric else [])
+        if symmetric:
+            reduced.graph.node.append(helper.make_node("Abs", [name], [f"evit_abs_{index}"]))
+        for source, tag in sources:
+            for op in ("ReduceMin", "ReduceMax"):
+                out = f"evit_{op}_{index}{tag and '_abs'}"
+                reduced.graph.node.append(helper.make_node(op, [source], [out], keepdims=0))
+                reduced.graph.output.append(helper.make_tensor_value_info(out, types.get(name, 1), []))
+                outputs.setdefault(name + tag, []).append(out)
+    session = _session(reduced)
+    wanted = [o for pair in outputs.values() for o in pair]
+    low: dict[str, Any] = {}
+    high: dict[str, Any] = {}
+    for index, batch in enumerate(images):
+        progress(f"int8: ranges, image {index + 1}")
+        found = dict(zip(wanted, session.run(wanted, {input_name: np.ascontiguousarray(batch, dtype=np.float32)})))
+        for key, (lo_name, hi_name) in outputs.items():
+            lo, hi = found[lo_name][()], found[hi_name][()]
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise UsageError(_NONFINITE)
+            low[key] = lo if key not in low else min(low[key], lo)
+            high[key] = hi if key not in high else max(high[key], hi)
+    edges: dict[str, tuple[Any, Any]] = {}
+    for name in tensors:
+        if symmetric:  # np.histogram(|all|, bins): edges over [min |x|, max |x|]
+            edges[name] = (low[name + "|abs|"], high[name + "|abs|"])
+        else:  # np.histogram(all, bins, range=(-t, t)), t = max(|min|, |max|) in the tensor's dtype
+            threshold = np.array(max(abs(low[name]), abs(high[name])), dtype=np.asarray(low[name]).dtype)
+            edges[name] = (-threshold, threshold)
+    return low, high, edges
 
 
-def _fold(low: dict[str, Any], high: dict[str, Any], name: str, lo: Any, hi: Any) -> None:
-    low[name] = lo if name not in low else min(low[name], lo)
-    high[name] = hi if name not in high else max(high[name], hi)
+def _groups(base: onnx.ModelProto, tensors: list[str], images: Iterable[np.ndarray], input_name: str,
+            budget: int) -> list[list[str]]:
+    """``tensors`` in graph order, cut into runs of at most ``budget`` bytes (at least one tensor each)."""
+    shape = next(iter(images)).shape
+    sizes = _sizes(base, input_name, shape)
+    groups: list[list[str]] = [[]]
+    total = 0
+    for name in tensors:
+        size = sizes.get(name, 0)
+        if groups[-1] and total + size > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(name)
+        total += size
+    return groups
 
 
-def required_bytes(model: onnx.ModelProto, op_types: list[str], method: str) -> int:
-    """Memory one calibration image's tensors take while ranges are collected.
+def _sizes(model: onnx.ModelProto, input_name: str, shape: tuple[int, ...]) -> dict[str, int]:
+    """Bytes of every tensor for an input of ``shape`` (a dynamic graph is sized at that shape)."""
+    import onnx
 
-    Histogram methods: every input and output of the calibrated ops stays alive to the end of a
-    run (they are graph outputs of the augmented model), once in onnxruntime's arena and once as
-    the numpy arrays ``run`` returns. min/max: onnxruntime reduces them inside the graph, so
-    about one run's activations."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    del fixed.graph.value_info[:]
+    for value in fixed.graph.input:
+        if value.name == input_name:
+            for dim, size in zip(value.type.tensor_type.shape.dim, shape):
+                dim.Clear()
+                dim.dim_value = int(size)
+    inferred = onnx.shape_inference.infer_shapes(fixed)
+    return {v.name: _nbytes(v) for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+
+
+def _extract(model: onnx.ModelProto, input_name: str, outputs: list[str]) -> onnx.ModelProto:
+    """The part of ``model`` that computes ``outputs`` (nodes after them are not run)."""
+    import onnx
+
+    return onnx.utils.Extractor(model).extract_model([input_name], outputs)
+
+
+def _session(model: onnx.ModelProto) -> Any:
+    """As onnxruntime's calibrators run (no graph optimisation, CPU), so values match theirs bit for
+    bit; without the memory arena, so a run's outputs are freed when it returns."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False
+    return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _load_inferred(path: Path) -> onnx.ModelProto:
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    return load_model_with_shape_infer(path)
+
+
+def required_bytes(model: onnx.ModelProto, op_types: list[str], method: str, budget: int = GROUP_BYTES) -> int:
+    """Memory calibrating ``model`` (at its own input shape) needs beyond what the process holds.
+
+    Histogram methods: a run of the count pass holds up to ``budget`` bytes of tensors twice
+    (onnxruntime's buffers and the arrays ``run`` returns), besides one inference's tensors in
+    flight. min/max: onnxruntime reduces each tensor inside the graph, so about one inference's
+    largest tensors in flight. Both: the weights, in the calibrator's and the run's sessions."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -166,9 +246,11 @@ def required_bytes(model: onnx.ModelProto, op_types: list[str], method: str) -> 
     initializers = {i.name for i in model.graph.initializer}
     calibrated = {t for node in model.graph.node if node.op_type in op_types
                   for t in (*node.input, *node.output) if t in sizes and t not in initializers}
-    tensors = sum(sizes[t] for t in calibrated)
-    weights = sum(int(np.prod(i.dims)) * 4 for i in model.graph.initializer)
-    return (tensors if method == "minmax" else 2 * tensors) + 2 * weights
+    in_flight = 4 * max(sizes.values(), default=0)
+    weights = 2 * sum(int(np.prod(i.dims)) * 4 for i in model.graph.initializer)
+    if method == "minmax":
+        return in_flight + weights
+    return 2 * min(sum(sizes[t] for t in calibrated), budget) + in_flight + weights
 
 
 def _nbytes(value: Any) -> int:
