@@ -65,7 +65,10 @@ class CliResult:
 
 @pytest.fixture
 def cli():
-    """Run ``evit ARGS`` in-process; returns exit code, stdout and stderr separately."""
+    """Run ``evit ARGS`` in-process; returns exit code, stdout and stderr separately.
+
+    A run that prints a traceback fails the test unless it passed ``--debug``: users see one
+    line per error, never a traceback (issue 14)."""
     from typer.testing import CliRunner
 
     from evit_deploy.cli import app
@@ -73,7 +76,10 @@ def cli():
     runner = CliRunner()
 
     def invoke(*args: object) -> CliResult:
-        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        argv = [str(a) for a in args]
+        result = runner.invoke(app, argv, catch_exceptions=False)
+        if "--debug" not in argv and "Traceback (most recent call last)" in result.stdout + result.stderr:
+            pytest.fail(f"`evit {' '.join(argv)}` printed a traceback without --debug:\n{result.stderr[-4000:]}")
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return invoke
