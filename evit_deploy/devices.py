@@ -258,7 +258,8 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
     if isinstance(raw, list):
         entries = [(str(e.get("name")) if isinstance(e, dict) else "?", e) for e in raw]
     elif isinstance(raw, dict):
-        entries = [(str(name), {**(e or {}), "name": name}) for name, e in raw.items()]
+        entries = [(str(name), {**(e or {}), "name": name} if isinstance(e, dict) or e is None else e)
+                   for name, e in raw.items()]
     else:
         raise UsageError(f"{source}: 'devices' must map names to entries")
     devices: dict[str, Device] = {}

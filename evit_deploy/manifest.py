@@ -271,6 +271,35 @@ def _links_under(folder: Path) -> list[Path]:
     return found
 
 
+def _check_sections(manifest: Manifest, origin: Path) -> None:
+    """The sections ``verify``/``profile`` rebuild objects from must parse as those objects: a
+    hand-edited recipe or input spec is refused here, by section, not by a traceback later."""
+    from pydantic import TypeAdapter
+
+    from evit_deploy.configs import Recipe
+    from evit_deploy.spec import InputSpec, TensorInfo
+
+    if not manifest.files:
+        raise UsageError(f"{origin}: not a valid evit manifest (it lists no files); re-export the artifact")
+    sections: list[tuple[str, Any]] = [("recipe", lambda: Recipe.model_validate(manifest.recipe)),
+                                       ("input", lambda: _positive(TypeAdapter(InputSpec).validate_python(manifest.input)))]
+    sections += [(f"{kind}[{i}]", lambda d=d: TypeAdapter(TensorInfo).validate_python(d))
+                 for kind in ("inputs", "outputs") for i, d in enumerate(getattr(manifest, kind))]
+    for name, parse in sections:
+        try:
+            parse()
+        except (ValidationError, ValueError, TypeError) as err:
+            first = str(err).splitlines()
+            detail = " ".join(first[1:3]).strip() if isinstance(err, ValidationError) else (first or [""])[0]
+            raise UsageError(f"{origin}: not a valid evit manifest ({name}: {detail}); re-export the artifact") from None
+
+
+def _positive(spec: Any) -> Any:
+    if min(spec.batch, spec.height, spec.width) < 1 or len(spec.mean) != 3 or len(spec.std) != 3 or 0 in spec.std:
+        raise ValueError("batch, height and width must be positive, mean and std three numbers, std non-zero")
+    return spec
+
+
 def load_manifest(artifact: Path, *, check_hashes: bool = True) -> Manifest:
     """The manifest of an artifact, refusing incomplete or altered artifacts with one clear line."""
     if not artifact.exists():
@@ -285,6 +314,7 @@ def load_manifest(artifact: Path, *, check_hashes: bool = True) -> Manifest:
         manifest = Manifest.model_validate_json(manifest_file.read_text())
     except (ValidationError, ValueError) as err:
         raise UsageError(f"{manifest_file}: not a valid evit manifest ({str(err).splitlines()[0]}); re-export") from None
+    _check_sections(manifest, manifest_file)
     if manifest.primary != artifact.name:
         raise UsageError(f"{manifest_file} describes {manifest.primary}, not {artifact.name}; re-export the artifact")
     paths = [confined(artifact.parent, entry.path, manifest_file) for entry in manifest.files]
