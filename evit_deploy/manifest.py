@@ -316,7 +316,8 @@ def load_manifest(artifact: Path, *, check_hashes: bool = True) -> Manifest:
         raise UsageError(f"{manifest_file}: not a valid evit manifest ({str(err).splitlines()[0]}); re-export") from None
     _check_sections(manifest, manifest_file)
     if manifest.primary != artifact.name:
-        raise UsageError(f"{manifest_file} describes {manifest.primary}, not {artifact.name}; re-export the artifact")
+        primary = manifest.primary if manifest.primary.isprintable() else repr(manifest.primary)
+        raise UsageError(f"{manifest_file} describes {primary}, not {artifact.name}; re-export the artifact")
     paths = [confined(artifact.parent, entry.path, manifest_file) for entry in manifest.files]
     if check_hashes:
         for entry, path in zip(manifest.files, paths):
