@@ -129,7 +129,7 @@ def seg_tflite(seg_model):
 
     options = TfliteOptions()
     content, _ = convert_fp32(seg_model, SPEC, options)
-    return options, int8_plan(content, options)
+    return options, int8_plan(content, options), content
 
 
 @pytest.mark.parametrize("mode", ["min_max", "moving_average"])
@@ -143,7 +143,7 @@ def test_streamed_tflite_int8_equals_the_one_shot_one(seg_tflite, images, mode):
     from evit_deploy.tflite.export import _Batches
     from evit_deploy.tflite.quantize import _calibrate
 
-    options, plan = seg_tflite
+    options, plan, _ = seg_tflite
     batches = _Batches(images, 1, nhwc=options.layout == "nhwc")  # what the export feeds its calibration
     signature = Interpreter(model_content=plan.marked).get_signature_list()
     (key,) = list(signature)[:1]
@@ -167,6 +167,22 @@ def test_streamed_tflite_int8_equals_the_one_shot_one(seg_tflite, images, mode):
                      .quantize(ranges, enable_progress_bar=False, enable_progress_report=False).quantized_model)
 
     assert quantized(streamed) == quantized(expected)
+
+
+def test_a_tflite_calibration_that_cannot_fit_is_refused_before_it_starts(seg_tflite, images, monkeypatch):
+    from evit_deploy import memory
+    from evit_deploy.errors import UsageError
+    from evit_deploy.tflite.export import _Batches
+    from evit_deploy.tflite.quantize import quantize_int8
+
+    options, _, content = seg_tflite
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
+    started = []
+    batches = _Batches(images, 1, nhwc=options.layout == "nhwc")
+    with pytest.raises(UsageError, match=r"^int8 calibration of this TFLite graph needs about .* GiB of memory but "
+                                         r"0\.0 GiB are available; calibrate at a lower --resolution"):
+        quantize_int8(content, options, batches, started.append)
+    assert not any("calibrating" in m for m in started)
 
 
 def test_tflite_batches_wrap_around_like_before(images):

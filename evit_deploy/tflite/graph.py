@@ -60,12 +60,11 @@ class Graph:
         name = tensor.name
         return name.decode() if isinstance(name, bytes) else (name or "")
 
-    def activation_bytes(self) -> int:
-        """Bytes of every tensor an op writes, for one input (what an interpreter that preserves all
-        tensors keeps alive)."""
+    def activation_sizes(self) -> list[int]:
+        """Bytes of each tensor an op writes, for one input."""
         itemsize = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1}  # FLOAT32, FLOAT16, INT32, UINT8, INT64, BOOL, ...
-        return sum(int(np.prod(self.tensors[t].shape, dtype=np.int64)) * itemsize.get(int(self.tensors[t].type), 4)
-                   for t in self.producer)
+        return [int(np.prod(self.tensors[t].shape, dtype=np.int64)) * itemsize.get(int(self.tensors[t].type), 4)
+                for t in self.producer]
 
     def op_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(op["type"] for op in self.ops).items(), key=lambda kv: (-kv[1], kv[0])))

@@ -208,6 +208,6 @@ def _float32(qsv: dict[str, Any]) -> dict[str, Any]:
 
 
 def required_bytes(model: bytes) -> int:
-    """Memory the calibrating interpreter needs for one image: about one inference's tensors (the
-    profiler-based calibrator keeps none beyond their use; every tensor is counted, an upper bound)."""
-    return Graph(model).activation_bytes() + 2 * len(model)
+    """Memory the calibrating interpreter needs: one inference's (the profiler-based calibrator keeps
+    no tensor beyond its use): the largest tensors live at once, and the model twice."""
+    return 4 * max(Graph(model).activation_sizes(), default=0) + 2 * len(model)
