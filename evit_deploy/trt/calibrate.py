@@ -142,16 +142,28 @@ def _ranges(base: onnx.ModelProto, tensors: list[str], images: Iterable[np.ndarr
     reduced = onnx.ModelProto()
     reduced.CopyFrom(base)
     outputs: dict[str, list[str]] = {}
+    reductions: dict[str, list[onnx.NodeProto]] = {}  # tensor -> the nodes that reduce it
     for index, name in enumerate(tensors):
         sources = [(name, "")] + ([(f"evit_abs_{index}", "|abs|")] if symmetric else [])
-        if symmetric:
-            reduced.graph.node.append(helper.make_node("Abs", [name], [f"evit_abs_{index}"]))
+        nodes = [helper.make_node("Abs", [name], [f"evit_abs_{index}"])] if symmetric else []
         for source, tag in sources:
             for op in ("ReduceMin", "ReduceMax"):
                 out = f"evit_{op}_{index}{tag and '_abs'}"
-                reduced.graph.node.append(helper.make_node(op, [source], [out], keepdims=0))
+                nodes.append(helper.make_node(op, [source], [out], keepdims=0))
                 reduced.graph.output.append(helper.make_tensor_value_info(out, types.get(name, 1), []))
                 outputs.setdefault(name + tag, []).append(out)
+        reductions[name] = nodes
+    # each reduction right after the node that writes its tensor, and only the reductions as outputs,
+    # in graph order: onnxruntime then reduces a tensor as soon as it exists and frees it, instead of
+    # keeping every tensor to the end of the run for reductions scheduled after the model's output
+    order = [n for graph_input in base.graph.input for n in reductions.get(graph_input.name, [])]
+    for node in base.graph.node:
+        order += [node, *(n for out in node.output for n in reductions.get(out, []))]
+    del reduced.graph.node[:]
+    reduced.graph.node.extend(order)
+    kept = [o for o in reduced.graph.output if o.name.startswith("evit_")]
+    del reduced.graph.output[:]
+    reduced.graph.output.extend(kept)
     session = _session(reduced)
     wanted = [o for pair in outputs.values() for o in pair]
     low: dict[str, Any] = {}
