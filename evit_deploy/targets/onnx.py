@@ -43,5 +43,10 @@ class OnnxTarget(Target[OnnxOptions]):
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.onnx.runner import OnnxRunner
 
-        options = OnnxOptions.model_validate(manifest.recipe.get("options", {}))
-        return OnnxRunner(path, device=device, threads=threads, graph_optimization=options.graph_optimization)
+        return OnnxRunner(path, device=device, threads=threads, session=recorded_options(manifest))
+
+
+def recorded_options(manifest: Manifest) -> OnnxOptions:
+    """The options an artifact runs with: the runner section its export recorded (``details.runner``),
+    under the options its recipe names (explicit, or edited since: those win)."""
+    return OnnxOptions.model_validate({**manifest.details.get("runner", {}), **manifest.recipe.get("options", {})})

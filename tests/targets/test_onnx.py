@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -152,7 +154,8 @@ def test_profile_reports_the_contracted_fields(cli, seg_artifact, tmp_path):
     assert set(data["latency_ms"]) >= {"p50", "p90", "p99", "mean", "std", "min"}
     assert data["throughput_ips"] > 0 and data["load_s"] > 0 and data["first_inference_ms"] > 0
     assert data["peak_rss_mb"] > 0
-    assert data["per_layer"] and {"Conv", "Resize"} <= {row["op_type"] for row in data["per_layer"]}
+    ops = {row["op_type"] for row in data["per_layer"]}
+    assert {"Conv", "DepthToSpace"} <= ops and "Resize" not in ops  # bicubic in its exact conv form
     assert "latency p50 ms" in result.stdout
 
 
@@ -267,3 +270,80 @@ def test_python_api_returns_result_objects(seg_artifact):
     assert report.passed and report.outputs["logits"].max_rel <= 1e-4
     result = evit_deploy.profile(seg_artifact, warmup=0, iters=2, threads=1)
     assert result.latency_ms.p50 > 0 and np.isfinite(result.throughput_ips)
+
+
+def test_bicubic_is_exported_in_its_exact_conv_form(seg_artifact):
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(seg_artifact)).graph.node]
+    assert "Resize" not in ops and ops.count("DepthToSpace") == 2
+    manifest = json.loads(seg_artifact.with_name(f"{SEG}.evit.json").read_text())
+    assert manifest["details"]["bicubic_rewrite"] == ["head.input_ops.0.op_list.1", "head.input_ops.1.op_list.1"]
+    assert any("exact" in note for note in manifest["notes"])
+
+
+def test_bicubic_resize_keeps_the_resize_and_verifies(cli, seeded_checkpoint, tmp_path):
+    import onnx
+
+    weights = seeded_checkpoint("efficientvit_seg_b1_cityscapes")
+    result = cli("export", SEG, "--weights", weights, "--resolution", "64x128", "--out", tmp_path, "-q",
+                 "--bicubic", "resize")
+    assert result.code == 0, result
+    artifact = Path(result.stdout.strip())
+    assert [n.op_type for n in onnx.load(str(artifact)).graph.node].count("Resize") == 2
+    result = cli("verify", artifact, "--samples", 1, "--json", "-")
+    assert result.code == 0, result
+
+
+def test_session_options_are_recorded_and_used(cli, seeded_checkpoint, tmp_path):
+    weights = seeded_checkpoint("efficientvit_seg_b1_cityscapes")
+    result = cli("export", SEG, "--weights", weights, "--resolution", "64x128", "--out", tmp_path, "-q",
+                 "--no-spinning", "--graph-optimization", "extended")
+    assert result.code == 0, result
+    artifact = Path(result.stdout.strip())
+    manifest = json.loads(artifact.with_name(f"{SEG}.evit.json").read_text())
+    assert manifest["details"]["runner"] == {"graph_optimization": "extended", "spinning": False, "memory_arena": True}
+    result = cli("profile", artifact, "--warmup", 0, "--iters", 1, "--json", "-")
+    assert result.code == 0, result
+    runner = json.loads(result.stdout)["runner"]
+    assert (runner["spinning"], runner["graph_optimization"], runner["memory_arena"]) == (False, "extended", True)
+
+
+def test_profile_opens_the_session_the_manifest_records(cli, seg_artifact, tmp_path):
+    artifact = copy_artifact(seg_artifact, tmp_path)
+    manifest_file = artifact.with_name(f"{SEG}.evit.json")
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["details"]["runner"] == {"graph_optimization": "all", "spinning": True, "memory_arena": True}
+    manifest["details"]["runner"].update(spinning=False, memory_arena=False)  # as a device's measurement chose
+    manifest_file.write_text(json.dumps(manifest))
+    result = cli("profile", artifact, "--warmup", 0, "--iters", 1, "--json", "-")
+    assert result.code == 0, result
+    runner = json.loads(result.stdout)["runner"]
+    assert (runner["spinning"], runner["memory_arena"], runner["graph_optimization"]) == (False, False, "all")
+
+
+def test_per_layer_profile_leaves_no_temp_folder(cli, seg_artifact, tmp_path, monkeypatch):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    for _ in range(2):
+        result = cli("profile", seg_artifact, "--threads", 1, "--warmup", 0, "--iters", 1, "--per-layer", "--json", "-")
+        assert result.code == 0, result
+        assert json.loads(result.stdout)["per_layer"]
+    assert list(temp.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["verify", "profile"])
+def test_random_bytes_with_a_matching_manifest_are_one_line(cli, seg_artifact, tmp_path, command):
+    from evit_deploy.manifest import sha256_path
+
+    artifact = copy_artifact(seg_artifact, tmp_path)
+    artifact.write_bytes(os.urandom(4096))
+    manifest_file = artifact.with_name(f"{SEG}.evit.json")
+    manifest = json.loads(manifest_file.read_text())
+    manifest["files"][0].update(sha256=sha256_path(artifact), bytes=4096)  # the manifest matches the bytes
+    manifest_file.write_text(json.dumps(manifest))
+    result = cli(command, artifact)
+    assert result.code == 2, result
+    assert len(result.error_lines) == 1 and "Traceback" not in result.stderr
+    assert f"{artifact.name}: not a valid ONNX model" in result.error_lines[0] and "re-export" in result.error_lines[0]
