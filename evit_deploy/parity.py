@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from evit_deploy.configs import Tolerances
+from evit_deploy.contracts import AmbiguousOutputs
 
 
 @dataclass
@@ -205,19 +206,15 @@ class Comparator:
         self.tol = tolerances
         self.outputs: dict[str, OutputMetrics] = {}
         self.samples = 0
+        self.ambiguities: list[str] = []  # samples judged against an alternative reference outcome
         self.seg = SegmentationAgreement(num_classes) if task == "segmentation" else None
         self.cls = ClassificationAgreement() if task == "classification" else None
 
     def update(self, artifact: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
-        if len(artifact) != len(reference):
-            raise ValueError(f"artifact gives {sorted(artifact)} but the reference gives {sorted(reference)}")
-        # Outputs pair by name when the names agree, else by position (converters rename outputs).
-        pairs = (
-            [(n, artifact[n], reference[n]) for n in reference]
-            if set(artifact) == set(reference)
-            else [(rn, artifact[an], reference[rn]) for an, rn in zip(artifact, reference)]
-        )
-        for name, art, ref in pairs:
+        """One sample. An ``AmbiguousOutputs`` reference is judged by the outcome closest to the artifact."""
+        if isinstance(reference, AmbiguousOutputs):
+            reference = self._closest(artifact, reference)
+        for name, art, ref in _pairs(artifact, reference):
             if art.shape != ref.shape:
                 raise ValueError(f"output {name!r}: artifact shape {art.shape} but reference {ref.shape}")
             self.outputs.setdefault(name, OutputMetrics()).update(art, ref, self.tol)
@@ -226,6 +223,18 @@ class Comparator:
             if self.cls is not None:
                 self.cls.update(art, ref)
         self.samples += 1
+
+    def _closest(self, artifact: dict[str, np.ndarray], reference: AmbiguousOutputs) -> dict[str, np.ndarray]:
+        """The candidate the artifact is closest to (worst output's max_rel); a note when it is not the first."""
+        candidates = [dict(reference), *reference.alternatives]
+        errors = [max(_max_rel(art, ref) for _, art, ref in _pairs(artifact, c)) for c in candidates]
+        best = int(np.argmin(errors))
+        if best:
+            self.ambiguities.append(
+                f"sample {self.samples + 1}: {'; '.join(reference.reasons)}; the artifact took the other side "
+                f"(max_rel {errors[0]:.2g} against the reference's side, {errors[best]:.2g} against its own), "
+                "so it is judged against the reference with that tie broken its way (evit_deploy.nn.ties)")
+        return candidates[best]
 
     def checks(self, task_metrics: dict[str, float]) -> list[Check]:
         tol = self.tol
@@ -266,8 +275,7 @@ class Comparator:
             if bounds is not None and check.name.startswith("task."):
                 check.weights_rounded = bounds.get(check.name.removeprefix("task."))
         limited = _out_of_reach_note([c for c in checks if c.out_of_reach], fields.get("precision", ""))
-        if limited:
-            fields["notes"] = [*fields.get("notes", []), limited]
+        fields["notes"] = [*fields.get("notes", []), *self.ambiguities, *([limited] if limited else [])]
         return ParityReport(
             task=self.task,
             samples=self.samples,
@@ -278,6 +286,27 @@ class Comparator:
             weight_rounding=bounds,
             **fields,
         )
+
+
+def _pairs(artifact: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, artifact, reference) per output: by name when the names agree, else by position
+    (converters rename outputs)."""
+    if len(artifact) != len(reference):
+        raise ValueError(f"artifact gives {sorted(artifact)} but the reference gives {sorted(reference)}")
+    if set(artifact) == set(reference):
+        return [(n, artifact[n], reference[n]) for n in reference]
+    return [(rn, artifact[an], reference[rn]) for an, rn in zip(artifact, reference)]
+
+
+def _max_rel(art: np.ndarray, ref: np.ndarray) -> float:
+    """Worst per-sample max|a - r| / max|r| (OutputMetrics' measure), NaN-safe for choosing."""
+    if art.shape != ref.shape:
+        return math.inf
+    worst = 0.0
+    for a, r in zip(art.astype(np.float64), ref.astype(np.float64)):
+        d = np.abs(a - r)
+        worst = max(worst, float(np.nan_to_num(d, nan=np.inf).max()) / (float(np.abs(r).max()) or 1.0))
+    return worst
 
 
 def _out_of_reach_note(limited: list[Check], precision: str) -> str | None:

@@ -1,7 +1,9 @@
 """The PyTorch reference, as a Runner like any other.
 
 ``verify`` compares every artifact against this runner and ``profile --target torch``
-times it, so eager PyTorch is measured by the same harness as the runtimes.
+times it, so eager PyTorch is measured by the same harness as the runtimes. ``run`` (what
+``verify`` calls; timing calls ``infer``) also watches LiteMLA for tokens whose output fp32
+rounding decides (``evit_deploy.nn.ties``) and returns the other outcomes with its own.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evit_deploy.contracts import Runner
+from evit_deploy.contracts import AmbiguousOutputs, Runner
 from evit_deploy.spec import InputSpec, TensorInfo
 
 if TYPE_CHECKING:
@@ -45,6 +47,19 @@ class TorchRunner(Runner):
             result = self.model(torch.from_numpy(np.ascontiguousarray(feed[name])))
         tensors = result if isinstance(result, (tuple, list)) else [result]
         return {n: t.detach().float().numpy() for n, t in zip(self.output_names, tensors)}
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Canonical outputs; ``AmbiguousOutputs`` when an attention token's output is decided by
+        rounding (then also the outputs with each such tie broken the other way)."""
+        from evit_deploy.nn.ties import TieWatch, flipped_outputs
+
+        watch = TieWatch(self.model)
+        with watch.watching():
+            outputs = super().run(feed)
+        if not watch.ties:
+            return outputs
+        alternatives = flipped_outputs(self.model, lambda: super(TorchRunner, self).run(feed), watch.ties)
+        return AmbiguousOutputs(outputs, alternatives, [tie.describe() for tie in watch.ties])
 
     def describe(self) -> dict[str, Any]:
         import torch
