@@ -1,0 +1,206 @@
+"""Our ONNX artifact on ONNX Runtime vs LiteRT vs PyTorch eager, 2 threads, against the compute floor (issue 19).
+
+Models: seg-B1 Cityscapes at 512x1024, cls-B1 at 224x224 and 512x512 (the fixtures' seeded weights). Per
+model every candidate is timed by ``evit profile`` in its own process, interleaved round by round
+(harness.interleaved), and each figure is the median of its round p50s:
+
+  onnx_fp32           the ONNX artifact as exported now: bicubic in its exact conv form, recorded session
+  onnx_fp32_resize    the same export with ``--bicubic resize``: the graph before issue 19 (seg only)
+  onnx_fp32_extended  the same file opened at ORT_ENABLE_EXTENDED (no NCHWc convolutions)
+  onnx_fp32_nospin    the same file without spinning pool threads
+  onnx_fp16           fp16 with fp32 attention/upsampling islands
+  litert_fp32         the TFLite target's fp32 artifact on LiteRT (XNNPACK)
+  torch_eager         the PyTorch module
+
+The session variants share one graph file and differ only in the session settings their manifest
+records (``details.runner``, and the recipe's options where it names them), which is what verify and
+profile read, here and on devices.
+
+Floor: FLOPs (``evit_deploy.complexity``: convolutions, linears and the attention's matmuls, FLOPs =
+2 x MACs) over the fp32 GEMM rate measured on this CPU (_gemm_rate.py: ONNX Runtime's MatMul, 2048^3,
+same thread count) before and after the timed rounds; every p50 is given as a multiple of it.
+Per-op tables come from each runtime's own profiler (``evit profile --per-layer``).
+Precision, cls-B1 512x512 (seed 71): ``verify`` with 16 samples on the fast (all) and accurate
+(extended) sessions, side by side with their speed.
+
+    python benchmarks/onnx_speed.py                  # writes benchmarks/results/onnx_speed.json
+    python benchmarks/onnx_speed.py --models seg_b1_512x1024 --rounds 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness import ROOT, evit, interleaved, per_op, seeded_weights, write_result
+
+sys.path.insert(0, str(ROOT))
+
+# name -> (zoo model, weights key list, seed, resolution)
+MODELS = {
+    "seg_b1_512x1024": ("efficientvit-seg-b1-cityscapes", "efficientvit_seg_b1_cityscapes", 1234, "512x1024"),
+    "cls_b1_224": ("efficientvit-b1-r224", "efficientvit_cls_b1", 71, "224x224"),
+    "cls_b1_512": ("efficientvit-b1-r224", "efficientvit_cls_b1", 71, "512x512"),
+}
+TARGETS = {"seg_b1_512x1024": 1.0, "cls_b1_512": 1.1}  # ONNX fp32 / LiteRT fp32 at most (issue 19)
+PROFILED = ("onnx_fp32_resize", "onnx_fp32", "litert_fp32")  # per-op tables: before, after, LiteRT
+
+
+def gemm_rate(threads: int) -> float:
+    """GFLOP/s of a large fp32 GEMM here, in its own process."""
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("_gemm_rate.py")), "--threads", str(threads)],
+                         capture_output=True, text=True, check=True, timeout=600)
+    return float(json.loads(out.stdout)["gflops"])
+
+
+def gflop(model: str, resolution: str) -> float:
+    from evit_deploy import zoo
+    from evit_deploy.complexity import card_stats
+    from evit_deploy.configs import parse_resolution
+
+    return 2 * card_stats(zoo.get_card(model), parse_resolution(resolution))["macs"] / 1e9
+
+
+def with_runner(artifact: Path, folder: Path, **settings: object) -> Path:
+    """A copy of ``artifact`` whose manifest records other ONNX Runtime session settings."""
+    folder.mkdir(parents=True)
+    manifest = artifact.with_name(f"{artifact.stem}.evit.json")
+    shutil.copy(artifact, folder / artifact.name)
+    data = json.loads(manifest.read_text())
+    data["details"]["runner"].update(settings)
+    options = data["recipe"]["options"]  # a recipe that names a setting overrides the runner section
+    options.update({key: value for key, value in settings.items() if key in options})
+    (folder / manifest.name).write_text(json.dumps(data, indent=2))
+    return folder / artifact.name
+
+
+def export_candidates(name: str, tmp: Path) -> dict[str, list[object]]:
+    model, keys, seed, resolution = MODELS[name]
+    weights = seeded_weights(keys, seed)
+    common = ["--resolution", resolution, *(["--weights", weights] if weights else []), "-q"]
+
+    def export(label: str, *extra: object) -> Path:
+        print(f"exporting {name} {label}", flush=True)
+        return Path(evit("export", model, *common, "--out", tmp / label, *extra).strip())
+
+    onnx_fp32 = export("onnx_fp32", "--target", "onnx", "--config", "onnx-fp32")
+    candidates: dict[str, list[object]] = {"onnx_fp32": [onnx_fp32]}
+    if name.startswith("seg"):
+        candidates["onnx_fp32_resize"] = [export("onnx_fp32_resize", "--target", "onnx", "--config", "onnx-fp32",
+                                                 "--bicubic", "resize")]
+    candidates["onnx_fp32_extended"] = [with_runner(onnx_fp32, tmp / "extended", graph_optimization="extended")]
+    candidates["onnx_fp32_nospin"] = [with_runner(onnx_fp32, tmp / "nospin", spinning=False)]
+    candidates["onnx_fp16"] = [export("onnx_fp16", "--target", "onnx", "--config", "onnx-fp16")]
+    candidates["litert_fp32"] = [export("litert_fp32", "--target", "tflite", "--config", "tflite-fp32")]
+    candidates["torch_eager"] = [model, "--target", "torch", "--resolution", resolution,
+                                 *(["--weights", weights] if weights else [])]
+    return candidates
+
+
+def precision_side_by_side(artifacts: dict[str, list[object]], threads: int, samples: int) -> dict[str, Any]:
+    """verify on the fast and the accurate session (cls-B1 512, seed 71: the case of issue 19)."""
+    from evit_deploy import api
+
+    out = {}
+    for label in ("onnx_fp32", "onnx_fp32_extended"):
+        report = api.verify(artifacts[label][0], samples=samples, threads=threads, record=False)
+        logits = report.outputs["logits"]
+        out[label] = {"passed": report.passed, "max_rel": logits.max_rel, "cosine": logits.cosine,
+                      "samples": report.samples, "graph_optimization": report.runner.get("graph_optimization"),
+                      "ties": [note for note in report.notes if "within rounding of 0" in note]}
+    return out
+
+
+def measure_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    model, _, _, resolution = MODELS[name]
+    candidates = export_candidates(name, tmp / name)
+    results = interleaved(candidates, rounds=args.rounds, threads=args.threads, warmup=args.warmup,
+                          iters=args.iters)
+    p50 = {label: r["p50_ms"] for label, r in results.items()}
+    ratios = {"onnx_fp32_vs_litert_fp32": p50["onnx_fp32"] / p50["litert_fp32"],
+              "onnx_fp32_extended_vs_onnx_fp32": p50["onnx_fp32_extended"] / p50["onnx_fp32"],
+              "onnx_fp32_nospin_vs_onnx_fp32": p50["onnx_fp32_nospin"] / p50["onnx_fp32"],
+              "onnx_fp16_vs_onnx_fp32": p50["onnx_fp16"] / p50["onnx_fp32"],
+              "torch_eager_vs_onnx_fp32": p50["torch_eager"] / p50["onnx_fp32"]}
+    if "onnx_fp32_resize" in p50:
+        ratios["onnx_fp32_resize_vs_onnx_fp32"] = p50["onnx_fp32_resize"] / p50["onnx_fp32"]
+    entry: dict[str, Any] = {
+        "model": model, "resolution": resolution, "gflop": round(gflop(model, resolution), 3),
+        "p50_ms": p50, "ratios": ratios,
+        "target_onnx_vs_litert": TARGETS.get(name),
+        "meets_target": (ratios["onnx_fp32_vs_litert_fp32"] <= TARGETS[name]) if name in TARGETS else None,
+        "results": results,
+    }
+    if not args.no_per_op:
+        entry["per_op"] = {label: per_op(candidates[label][0], args.threads, 3)
+                           for label in PROFILED if label in candidates}
+    if name == "cls_b1_512" and not args.no_precision:
+        entry["precision"] = precision_side_by_side(candidates, args.threads, 16)
+    return entry
+
+
+def findings(models: dict[str, Any], rates: list[float]) -> list[str]:
+    notes = [(f"compute floor: FLOPs / {max(rates):.0f} GFLOP/s, the best of the GEMM rates measured before and "
+              f"after the timed rounds ({', '.join(f'{r:.0f}' for r in rates)} GFLOP/s)")]
+    for name, m in models.items():
+        r = m["ratios"]
+        line = (f"{name}: ONNX fp32 {m['p50_ms']['onnx_fp32']:.1f} ms = {m['vs_floor']['onnx_fp32']:.2f}x the floor "
+                f"({m['floor_ms']:.1f} ms for {m['gflop']:.2f} GFLOP); LiteRT fp32 {m['p50_ms']['litert_fp32']:.1f} ms "
+                f"= {m['vs_floor']['litert_fp32']:.2f}x; ONNX/LiteRT {r['onnx_fp32_vs_litert_fp32']:.2f}")
+        if "onnx_fp32_resize_vs_onnx_fp32" in r:
+            line += f"; the exact bicubic form is {r['onnx_fp32_resize_vs_onnx_fp32']:.2f}x faster than ORT's Resize"
+        line += (f"; without NCHWc (extended) {r['onnx_fp32_extended_vs_onnx_fp32']:.2f}x slower; "
+                 f"no spinning {r['onnx_fp32_nospin_vs_onnx_fp32']:.2f}x")
+        notes.append(line)
+        ops = m.get("per_op", {})
+        if "onnx_fp32_resize" in ops and "onnx_fp32" in ops:
+            resize = next((o for o in ops["onnx_fp32_resize"]["by_op_type"] if o["op"] == "Resize"), None)
+            if resize:
+                notes.append(f"{name}: before, ORT's Resize took {resize['ms']:.1f} ms per run "
+                             f"({resize['share']:.0%} of op time); after, the top op types are "
+                             + ", ".join(f"{o['op']} {o['share']:.0%}" for o in ops["onnx_fp32"]["by_op_type"][:4]))
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--no-per-op", action="store_true", help="skip the per-op profiles")
+    parser.add_argument("--no-precision", action="store_true", help="skip verify on cls-B1 512 (16 samples, twice)")
+    parser.add_argument("--note", default="", help="a line on the conditions of this run (e.g. a shared machine)")
+    args = parser.parse_args(argv)
+
+    rates = [gemm_rate(args.threads)]
+    models: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="evit-bench-onnx-") as tmp:
+        for name in args.models:
+            models[name] = measure_model(name, args, Path(tmp))
+    rates.append(gemm_rate(args.threads))
+    for m in models.values():  # the floor: the best GEMM rate seen in the run
+        m["floor_ms"] = round(m["gflop"] / max(rates) * 1e3, 2)
+        m["vs_floor"] = {label: ms / m["floor_ms"] for label, ms in m["p50_ms"].items()}
+    write_result("onnx_speed", {
+        "threads": args.threads, "rounds": args.rounds, "iters_per_round": args.iters,
+        "weights": "fixtures' seeded trained-looking weights (seg seed 1234, cls seed 71)",
+        "conditions": args.note or "as run by make bench",
+        "gemm_gflops": {"before": rates[0], "after": rates[1],
+                        "how": "ONNX Runtime MatMul 2048^3 fp32, best of 8, own process, same threads"},
+        "flops": "evit_deploy.complexity (FlopCounterMode: convs, linears, attention matmuls), FLOPs = 2 x MACs",
+        "models": models,
+        "findings": findings(models, rates),
+    })
+    print(json.dumps({name: {"p50_ms": m["p50_ms"], "ratios": m["ratios"]} for name, m in models.items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
