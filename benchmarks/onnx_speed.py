@@ -102,6 +102,33 @@ def export_candidates(name: str, tmp: Path) -> dict[str, list[object]]:
     return candidates
 
 
+def ort_graph(artifact: Path, folder: Path) -> dict[str, Any]:
+    """What ONNX Runtime's ``all`` level made of the graph: fused and layout nodes, counted."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(folder / "ort-optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(options.optimized_model_filepath).graph.node
+    nchwc = [n for n in nodes if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"]
+    activation = [onnx.helper.get_attribute_value(a).decode() for n in nchwc for a in n.attribute
+                  if a.name == "activation"]
+    counts: dict[str, int] = {}
+    for n in nodes:
+        key = f"{n.domain + ':' if n.domain else ''}{n.op_type}"
+        counts[key] = counts.get(key, 0) + 1
+    return {"nchwc_convs": len(nchwc),
+            "with_fused_activation": {a: activation.count(a) for a in sorted(set(activation))},
+            "with_fused_residual_add": sum(len(n.input) > 3 and bool(n.input[3]) for n in nchwc),
+            "plain_convs": counts.get("Conv", 0) + counts.get("com.microsoft:FusedConv", 0),
+            "fused_matmuls": counts.get("com.microsoft:FusedMatMul", 0),
+            "layout_reorders": counts.get("com.microsoft.nchwc:ReorderInput", 0)
+            + counts.get("com.microsoft.nchwc:ReorderOutput", 0),
+            "op_counts": dict(sorted(counts.items()))}
+
+
 def precision_side_by_side(artifacts: dict[str, list[object]], threads: int, samples: int) -> dict[str, Any]:
     """verify on the fast and the accurate session (cls-B1 512, seed 71: the case of issue 19)."""
     from evit_deploy import api
@@ -139,6 +166,8 @@ def measure_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
     if not args.no_per_op:
         entry["per_op"] = {label: per_op(candidates[label][0], args.threads, 3)
                            for label in PROFILED if label in candidates}
+    entry["ort_graph"] = {label: ort_graph(candidates[label][0], tmp / name / label)
+                          for label in ("onnx_fp32_resize", "onnx_fp32") if label in candidates}
     if name == "cls_b1_512" and not args.no_precision:
         entry["precision"] = precision_side_by_side(candidates, args.threads, 16)
     return entry
@@ -155,8 +184,13 @@ def findings(models: dict[str, Any], rates: list[float]) -> list[str]:
         if "onnx_fp32_resize_vs_onnx_fp32" in r:
             line += f"; the exact bicubic form is {r['onnx_fp32_resize_vs_onnx_fp32']:.2f}x faster than ORT's Resize"
         line += (f"; without NCHWc (extended) {r['onnx_fp32_extended_vs_onnx_fp32']:.2f}x slower; "
-                 f"no spinning {r['onnx_fp32_nospin_vs_onnx_fp32']:.2f}x")
+                 f"no spinning {r['onnx_fp32_nospin_vs_onnx_fp32']:.2f}x; fp16 {r['onnx_fp16_vs_onnx_fp32']:.2f}x fp32")
         notes.append(line)
+        fused = m["ort_graph"]["onnx_fp32"]
+        notes.append(f"{name}: ORT made {fused['nchwc_convs']} NCHWc convs ({fused['with_fused_activation']} with a fused "
+                     f"activation, {fused['with_fused_residual_add']} with the residual Add fused), "
+                     f"{fused['fused_matmuls']} FusedMatMul (Transpose folded), {fused['layout_reorders']} layout "
+                     f"reorders, {fused['plain_convs']} convs outside NCHWc")
         ops = m.get("per_op", {})
         if "onnx_fp32_resize" in ops and "onnx_fp32" in ops:
             resize = next((o for o in ops["onnx_fp32_resize"]["by_op_type"] if o["op"] == "Resize"), None)
