@@ -3,7 +3,7 @@
 The exporter's optimizer stays on (it is worth ~1.7x on ORT); the LiteMLA eps survives it
 because the model holds it as a 1-element tensor, not a Python scalar (DESIGN.md, traps).
 The seg head's bicubic upsampling is exported in its exact conv form unless ``bicubic:
-resize`` (ORT's cubic Resize is single-threaded and took ~30% of seg-B1's time).
+resize`` (ORT's cubic Resize is single-threaded and took about a third of seg-B1's time).
 """
 from __future__ import annotations
 

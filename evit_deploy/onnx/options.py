@@ -25,13 +25,15 @@ class OnnxOptions(TargetOptions):
     simplify: Literal["onnxslim", "onnxsim", "none"] = "none"
     # "exact": the seg head's bicubic upsampling as edge pad + depthwise conv + pixel shuffle
     # (evit_deploy.convert.bicubic, ~1e-7 from F.interpolate); ORT's cubic Resize is a slow
-    # single-threaded kernel (~30% of seg-B1's time at 512x1024). "resize": keep the Resize.
+    # single-threaded kernel (about a third of seg-B1's time at 512x1024). "resize": keep the Resize.
     bicubic: Literal["exact", "resize"] = "exact"
     keep_fp32: list[Literal["attention", "resize"]] = Field(default_factory=lambda: ["attention", "resize"])
     # ONNX Runtime session, at load time. "all" adds the NCHWc convolutions (2.2x over "extended"
-    # on seg-B1); spinning keeps idle pool threads polling between operators.
+    # on seg-B1). Spinning keeps idle pool threads polling between operators: it saves a wake-up per
+    # operator on an idle machine, and on a busy one takes the CPU the other threads need (seg-B1,
+    # 2 threads, other processes running: 1065 ms with it, 605 without), so it is off by default.
     graph_optimization: GraphOptimization = "all"
-    spinning: bool = True
+    spinning: bool = False
     memory_arena: bool = True
 
     def runner_section(self) -> dict[str, object]:

@@ -298,28 +298,28 @@ def test_bicubic_resize_keeps_the_resize_and_verifies(cli, seeded_checkpoint, tm
 def test_session_options_are_recorded_and_used(cli, seeded_checkpoint, tmp_path):
     weights = seeded_checkpoint("efficientvit_seg_b1_cityscapes")
     result = cli("export", SEG, "--weights", weights, "--resolution", "64x128", "--out", tmp_path, "-q",
-                 "--no-spinning", "--graph-optimization", "extended")
+                 "--spinning", "--graph-optimization", "extended")
     assert result.code == 0, result
     artifact = Path(result.stdout.strip())
     manifest = json.loads(artifact.with_name(f"{SEG}.evit.json").read_text())
-    assert manifest["details"]["runner"] == {"graph_optimization": "extended", "spinning": False, "memory_arena": True}
+    assert manifest["details"]["runner"] == {"graph_optimization": "extended", "spinning": True, "memory_arena": True}
     result = cli("profile", artifact, "--warmup", 0, "--iters", 1, "--json", "-")
     assert result.code == 0, result
     runner = json.loads(result.stdout)["runner"]
-    assert (runner["spinning"], runner["graph_optimization"], runner["memory_arena"]) == (False, "extended", True)
+    assert (runner["spinning"], runner["graph_optimization"], runner["memory_arena"]) == (True, "extended", True)
 
 
 def test_profile_opens_the_session_the_manifest_records(cli, seg_artifact, tmp_path):
     artifact = copy_artifact(seg_artifact, tmp_path)
     manifest_file = artifact.with_name(f"{SEG}.evit.json")
     manifest = json.loads(manifest_file.read_text())
-    assert manifest["details"]["runner"] == {"graph_optimization": "all", "spinning": True, "memory_arena": True}
-    manifest["details"]["runner"].update(spinning=False, memory_arena=False)  # as a device's measurement chose
+    assert manifest["details"]["runner"] == {"graph_optimization": "all", "spinning": False, "memory_arena": True}
+    manifest["details"]["runner"].update(spinning=True, memory_arena=False)  # as a device's measurement chose
     manifest_file.write_text(json.dumps(manifest))
     result = cli("profile", artifact, "--warmup", 0, "--iters", 1, "--json", "-")
     assert result.code == 0, result
     runner = json.loads(result.stdout)["runner"]
-    assert (runner["spinning"], runner["memory_arena"], runner["graph_optimization"]) == (False, False, "all")
+    assert (runner["spinning"], runner["memory_arena"], runner["graph_optimization"]) == (True, False, "all")
 
 
 def test_per_layer_profile_leaves_no_temp_folder(cli, seg_artifact, tmp_path, monkeypatch):
