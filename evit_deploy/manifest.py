@@ -18,7 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from evit_deploy.configs import Recipe
 from evit_deploy.errors import UsageError
+from evit_deploy.spec import InputSpec, Precision, TensorInfo
 
 MANIFEST_SUFFIX = ".evit.json"
 SCHEMA_VERSION = 1
@@ -36,8 +38,28 @@ class SourceWeights(BaseModel):
     seed: int = 0
 
 
+class ParityRecord(BaseModel):
+    """The latest ``verify`` of the artifact, kept in its manifest (the manifest itself is not hashed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    passed: bool
+    verified: str
+    inputs: str
+    samples: int
+    runner: dict[str, Any] = Field(default_factory=dict)
+    task: dict[str, float] = Field(default_factory=dict)
+    weight_rounding: dict[str, float] | None = None
+    outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    failed: list[str] = Field(default_factory=list)
+
+
 class Manifest(BaseModel):
-    """How an artifact was made, enough to rebuild its PyTorch reference anywhere."""
+    """How an artifact was made, enough to rebuild its PyTorch reference anywhere.
+
+    Every section is typed and parsed once, here: readers get an ``InputSpec``, ``TensorInfo``s
+    and a ``Recipe``, never dicts to re-parse. ``details`` is the target's own section.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -45,19 +67,21 @@ class Manifest(BaseModel):
     model: str
     task: str
     target: str
-    precision: str
+    precision: Precision
     files: list[FileEntry]
-    input: dict[str, Any]  # InputSpec.to_dict()
-    inputs: list[dict[str, Any]] = Field(default_factory=list)  # TensorInfo dicts, runner view
-    outputs: list[dict[str, Any]] = Field(default_factory=list)
-    recipe: dict[str, Any]
+    input: InputSpec
+    inputs: list[TensorInfo] = Field(default_factory=list)  # the runner's view of the artifact
+    outputs: list[TensorInfo] = Field(default_factory=list)
+    recipe: Recipe
     weights: SourceWeights
     versions: dict[str, str]
     created: str
     export_seconds: float
     notes: list[str] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict)
-    parity: dict[str, Any] | None = None
+    parity: ParityRecord | None = None
+    graph: str | None = None  # which graph of a several-graph model (SAM: encoder, decoder); None: the model
+    bundle: str | None = None  # the bundle manifest naming every graph of the export (``evit_deploy.bundle``)
 
     @property
     def primary(self) -> str:
@@ -110,7 +134,9 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 @contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
-    """A private folder beside ``out`` for work in progress, removed whatever happens."""
+    """A private folder inside ``out`` for work in progress, removed whatever happens; folders this
+    run created for ``out`` are removed too when it fails and leaves them empty."""
+    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = tempfile.mkdtemp(prefix=".evit-staging-", dir=out)
@@ -119,6 +145,14 @@ def staging_dir(out: Path) -> Iterator[Path]:
     path = Path(probe)
     try:
         yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        for folder in created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or not ours to remove): stop there
+        raise
     finally:
         shutil.rmtree(path, ignore_errors=True)
 

@@ -198,6 +198,14 @@ def precision_limited():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _toolchain_logs_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Toolchain failure logs (exit 3) go to the session's temp folder, never ~/.cache."""
+    folder = tmp_path_factory.getbasetemp() / "toolchain-logs"
+    os.environ["EVIT_LOG_DIR"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _calibration_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """int8 calibration caches go to the session's temp folder, never ~/.cache."""
     folder = tmp_path_factory.getbasetemp() / "calib-cache"

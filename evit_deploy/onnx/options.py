@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from evit_deploy.contracts import TargetOptions
 
 INSTALL_HINT = "pip install 'evit-deploy[onnx]'"
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 RUNNER_FIELDS = frozenset({"graph_optimization", "spinning", "memory_arena"})
+# The opsets each of torch 2.13's exporters writes (torch.onnx._constants): the dynamo exporter
+# raises anything below 18 to 18, so a lower request would be recorded but not made.
+OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
 
 
 class OnnxOptions(TargetOptions):
@@ -39,3 +43,12 @@ class OnnxOptions(TargetOptions):
     def runner_section(self) -> dict[str, object]:
         """The ONNX Runtime session settings, for the manifest's ``details.runner``."""
         return self.model_dump(include=set(RUNNER_FIELDS))
+
+    @model_validator(mode="after")
+    def _opset_in_range(self) -> OnnxOptions:
+        low, high = OPSETS[self.exporter]
+        if not low <= self.opset <= high:
+            raise PydanticCustomError(
+                "opset", "opset {opset} is out of range: the {exporter} exporter writes opsets {low} to {high}",
+                {"opset": self.opset, "exporter": self.exporter, "low": low, "high": high})
+        return self

@@ -63,7 +63,7 @@ class OnnxRunner(Runner):
         try:
             return ort.InferenceSession(str(self.path), options, providers=providers)
         except (state.InvalidProtobuf, state.NoModel, state.NoSuchFile, state.InvalidGraph) as err:
-            raise UsageError(f"{self.path.name}: not a valid ONNX model ({_ort_message(err)}); re-export it") from None
+            raise UsageError(f"{self.path.name}: not an ONNX model ({_ort_message(err)}); re-export it") from None
         except (state.Fail, state.InvalidArgument, state.NotImplemented, state.RuntimeException, state.EPFail) as err:
             raise ToolchainError(f"{self.path.name}: ONNX Runtime cannot load it: {_ort_message(err)}") from None
 
