@@ -73,9 +73,7 @@ def with_runner(artifact: Path, folder: Path, **settings: object) -> Path:
     manifest = artifact.with_name(f"{artifact.stem}.evit.json")
     shutil.copy(artifact, folder / artifact.name)
     data = json.loads(manifest.read_text())
-    data["details"]["runner"].update(settings)
-    options = data["recipe"]["options"]  # a recipe that names a setting overrides the runner section
-    options.update({key: value for key, value in settings.items() if key in options})
+    data["details"]["runner"].update(settings)  # the runner section: what verify and profile open it with
     (folder / manifest.name).write_text(json.dumps(data, indent=2))
     return folder / artifact.name
 
@@ -134,17 +132,53 @@ def ort_graph(artifact: Path, folder: Path) -> dict[str, Any]:
 
 
 def precision_side_by_side(artifacts: dict[str, list[object]], threads: int, samples: int) -> dict[str, Any]:
-    """verify on the fast and the accurate session (cls-B1 512, seed 71: the case of issue 19)."""
+    """verify on the fast and the accurate session (cls-B1 512, seed 71: the case of issue 19), and every
+    runtime's error against the same model in float64 on verify's inputs."""
     from evit_deploy import api
 
-    out = {}
+    out: dict[str, Any] = {}
     for label in ("onnx_fp32", "onnx_fp32_extended"):
         report = api.verify(artifacts[label][0], samples=samples, threads=threads, record=False)
         logits = report.outputs["logits"]
         out[label] = {"passed": report.passed, "max_rel": logits.max_rel, "cosine": logits.cosine,
                       "samples": report.samples, "graph_optimization": report.runner.get("graph_optimization"),
-                      "ties": [note for note in report.notes if "within rounding of 0" in note]}
+                      "excused": report.excused}
+    out["max_rel_vs_float64"] = errors_against_float64(
+        {label: artifacts[label][0] for label in ("onnx_fp32", "onnx_fp32_extended")}, threads, samples)
     return out
+
+
+def errors_against_float64(artifacts: dict[str, Any], threads: int, samples: int) -> dict[str, Any]:
+    """Per runtime, max|out - out64| / max|out64| over verify's random samples (seed 0): PyTorch fp32 and
+    each artifact's recorded session, against the PyTorch model run in float64."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from evit_deploy.artifact import open_artifact
+    from evit_deploy.data import input_batches
+    from evit_deploy.pipeline.reference import reference_model
+
+    handles = {label: open_artifact(path) for label, path in artifacts.items()}
+    first = next(iter(handles.values()))
+    model, _, _ = reference_model(first.manifest, None)
+    model.eval()
+    exact = copy.deepcopy(model).double()
+    runners = {label: h.runner(threads=threads) for label, h in handles.items()}
+    worst: dict[str, list[float]] = {label: [] for label in ["torch_fp32", *runners]}
+    for runner in runners.values():
+        runner.load()
+    with torch.inference_mode():
+        for image in input_batches(first.spec, samples=samples, seed=0):
+            reference = exact(torch.from_numpy(image).double()).numpy()
+            outputs = {"torch_fp32": model(torch.from_numpy(image)).numpy()}
+            outputs.update({label: next(iter(r.run({r.inputs[0].name: image}).values()))
+                            for label, r in runners.items()})
+            for label, out in outputs.items():
+                worst[label].append(float(np.abs(out - reference).max() / np.abs(reference).max()))
+    return {label: {"max": max(errors), "worst_sample": int(np.argmax(errors)) + 1, "per_sample": errors}
+            for label, errors in worst.items()}
 
 
 def measure_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -12,27 +12,35 @@ weights seed 71, random sample 2: the pre-activation is -4.2e-7 in float64, -5.6
 fp32, +1.8e-7 in ONNX Runtime's NCHWc path, whose errors elsewhere match PyTorch's: rms 5.5e-7
 both; the logits then differ by 8.5e-4 relative).
 
-``TieWatch`` finds such tokens while the reference runs, and ``flipped_outputs`` reruns the
-model with each tie broken the other way, so ``verify`` can compare an artifact with the
-outcome its own rounding chose (``contracts.AmbiguousOutputs``) instead of failing a correct
-export. Only the linear path (tokens > dim) is watched: the quadratic path runs on maps of at
-most ``dim`` tokens.
+``TieWatch`` finds candidate tokens while the fp32 reference runs; ``ill_conditioned`` keeps only
+those a float64 run of the same model shows to be ill-conditioned (the denominator no larger than
+what rounding the near-zero components could add to it), and none when there are more than
+``MAX_TIES``; ``flipped_outputs`` reruns the model with each kept tie broken the other way. So
+``verify`` can compare an artifact with the outcome its own rounding chose
+(``contracts.AmbiguousOutputs``) instead of failing a correct export, while an artifact wrong
+anywhere else still fails: the alternatives differ from the reference at those tokens only.
+Only the linear path (tokens > dim) is watched: the quadratic path runs on maps of at most
+``dim`` tokens.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .attention import LiteMLA
 
-__all__ = ["Tie", "TieWatch", "flipped_outputs"]
+__all__ = ["MAX_TIES", "Tie", "TieWatch", "flipped_outputs", "ill_conditioned"]
 
 # A query component within this fraction of its head's largest |q| is "within rounding of 0":
 # ~10x the worst fp32 error measured on the case above (3e-6 on |q| <= 3.5).
 TIE_TOLERANCE = 1e-5
+# At most this many tokens of one sample are excused: one rounding accident is plausible, many are a
+# model or artifact problem, judged strictly (the real case above has one).
+MAX_TIES = 2
 
 
 @dataclass(frozen=True)
@@ -46,12 +54,19 @@ class Tie:
     col: int
     dims: tuple[int, ...]  # the near-zero query components whose key dimensions carry mass
     positive: bool  # the watched run took them as positive (the output is their value average)
+    denominator: float  # sum_d ReLU(q_d) * key mass_d over the firm components (the run's precision)
+    rounding: float  # the most rounding of the near-zero components could add to it
+
+    @property
+    def token(self) -> tuple[str, int, int, int, int]:
+        return self.module, self.batch, self.head, self.row, self.col
 
     def describe(self) -> str:
         side = "its value average" if self.positive else "0"
         return (f"{self.module} head {self.head} token ({self.row}, {self.col}) of image {self.batch}: "
                 f"query components {list(self.dims)} are within rounding of 0 and decide its output "
-                f"(here {side})")
+                f"(here {side}; float64 denominator {self.denominator:.2g} against {self.rounding:.2g} "
+                "from rounding)")
 
 
 class TieWatch:
@@ -71,6 +86,24 @@ class TieWatch:
 
         with _intercepting(self.model, observe):
             yield self
+
+
+def ill_conditioned(model: torch.nn.Module, run: Callable[[torch.nn.Module], object],
+                    candidates: list[Tie]) -> list[Tie]:
+    """The ``candidates`` (found in fp32) that ``run(model in float64)`` shows to be ill-conditioned, with
+    the float64 figures; none when more than ``MAX_TIES`` are.
+
+    ``run`` calls the model it is given on the sample's inputs cast to float64."""
+    if not candidates:
+        return []
+    exact = copy.deepcopy(model).double()
+    watch = TieWatch(exact)
+    with watch.watching(), torch.inference_mode():
+        run(exact)
+    confirmed = {tie.token: tie for tie in watch.ties}
+    kept = [replace(tie, denominator=confirmed[tie.token].denominator, rounding=confirmed[tie.token].rounding)
+            for tie in candidates if tie.token in confirmed]
+    return kept if len(kept) <= MAX_TIES else []
 
 
 def flipped_outputs(model: torch.nn.Module, run: Callable[[], object], ties: list[Tie]) -> list[object]:
@@ -118,7 +151,7 @@ def _intercepting(model: torch.nn.Module,
 
 
 def _ties(name: str, module: LiteMLA, qkv: torch.Tensor) -> list[Tie]:
-    q, k, _ = module._split(qkv.float())  # (B, G, dim, N)
+    q, k, _ = module._split(qkv if qkv.dtype == torch.float64 else qkv.float())  # (B, G, dim, N)
     key_mass = torch.relu(k).sum(dim=-1, keepdim=True)  # (B, G, dim, 1)
     scale = q.abs().amax(dim=(2, 3), keepdim=True)  # (B, G, 1, 1)
     near = (q.abs() <= TIE_TOLERANCE * scale) & (key_mass > 0)
@@ -133,7 +166,8 @@ def _ties(name: str, module: LiteMLA, qkv: torch.Tensor) -> list[Tie]:
     for b, g, n in tied.nonzero().tolist():
         dims = tuple(near[b, g, :, n].nonzero().flatten().tolist())
         positive = bool((q[b, g, list(dims), n] > 0).any())
-        found.append(Tie(name, b, g, n // width, n % width, dims, positive))
+        found.append(Tie(name, b, g, n // width, n % width, dims, positive,
+                         float(den_firm[b, g, n]), float(den_noise[b, g, n])))
     return found
 
 

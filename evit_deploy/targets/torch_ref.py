@@ -50,17 +50,22 @@ class TorchRunner(Runner):
         return {n: t.detach().float().numpy() for n, t in zip(self.output_names, tensors)}
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Canonical outputs; ``AmbiguousOutputs`` when an attention token's output is decided by
-        rounding (then also the outputs with each such tie broken the other way)."""
-        from evit_deploy.nn.ties import TieWatch, flipped_outputs
+        """Canonical outputs; ``AmbiguousOutputs`` when a float64 run shows an attention token's output to
+        be decided by rounding (then also the outputs with each such tie broken the other way)."""
+        import torch
+
+        from evit_deploy.nn.ties import TieWatch, flipped_outputs, ill_conditioned
 
         watch = TieWatch(self.model)
         with watch.watching():
             outputs = super().run(feed)
-        if not watch.ties:
+        exact_inputs = [torch.from_numpy(np.asarray(x, np.float64) if x.dtype.kind == "f" else np.asarray(x))
+                        for x in (feed[i.name] for i in self.inputs)]
+        ties = ill_conditioned(self.model, lambda model: model(*exact_inputs), watch.ties)
+        if not ties:
             return outputs
-        alternatives = flipped_outputs(self.model, lambda: super(TorchRunner, self).run(feed), watch.ties)
-        return AmbiguousOutputs(outputs, alternatives, [tie.describe() for tie in watch.ties])
+        alternatives = flipped_outputs(self.model, lambda: super(TorchRunner, self).run(feed), ties)
+        return AmbiguousOutputs(outputs, alternatives, [tie.describe() for tie in ties])
 
     def describe(self) -> dict[str, Any]:
         import torch

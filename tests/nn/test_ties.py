@@ -10,19 +10,24 @@ import torch
 from evit_deploy.configs import Tolerances
 from evit_deploy.contracts import AmbiguousOutputs
 from evit_deploy.nn import LiteMLA
-from evit_deploy.nn.ties import Tie, TieWatch, flipped_outputs
+from evit_deploy.nn.ties import MAX_TIES, Tie, TieWatch, flipped_outputs, ill_conditioned
 from evit_deploy.parity import Comparator
+from evit_deploy.spec import TensorInfo
+from evit_deploy.targets.torch_ref import TorchRunner
 
 DIM, H, W = 4, 4, 4
 TOKEN = (1, 2)  # (row, col) of the tied token
 
 
 class QkvIn(torch.nn.Module):
-    """A LiteMLA whose qkv conv is the identity: the input *is* qkv (q0..3 k0..3 v0..3)."""
+    """A LiteMLA whose qkv conv is the identity: the input *is* qkv (q0..3 k0..3 v0..3). The other
+    weights are the same in every instance (a reference and its artifact)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.mla = LiteMLA(3 * DIM, 3 * DIM, heads=1, dim=DIM, scales=())
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.mla = LiteMLA(3 * DIM, 3 * DIM, heads=1, dim=DIM, scales=())
         with torch.no_grad():
             self.mla.qkv.conv.weight.copy_(torch.eye(3 * DIM).reshape(3 * DIM, 3 * DIM, 1, 1))
         self.eval()
@@ -49,7 +54,8 @@ def test_the_tie_is_found_with_the_side_taken():
     for near_zero, positive in ((-1e-7, False), (0.0, False), (1e-7, True)):
         with watch.watching(), torch.no_grad():
             model(tied_qkv(near_zero))
-        assert watch.ties == [Tie("mla", 0, 0, *TOKEN, (0,), positive)]
+        (tie,) = watch.ties
+        assert (tie.token, tie.dims, tie.positive) == (("mla", 0, 0, *TOKEN), (0,), positive)
         assert "mla head 0 token (1, 2) of image 0: query components [0]" in watch.ties[0].describe()
 
 
@@ -109,7 +115,7 @@ def test_nested_interception_restores_the_outer_one():
     x = tied_qkv(-1e-7)
     watch = TieWatch(model)
     with watch.watching(), torch.no_grad():
-        flipped_outputs(model, lambda: model(x), [Tie("mla", 0, 0, *TOKEN, (0,), False)])
+        flipped_outputs(model, lambda: model(x), [Tie("mla", 0, 0, *TOKEN, (0,), False, 0.0, 1e-6)])
         model(x)  # still watched after the inner interception ended
     assert len(watch.ties) == 2 and "relu_linear_att" not in vars(model.mla)
 
@@ -138,3 +144,67 @@ def test_a_tie_does_not_excuse_an_artifact_that_matches_neither_side():
     report = comparator.report(model="m", artifact="a", precision="fp32", input_source="random")
     assert not report.passed and report.notes == []  # judged against the reference's own side, and fails
     assert report.outputs["logits"].max_rel == pytest.approx(0.01, rel=1e-3)
+
+
+def _fp32_ties(model: QkvIn, x: torch.Tensor) -> list[Tie]:
+    watch = TieWatch(model)
+    with watch.watching(), torch.no_grad():
+        model(x)
+    return watch.ties
+
+
+def test_a_tie_is_kept_only_where_float64_shows_it_ill_conditioned():
+    model = QkvIn()
+    x = tied_qkv(-1e-7)
+    (tie,) = ill_conditioned(model, lambda exact: exact(x.double()), _fp32_ties(model, x))
+    assert tie.denominator == 0.0 and 0 < tie.rounding < 1e-3  # the float64 figures, in its description
+    assert "float64 denominator 0 against" in tie.describe()
+    forged = Tie("mla", 0, 0, 3, 3, (0,), False, 0.0, 1e-6)  # a token float64 finds well-conditioned
+    assert ill_conditioned(model, lambda exact: exact(x.double()), [forged]) == []
+    clear = x.clone()
+    clear[0, 0, TOKEN[0], TOKEN[1]] = -0.3  # in float64 the component is clearly negative: no excuse
+    assert ill_conditioned(model, lambda exact: exact(clear.double()), [tie]) == []
+
+
+def test_more_than_max_ties_are_none_excused():
+    model = QkvIn()
+    x = torch.cat([tied_qkv(-1e-7)] * (MAX_TIES + 1))
+    ties = _fp32_ties(model, x)
+    assert len(ties) == MAX_TIES + 1
+    assert ill_conditioned(model, lambda exact: exact(x.double()), ties) == []
+    assert len(ill_conditioned(model, lambda exact: exact(x[:MAX_TIES].double()), ties[:MAX_TIES])) == MAX_TIES
+
+
+def _verify(artifact: QkvIn, x: torch.Tensor):
+    """The artifact (here a torch module) against the reference runner verify uses, on one sample."""
+    feed = {"x": x.numpy()}
+    comparator = Comparator("features", 0, Tolerances(max_rel=1e-4))
+    with TorchRunner(QkvIn(), [TensorInfo("x", tuple(x.shape))]) as reference, torch.no_grad():
+        expected = reference.run(feed)
+        assert isinstance(expected, AmbiguousOutputs)  # the tie is there for both artifacts below
+        comparator.update({"logits": artifact(x).numpy()}, expected)
+    return comparator.report(model="m", artifact="a", precision="fp32", input_source="random")
+
+
+def test_a_correct_artifact_on_the_other_side_passes_with_the_token_named():
+    x = tied_qkv(-1e-7)
+    other_side = x.clone()
+    other_side[0, 0, TOKEN[0], TOKEN[1]] = 1e-6  # what a runtime rounding the other way computes
+    model = QkvIn()
+    report = _verify(lambda _: model(other_side), x)
+    assert report.passed
+    (excused,) = report.to_dict()["excused"]
+    assert excused["sample"] == 1 and excused["max_rel_reference_side"] > 1e-2
+    assert excused["max_rel_taken_side"] < 1e-5
+    assert excused["tokens"][0].startswith("mla head 0 token (1, 2) of image 0: query components [0]")
+
+
+@pytest.mark.parametrize("damage", [1.01, 0.999], ids=["v-weight+1%", "v-weight-0.1%"])
+def test_an_artifact_with_one_damaged_attention_weight_still_fails(damage):
+    x = tied_qkv(-1e-7)
+    damaged = QkvIn()
+    with torch.no_grad():
+        damaged.mla.qkv.conv.weight[2 * DIM, 2 * DIM] *= damage  # one weight of the value projection
+    report = _verify(damaged, x)
+    assert not report.passed and report.excused == []
+    assert "outputs.logits.max_rel" in [c.name for c in report.failures]
