@@ -420,3 +420,16 @@ def test_cls_b1_512_with_one_damaged_attention_weight_fails_despite_the_tie(cli,
     assert result.code == 1, result
     report = json.loads((tmp_path / "v.json").read_text())
     assert "outputs.logits.max_rel" in report["failed"] and report["excused"] == []
+
+
+def test_the_runner_refuses_random_bytes_in_one_line(tmp_path):
+    """The runner's own guard (benchmarks and devices open artifacts through it, not only the CLI)."""
+    from evit_deploy.errors import UsageError
+    from evit_deploy.onnx.runner import OnnxRunner
+
+    path = tmp_path / "noise.onnx"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(UsageError) as err:
+        OnnxRunner(path).load()
+    assert str(err.value).startswith("noise.onnx: not an ONNX model (") and str(err.value).endswith("; re-export it")
+    assert "\n" not in str(err.value)
