@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
 from evit_deploy.configs import Tolerances
 from evit_deploy.contracts import AmbiguousOutputs
 from evit_deploy.nn import LiteMLA
 from evit_deploy.nn.ties import MAX_TIES, Tie, TieWatch, flipped_outputs, ill_conditioned
 from evit_deploy.parity import Comparator
+from evit_deploy.report import print_parity
 from evit_deploy.spec import TensorInfo
 from evit_deploy.targets.torch_ref import TorchRunner
 
@@ -197,6 +199,9 @@ def test_a_correct_artifact_on_the_other_side_passes_with_the_token_named():
     assert excused["sample"] == 1 and excused["max_rel_reference_side"] > 1e-2
     assert excused["max_rel_taken_side"] < 1e-5
     assert excused["tokens"][0].startswith("mla head 0 token (1, 2) of image 0: query components [0]")
+    console = Console(width=200, record=True)
+    print_parity(console, report)
+    assert "excused, sample 1: mla head 0 token (1, 2) of image 0" in console.export_text()
 
 
 @pytest.mark.parametrize("damage", [1.01, 0.999], ids=["v-weight+1%", "v-weight-0.1%"])
