@@ -26,6 +26,7 @@ Precision, cls-B1 512x512 (seed 71): ``verify`` with 16 samples on the fast (all
 
     python benchmarks/onnx_speed.py                  # writes benchmarks/results/onnx_speed.json
     python benchmarks/onnx_speed.py --models seg_b1_512x1024 --rounds 2
+    python benchmarks/onnx_speed.py --only onnx_fp32_resize litert_fp32 --precision-samples 4   # the must-haves
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ MODELS = {
     "cls_b1_512": ("efficientvit-b1-r224", "efficientvit_cls_b1", 71, "512x512"),
 }
 TARGETS = {"seg_b1_512x1024": 1.0, "cls_b1_512": 1.1}  # ONNX fp32 / LiteRT fp32 at most (issue 19)
+RATIOS = [("onnx_fp32", "litert_fp32"), ("onnx_fp32_resize", "onnx_fp32"), ("onnx_fp32_extended", "onnx_fp32"),
+          ("onnx_fp32_spin", "onnx_fp32"), ("onnx_fp16", "onnx_fp32"), ("onnx_fp16_resize", "onnx_fp16"),
+          ("torch_eager", "onnx_fp32")]
 PROFILED = ("onnx_fp32_resize", "onnx_fp32", "litert_fp32")  # per-op tables: before, after, LiteRT
 
 
@@ -78,7 +82,8 @@ def with_runner(artifact: Path, folder: Path, **settings: object) -> Path:
     return folder / artifact.name
 
 
-def export_candidates(name: str, tmp: Path) -> dict[str, list[object]]:
+def export_candidates(name: str, tmp: Path, only: set[str] | None) -> dict[str, list[object]]:
+    """Every candidate of the module docstring that applies to ``name`` (those in ``only``, if given)."""
     model, keys, seed, resolution = MODELS[name]
     weights = seeded_weights(keys, seed)
     common = ["--resolution", resolution, *(["--weights", weights] if weights else []), "-q"]
@@ -87,20 +92,27 @@ def export_candidates(name: str, tmp: Path) -> dict[str, list[object]]:
         print(f"exporting {name} {label}", flush=True)
         return Path(evit("export", model, *common, "--out", tmp / label, *extra).strip())
 
-    onnx_fp32 = export("onnx_fp32", "--target", "onnx", "--config", "onnx-fp32")
+    seg = name.startswith("seg")
+    makers: dict[str, Any] = {
+        "onnx_fp32": lambda: export("onnx_fp32", "--target", "onnx", "--config", "onnx-fp32"),
+        "onnx_fp32_resize": (lambda: export("onnx_fp32_resize", "--target", "onnx", "--config", "onnx-fp32",
+                                            "--bicubic", "resize")) if seg else None,
+        "onnx_fp32_extended": lambda: with_runner(onnx_fp32, tmp / "extended", graph_optimization="extended"),
+        "onnx_fp32_spin": lambda: with_runner(onnx_fp32, tmp / "spin", spinning=True),
+        "onnx_fp16": lambda: export("onnx_fp16", "--target", "onnx", "--config", "onnx-fp16"),
+        "onnx_fp16_resize": (lambda: export("onnx_fp16_resize", "--target", "onnx", "--config", "onnx-fp16",
+                                            "--bicubic", "resize")) if seg else None,
+        "litert_fp32": lambda: export("litert_fp32", "--target", "tflite", "--config", "tflite-fp32"),
+        "torch_eager": lambda: model,
+    }
+    onnx_fp32 = makers["onnx_fp32"]()  # every other ONNX candidate is measured against it
     candidates: dict[str, list[object]] = {"onnx_fp32": [onnx_fp32]}
-    if name.startswith("seg"):
-        candidates["onnx_fp32_resize"] = [export("onnx_fp32_resize", "--target", "onnx", "--config", "onnx-fp32",
-                                                 "--bicubic", "resize")]
-    candidates["onnx_fp32_extended"] = [with_runner(onnx_fp32, tmp / "extended", graph_optimization="extended")]
-    candidates["onnx_fp32_spin"] = [with_runner(onnx_fp32, tmp / "spin", spinning=True)]
-    candidates["onnx_fp16"] = [export("onnx_fp16", "--target", "onnx", "--config", "onnx-fp16")]
-    if name.startswith("seg"):
-        candidates["onnx_fp16_resize"] = [export("onnx_fp16_resize", "--target", "onnx", "--config", "onnx-fp16",
-                                                 "--bicubic", "resize")]
-    candidates["litert_fp32"] = [export("litert_fp32", "--target", "tflite", "--config", "tflite-fp32")]
-    candidates["torch_eager"] = [model, "--target", "torch", "--resolution", resolution,
-                                 *(["--weights", weights] if weights else [])]
+    for label, make in makers.items():
+        if make is not None and label != "onnx_fp32" and (only is None or label in only):
+            candidates[label] = [make()]
+    if "torch_eager" in candidates:
+        candidates["torch_eager"] += ["--target", "torch", "--resolution", resolution,
+                                      *(["--weights", weights] if weights else [])]
     return candidates
 
 
@@ -183,23 +195,18 @@ def errors_against_float64(artifacts: dict[str, Any], threads: int, samples: int
 
 def measure_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     model, _, _, resolution = MODELS[name]
-    candidates = export_candidates(name, tmp / name)
+    only = set(args.only) if args.only else None
+    candidates = export_candidates(name, tmp / name, only)
     results = interleaved(candidates, rounds=args.rounds, threads=args.threads, warmup=args.warmup,
                           iters=args.iters)
     p50 = {label: r["p50_ms"] for label, r in results.items()}
-    ratios = {"onnx_fp32_vs_litert_fp32": p50["onnx_fp32"] / p50["litert_fp32"],
-              "onnx_fp32_extended_vs_onnx_fp32": p50["onnx_fp32_extended"] / p50["onnx_fp32"],
-              "onnx_fp32_spin_vs_onnx_fp32": p50["onnx_fp32_spin"] / p50["onnx_fp32"],
-              "onnx_fp16_vs_onnx_fp32": p50["onnx_fp16"] / p50["onnx_fp32"],
-              "torch_eager_vs_onnx_fp32": p50["torch_eager"] / p50["onnx_fp32"]}
-    if "onnx_fp32_resize" in p50:
-        ratios["onnx_fp32_resize_vs_onnx_fp32"] = p50["onnx_fp32_resize"] / p50["onnx_fp32"]
-        ratios["onnx_fp16_resize_vs_onnx_fp16"] = p50["onnx_fp16_resize"] / p50["onnx_fp16"]
+    ratios = {f"{a}_vs_{b}": p50[a] / p50[b] for a, b in RATIOS if a in p50 and b in p50}
+    ratio = ratios.get("onnx_fp32_vs_litert_fp32")
     entry: dict[str, Any] = {
         "model": model, "resolution": resolution, "gflop": round(gflop(model, resolution), 3),
         "p50_ms": p50, "ratios": ratios,
         "target_onnx_vs_litert": TARGETS.get(name),
-        "meets_target": (ratios["onnx_fp32_vs_litert_fp32"] <= TARGETS[name]) if name in TARGETS else None,
+        "meets_target": (ratio <= TARGETS[name]) if name in TARGETS and ratio is not None else None,
         "results": results,
     }
     if not args.no_per_op:
@@ -207,25 +214,40 @@ def measure_model(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
                            for label in PROFILED if label in candidates}
     entry["ort_graph"] = {label: ort_graph(candidates[label][0], tmp / name / label)
                           for label in ("onnx_fp32_resize", "onnx_fp32") if label in candidates}
-    if name == "cls_b1_512" and not args.no_precision:
-        entry["precision"] = precision_side_by_side(candidates, args.threads, 16)
+    if name == "cls_b1_512" and args.precision_samples:
+        if "onnx_fp32_extended" not in candidates:
+            candidates["onnx_fp32_extended"] = [with_runner(candidates["onnx_fp32"][0], tmp / name / "extended",
+                                                            graph_optimization="extended")]
+        entry["precision"] = precision_side_by_side(candidates, args.threads, args.precision_samples)
     return entry
 
 
 def findings(models: dict[str, Any], rates: list[float]) -> list[str]:
     notes = [(f"compute floor: FLOPs / {max(rates):.0f} GFLOP/s, the best of the GEMM rates measured before and "
               f"after the timed rounds ({', '.join(f'{r:.0f}' for r in rates)} GFLOP/s)")]
+    described = {"onnx_fp32_resize_vs_onnx_fp32": "ORT's Resize instead of the exact bicubic form (fp32)",
+                 "onnx_fp16_resize_vs_onnx_fp16": "the same in fp16",
+                 "onnx_fp32_extended_vs_onnx_fp32": "without NCHWc (extended)",
+                 "onnx_fp32_spin_vs_onnx_fp32": "spinning", "onnx_fp16_vs_onnx_fp32": "fp16",
+                 "torch_eager_vs_onnx_fp32": "PyTorch eager"}
     for name, m in models.items():
-        r = m["ratios"]
-        line = (f"{name}: ONNX fp32 {m['p50_ms']['onnx_fp32']:.1f} ms = {m['vs_floor']['onnx_fp32']:.2f}x the floor "
-                f"({m['floor_ms']:.1f} ms for {m['gflop']:.2f} GFLOP); LiteRT fp32 {m['p50_ms']['litert_fp32']:.1f} ms "
-                f"= {m['vs_floor']['litert_fp32']:.2f}x; ONNX/LiteRT {r['onnx_fp32_vs_litert_fp32']:.2f}")
-        if "onnx_fp32_resize_vs_onnx_fp32" in r:
-            line += (f"; the exact bicubic form is {r['onnx_fp32_resize_vs_onnx_fp32']:.2f}x faster than ORT's Resize "
-                     f"in fp32, {r['onnx_fp16_resize_vs_onnx_fp16']:.2f}x in fp16")
-        line += (f"; without NCHWc (extended) {r['onnx_fp32_extended_vs_onnx_fp32']:.2f}x slower; "
-                 f"spinning {r['onnx_fp32_spin_vs_onnx_fp32']:.2f}x; fp16 {r['onnx_fp16_vs_onnx_fp32']:.2f}x fp32")
+        r, p50, floor = m["ratios"], m["p50_ms"], m["vs_floor"]
+        line = (f"{name}: ONNX fp32 {p50['onnx_fp32']:.1f} ms = {floor['onnx_fp32']:.2f}x the floor "
+                f"({m['floor_ms']:.1f} ms for {m['gflop']:.2f} GFLOP)")
+        if "litert_fp32" in p50:
+            line += (f"; LiteRT fp32 {p50['litert_fp32']:.1f} ms = {floor['litert_fp32']:.2f}x; "
+                     f"ONNX/LiteRT {r['onnx_fp32_vs_litert_fp32']:.2f}")
+        line += "".join(f"; {text} {r[key]:.2f}x ONNX fp32's time" for key, text in described.items() if key in r)
         notes.append(line)
+        precision = m.get("precision")
+        if precision:
+            errors = precision["max_rel_vs_float64"]
+            notes.append(f"{name}: max_rel against float64 over {precision['onnx_fp32']['samples']} samples: "
+                         + ", ".join(f"{label} {e['max']:.2g} (worst sample {e['worst_sample']})"
+                                     for label, e in errors.items())
+                         + f"; verify passes: all {precision['onnx_fp32']['passed']} "
+                         f"(excused {[e['tokens'] for e in precision['onnx_fp32']['excused']]}), "
+                         f"extended {precision['onnx_fp32_extended']['passed']}")
         fused = m["ort_graph"]["onnx_fp32"]
         notes.append(f"{name}: ORT made {fused['nchwc_convs']} NCHWc convs ({fused['with_fused_activation']} with a fused "
                      f"activation, {fused['with_fused_residual_add']} with the residual Add fused), "
@@ -249,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-per-op", action="store_true", help="skip the per-op profiles")
-    parser.add_argument("--no-precision", action="store_true", help="skip verify on cls-B1 512 (16 samples, twice)")
+    parser.add_argument("--precision-samples", type=int, default=16,
+                        help="verify samples on cls-B1 512, fast and accurate session (0: skip)")
+    parser.add_argument("--only", nargs="+", metavar="CANDIDATE",
+                        help="time only these candidates besides onnx_fp32 (see above)")
     parser.add_argument("--note", default="", help="a line on the conditions of this run (e.g. a shared machine)")
     args = parser.parse_args(argv)
 
