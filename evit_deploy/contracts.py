@@ -101,6 +101,21 @@ class LayerTiming:
     share: float  # of the summed operator time
 
 
+class AmbiguousOutputs(dict):  # type: ignore[type-arg]
+    """A reference's outputs for an input where its own arithmetic could have given others.
+
+    ``alternatives`` are those other outputs (same names), each as legitimate as this one;
+    ``reasons`` say where the ambiguity sits (one line each). A comparator judges an artifact
+    against whichever of them its output is closest to, and says so.
+    """
+
+    def __init__(self, outputs: dict[str, np.ndarray], alternatives: list[dict[str, np.ndarray]],
+                 reasons: list[str]) -> None:
+        super().__init__(outputs)
+        self.alternatives = alternatives
+        self.reasons = reasons
+
+
 class Runner(ABC):
     """Loads an artifact and maps named arrays to named arrays.
 

@@ -60,6 +60,7 @@ class ParityRecord(BaseModel):
     weight_rounding: dict[str, float] | None = None
     outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     failed: list[str] = Field(default_factory=list)
+    excused: list[dict[str, Any]] = Field(default_factory=list)  # ParityReport.excused
 
 
 class Manifest(BaseModel):

@@ -88,6 +88,11 @@ def parity_table(report: ParityReport) -> Table:
             bound = bounds.get(name.removeprefix("task.")) if name.startswith("task.") else None
             cells.append("" if bound is None else f"{bound:.6g}")
         table.add_row(*cells)
+    for excused in report.excused:  # the tokens judged by the side they took: named, max_rel against that side
+        for token in excused["tokens"]:
+            cells = [f"excused, sample {excused['sample']}: {token.split(':')[0]}",
+                     f"{excused['max_rel_taken_side']:.6g}", "ill-conditioned in float64", "~"]
+            table.add_row(*cells, *([""] if bounds is not None else []))
     return table
 
 

@@ -2,9 +2,12 @@
 
 The exporter's optimizer stays on (it is worth ~1.7x on ORT); the LiteMLA eps survives it
 because the model holds it as a 1-element tensor, not a Python scalar (DESIGN.md, traps).
+The seg head's bicubic upsampling is exported in its exact conv form unless ``bicubic:
+resize`` (ORT's cubic Resize is single-threaded and took about a third of seg-B1's time).
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -29,6 +32,11 @@ def export_onnx_graph(model: torch.nn.Module, io: GraphIO, options: OnnxOptions,
     import onnx
     import torch
 
+    if options.bicubic == "exact":
+        from evit_deploy.convert.bicubic import bicubic_upsample_layers, replace_bicubic_upsampling
+
+        if bicubic_upsample_layers(model):
+            model = replace_bicubic_upsampling(copy.deepcopy(model))
     # The exporter logs registry chatter (e.g. "torchvision is not installed") at WARNING.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     examples = tuple(torch.zeros(i.shape) for i in io.inputs)
@@ -165,14 +173,21 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     """``NAME.onnx`` in ``ctx.workdir``: exported, simplified if asked, fp16 with islands, checked."""
     import onnx
 
+    from evit_deploy.convert.bicubic import bicubic_upsample_layers
+
     ctx.progress(f"torch.onnx.export ({options.exporter}, opset {options.opset})")
     graph = export_onnx_graph(model, ctx.graph, options, ctx.workdir)
     if options.simplify != "none":
         ctx.progress(f"simplifying with {options.simplify}")
         graph = simplify(graph, options.simplify)
     details: dict[str, Any] = {"opset": max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
-                               "nodes": len(graph.graph.node)}
+                               "nodes": len(graph.graph.node), "runner": options.runner_section()}
     notes: list[str] = []
+    rewritten = bicubic_upsample_layers(model) if options.bicubic == "exact" else []
+    if rewritten:
+        details["bicubic_rewrite"] = rewritten
+        notes.append(f"{len(rewritten)} bicubic upsampling(s) exported as edge pad + depthwise conv + pixel "
+                     "shuffle (exact; ONNX Runtime's cubic Resize is slow on CPU)")
     if precision == "fp16":
         ctx.progress("converting to fp16 with fp32 attention/resize islands")
         graph, islands = to_fp16(graph, options.keep_fp32)

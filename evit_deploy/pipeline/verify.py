@@ -103,6 +103,7 @@ def record_parity(handle: ArtifactHandle, report: ParityReport) -> str | None:
         weight_rounding=report.weight_rounding,
         outputs={k: v.to_dict() for k, v in report.outputs.items()},
         failed=[c.name for c in report.failures],
+        excused=report.excused,
     )
     updated = handle.manifest.model_copy(update={"parity": record})
     path = manifest_path_for(Path(handle.path))
