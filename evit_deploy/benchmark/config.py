@@ -12,7 +12,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from evit_deploy.manifest import sha256_path
 from evit_deploy.requests import BenchmarkRequest
 
 PATHS = "paths"  # where the inputs were on the machine that ran: shown, never compared
@@ -34,12 +33,13 @@ def evit_version() -> str:
         return "unknown"
 
 
-def configuration(request: BenchmarkRequest, model: str, calib_samples: int | None) -> dict[str, Any]:
+def configuration(request: BenchmarkRequest, model: str, calib_samples: int | None,
+                  weights_sha256: str | None) -> dict[str, Any]:
     """The benchmark's identity (plus, under ``paths``, where its inputs were here)."""
     folders = {"data": request.data, "calib": request.calib, "images": request.images}
     return {
         "model": model,
-        "weights": ({"sha256": sha256_path(request.weights)} if request.weights is not None
+        "weights": ({"sha256": weights_sha256} if weights_sha256 is not None
                     else {"random": True, "seed": request.seed}),
         "data": None if request.data is None else {**folder_fingerprint(request.data), "format": request.format,
                                                    "limit": request.limit},

@@ -86,7 +86,7 @@ def run_benchmark(model: str | BenchmarkRequest, *, progress: Progress = _quiet,
     result = BenchmarkResult(
         model=run.card.name, task=run.card.task,
         metric_name=METRIC_NAMES[HEADLINE[run.card.task]] if request.data is not None else None,
-        config=configuration(request, run.card.name, run.calib_samples), rows=rows,
+        config=configuration(request, run.card.name, run.calib_samples, run.weights_sha256), rows=rows,
         baselines=list(run.baselines.values()), shards=[list(request.shard)] if request.shard else [],
         hosts=[host_info()], notes=_notes(run),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), seconds=time.perf_counter() - started)
