@@ -57,7 +57,7 @@ def test_pareto_front() -> None:
         return Point(name, "onnx", ms, acc, True)
 
     points = [point("slow-best", 90, 80), point("fast-poor", 10, 60), point("dominated", 50, 60),
-              point("middle", 40, 75), point("tie-slower", 45, 75)]
+              point("middle", 40, 75), point("tie-slower", 45, 75), point("rounding-above", 60, 75.0002)]
     assert [p.label for p in pareto_front(points)] == ["fast-poor", "middle", "slow-best"]
 
 
