@@ -133,6 +133,7 @@ def profile_table(results: list[ProfileResult], title: str = "latency") -> Table
         ("load s", lambda r: f"{r.load_s:.2f}"),
         ("first inference ms", lambda r: f"{r.first_inference_ms:.1f}"),
         ("peak RSS MB", lambda r: f"{r.peak_rss_mb:.0f}"),
+        ("spread", lambda r: "ok" if r.spread.trustworthy else "[red]unstable[/]: " + ", ".join(r.spread.reasons)),
     ]
     for label, cell in rows:
         table.add_row(label, *(cell(r) for r in results))

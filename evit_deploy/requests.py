@@ -11,7 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from typing_extensions import Self
 
 from evit_deploy.configs import Tolerances, parse_resolution
@@ -64,7 +73,7 @@ def flag_of(model: type[BaseModel], name: str) -> str:
     extra = (field.json_schema_extra if field is not None and isinstance(field.json_schema_extra, dict) else {}) or {}
     spec = extra.get("cli", {})
     if spec.get("argument"):
-        return name.upper()
+        return spec.get("metavar") or name.upper()
     flags = [f for f in spec.get("flags", []) if f.startswith("--")]
     return flags[0].split("/")[0] if flags else "--" + name.replace("_", "-")
 
@@ -139,6 +148,24 @@ def _existing_file(path: Path | None, flag: str, what: str) -> Path | None:
     return path
 
 
+def _weights_of(path: Path | None, model: Any) -> Path | None:
+    """``--weights`` of a zoo model: a missing file names where the model's official checkpoint is.
+
+    A newcomer's first command names the official file they do not have yet; "not found" alone
+    leaves them searching (issue 17)."""
+    if path is not None and not path.exists() and isinstance(model, str):
+        from evit_deploy import zoo
+
+        try:
+            source = zoo.get_card(model).checkpoint_source()
+        except UsageError:
+            source = None
+        if source is not None:
+            raise UsageError(f"{path}: weights file not found; {source}; or leave out --weights to try {model} "
+                             "with random weights")
+    return _existing_file(path, "--weights", "weights")
+
+
 Seed = Annotated[int, Field(ge=0)]
 Threads = Annotated[int | None, Field(ge=1)]
 
@@ -185,8 +212,8 @@ class ExportRequest(Request):
 
     @field_validator("weights")
     @classmethod
-    def _weights(cls, value: Path | None) -> Path | None:
-        return _existing_file(value, "--weights", "weights")
+    def _weights(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _weights_of(value, info.data.get("model"))
 
     @field_validator("name")
     @classmethod
@@ -267,9 +294,156 @@ class ProfileRequest(Request):
 
     @field_validator("weights")
     @classmethod
-    def _weights(cls, value: Path | None) -> Path | None:
-        return _existing_file(value, "--weights", "weights")
+    def _weights(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _weights_of(value, info.data.get("artifact"))
 
 
-__all__ = ["ExportRequest", "ProfileRequest", "Request", "Resolution", "VerifyRequest", "cli", "describe_error",
-           "flag_of"]
+class LabelledData(Request):
+    """Scoring on the user's labelled data: the flags ``eval`` and ``benchmark`` share."""
+
+    format: str | None = Field(None, description="cityscapes, ade20k, masks or imagefolder (default: detected from "
+                                                 "the folder).")
+    limit: int | None = Field(None, ge=1, description="Evaluate the first N images only.")
+    classes: Path | None = Field(None, description="masks: the classes YAML (default DATA/classes.yaml); imagefolder: "
+                                                   "an index file mapping folder names to class indices.")
+    max_drop: float | None = Field(None, ge=0, description="Fail (exit 1) when an artifact loses more than this many "
+                                                          "points of mIoU / top-1 against PyTorch.")
+
+
+class EvalRequest(LabelledData):
+    """``evit eval``: the task metric of an artifact and of its PyTorch reference on labelled data."""
+
+    command: ClassVar[str] = "eval"
+
+    source: Annotated[str, BeforeValidator(_path_text)] = Field(
+        description="An exported artifact (its .evit.json beside it), or a zoo model name (PyTorch alone).",
+        json_schema_extra=cli(argument=True, metavar="ARTIFACT|MODEL"))
+    data: Path = Field(description="The labelled dataset folder.")
+    weights: Path | None = Field(None, description="PyTorch weights (default for an artifact: those recorded at "
+                                                   "export).")
+    resolution: Resolution = Field(None, description="HxW input for a zoo model instead of the card's protocol (said "
+                                                     "in the output).", json_schema_extra=cli(metavar="HxW", as_type=str))
+    device: str = Field("cpu", description="Where the artifact runs: cpu or cuda here, or an inventory device "
+                                           "NAME[:RUNTIME] over SSH (the PyTorch reference runs here).")
+    inventory: Path | None = Field(None, description="devices.yaml (default: $EVIT_DEVICES, else "
+                                                     "~/.config/evit/devices.yaml).")
+    threads: Threads = Field(None, description="Runtime threads.")
+    reference: bool = Field(True, description="Also score the PyTorch reference (an artifact only).")
+    seed: Seed = Field(0, description="Seed for random weights of a zoo model given without --weights.")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _weights_of(value, info.data.get("source"))
+
+    @model_validator(mode="after")
+    def _drop_needs_an_artifact(self) -> Self:
+        if self.max_drop is not None and (not self.reference or not Path(self.source).exists()):
+            raise UsageError("--max-drop compares an artifact with its PyTorch reference: give an artifact, "
+                             "without --no-reference")
+        return self
+
+
+def _resolutions(value: Any) -> Any:
+    """``"512x1024,256x512"`` or a list of resolutions -> [(H, W), ...]."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise UsageError(f"--resolution takes HxW[,HxW...] (e.g. 512x1024), got {value!r}")
+    if isinstance(items, tuple) and len(items) == 2 and all(isinstance(v, int) for v in items):
+        items = [items]  # one (H, W) pair
+    parsed = [_resolution(item.strip() if isinstance(item, str) else item) for item in items]
+    return list(dict.fromkeys(parsed))
+
+
+def _shard(value: Any) -> Any:
+    """``"2/4"`` (or ``(2, 4)``) -> (2, 4): the second of four slices."""
+    if value is None:
+        return None
+    text = f"{value[0]}/{value[1]}" if isinstance(value, (tuple, list)) and len(value) == 2 else str(value)
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(f"--shard takes I/N, the I-th of N slices (e.g. 1/4), got {text!r}")
+    index, count = int(parts[0]), int(parts[1])
+    if count < 1:
+        raise UsageError(f"--shard {text}: N, the number of slices, must be at least 1")
+    if not 1 <= index <= count:
+        raise UsageError(f"--shard {text}: I must be from 1 to N (here 1 to {count})")
+    return index, count
+
+
+Names = Annotated[list[str] | None, BeforeValidator(_names)]
+
+
+class BenchmarkRequest(LabelledData):
+    """``evit benchmark``: every target x precision (x resolution x device) exported, checked, scored and timed."""
+
+    command: ClassVar[str] = "benchmark"
+
+    model: str = Field(description="Zoo name, e.g. efficientvit-seg-b1-cityscapes (see `evit models`).",
+                       json_schema_extra=cli(argument=True))
+    weights: Path | None = Field(None, description="Checkpoint (.pt/.pth/.safetensors); without it, seeded random "
+                                                   "weights (the figures then say nothing about accuracy).")
+    targets: Names = Field(None, description="Targets, comma-separated (default: every target: onnx, tflite, coreml, "
+                                             "trt).", json_schema_extra=cli("--targets", metavar="NAME[,NAME]",
+                                                                            as_type=str))
+    precisions: Names = Field(None, description="Precisions, comma-separated (default fp32,fp16,int8; each target "
+                                                "runs those it supports).",
+                              json_schema_extra=cli("--precisions", metavar="P[,P]", as_type=str))
+    resolutions: Annotated[list[tuple[int, int]] | None, BeforeValidator(_resolutions)] = Field(
+        None, description="HxW[,HxW...], multiples of 32 (default: the card's).",
+        json_schema_extra=cli("--resolution", metavar="HxW[,HxW]", as_type=str))
+    data: Path | None = Field(None, description="A labelled dataset (layouts as `evit eval`): each row's task metric "
+                                                "and its drop against PyTorch.")
+    calib: Path | None = Field(None, description="Folder of calibration images (int8 rows are skipped without it).")
+    calib_samples: int | None = Field(None, ge=1, description="Calibration images to use.")
+    images: Path | None = Field(None, description="Folder of images verify compares on (default: random inputs).")
+    samples: int | None = Field(None, ge=1, description="Inputs verify compares (default 4, or every image).")
+    device: str = Field("cpu", description="Where the artifacts run: cpu here and/or inventory devices "
+                                           "NAME[,NAME...] over SSH; one row per device.")
+    inventory: Path | None = Field(None, description="devices.yaml (default: $EVIT_DEVICES, else "
+                                                     "~/.config/evit/devices.yaml).")
+    threads: Threads = Field(None, description="Runtime threads (default: the runtime's).")
+    warmup: int = Field(5, ge=0, description="Untimed runs before timing.")
+    iters: int = Field(20, ge=1, description="Timed runs per row.")
+    out: Path = Field(Path("benchmark"), description="Output folder: artifacts/ and the results (benchmark.json, "
+                                                     ".csv, .md, PNG plots, JUnit XML).")
+    force: bool = Field(False, description="Rebuild artifacts even where a matching one exists.")
+    shard: Annotated[tuple[int, int] | None, BeforeValidator(_shard)] = Field(
+        None, description="Run the I-th of N deterministic slices of the matrix (e.g. 1/4); `evit benchmark merge` "
+                          "joins the slices' results.", json_schema_extra=cli(metavar="I/N", as_type=str))
+    seed: Seed = Field(0, description="Seed of random weights (no --weights) and of the random inputs.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not value.strip():
+            raise UsageError("MODEL is empty; give a zoo name (see `evit models`)")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _weights_of(value, info.data.get("model"))
+
+    @field_validator("precisions")
+    @classmethod
+    def _precisions(cls, value: list[str] | None) -> list[str] | None:
+        known = [p.value for p in Precision]
+        for name in value or []:
+            if name.lower() not in known:
+                raise UsageError(f"--precisions: {name!r} is not one of {', '.join(known)}")
+        return None if value is None else list(dict.fromkeys(p.lower() for p in value))
+
+    @model_validator(mode="after")
+    def _drop_needs_data(self) -> Self:
+        if self.max_drop is not None and self.data is None:
+            raise UsageError("--max-drop bounds the accuracy drop measured on --data; give --data too")
+        if self.data is None and (self.format is not None or self.limit is not None or self.classes is not None):
+            raise UsageError("--format, --limit and --classes describe --data; give --data too")
+        return self
+
+
+__all__ = ["BenchmarkRequest", "EvalRequest", "ExportRequest", "LabelledData", "ProfileRequest", "Request",
+           "Resolution", "VerifyRequest", "cli", "describe_error", "flag_of"]

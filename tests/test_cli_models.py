@@ -39,7 +39,8 @@ def test_list_json() -> None:
                   "dataset": "imagenet", "input_size": [224, 224], "params": 9102024, "macs": b1["macs"],
                   "published": {"top1": 79.39, "top5": 94.346, "miou": None, "params": "9.1M", "macs": "0.52G",
                                 "source": "R"},
-                  "checkpoint": "efficientvit_b1_r224.pt"}
+                  "checkpoint": "efficientvit_b1_r224.pt",
+                  "checkpoint_url": "https://huggingface.co/han-cai/efficientvit-cls/resolve/main/efficientvit_b1_r224.pt"}
     assert abs(b1["macs"] / 0.52e9 - 1) < 0.05
 
 

@@ -77,6 +77,9 @@ def _register() -> None:
     from evit_deploy.cli.models import models_app
 
     app.add_typer(models_app, name="models")
+    from evit_deploy.cli.benchmark import benchmark_app
+
+    app.add_typer(benchmark_app, name="benchmark")
 
 
 _register()

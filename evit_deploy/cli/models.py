@@ -69,6 +69,7 @@ def _summary(card: Any) -> dict[str, Any]:
         "published": {"top1": pub.top1, "top5": pub.top5, "miou": pub.miou, "params": pub.params,
                       "macs": pub.macs, "source": pub.source},
         "checkpoint": card.checkpoint,
+        "checkpoint_url": card.checkpoint_url,
     }
 
 
@@ -202,4 +203,7 @@ def _print_card(card: Any, extra: dict[str, Any]) -> None:
     table.add_column()
     for key, value in rows:
         table.add_row(key, Text(value))
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    # after the table, unwrapped: an address cut by a column's width cannot be copied
+    console.print(f"download: {card.checkpoint_source()}", markup=False, highlight=False)

@@ -68,6 +68,17 @@ class TensorRTTarget(Target[TrtOptions]):
             return f"{reason}; run the typed ONNX with --device cpu instead" if reason else None
         return None if importlib.util.find_spec("onnxruntime") else f"onnxruntime not installed; {ONNX_HINT}"
 
+    def native_timing(self, device: str = "cpu") -> str | None:
+        if _kind(device) in GPU_DEVICES:
+            return self.runtime_available(device)
+        return ("TensorRT latency needs an NVIDIA GPU; here the typed ONNX runs on ONNX Runtime, whose timings say "
+                "nothing about an engine: run with --device cuda on a GPU machine")
+
+    def options_for_here(self) -> dict[str, object]:
+        from evit_deploy.trt.build import gpu_unavailable
+
+        return {"plan_only": True} if gpu_unavailable() is not None else {}
+
     def check_recipe(self, recipe: Recipe) -> None:
         super().check_recipe(recipe)
         options = self.options(recipe)

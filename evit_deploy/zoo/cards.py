@@ -202,6 +202,9 @@ class ModelCard(_Strict):
     input_size: tuple[int, int]
     preprocessing: Preprocessing
     checkpoint: str
+    # The official download address of ``checkpoint`` (its README's model-zoo link), None where it
+    # publishes none; evit never downloads it, it only tells a user without the file where it is.
+    checkpoint_url: str | None = Field(pattern=r"^https://")
     output: OutputSpec
     published: Published
     computed: ComputedStats | None = None
@@ -245,6 +248,13 @@ class ModelCard(_Strict):
                 return graph
         known = ", ".join(g.name for g in self.graphs) or "none: it exports as one graph"
         raise UsageError(f"{self.name} has no graph {name!r}; its graphs: {known}")
+
+    def checkpoint_source(self) -> str:
+        """Where to get the official weights, for a user who lacks them (messages, ``evit models show``)."""
+        if self.checkpoint_url is None:
+            return (f"no official download address is published for {self.checkpoint} "
+                    f"({self.published.note or 'not in the official README'})")
+        return f"the official checkpoint {self.checkpoint} is at {self.checkpoint_url} (evit downloads nothing)"
 
     @property
     def classes(self) -> list[str]:
