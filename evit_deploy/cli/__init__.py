@@ -58,13 +58,14 @@ def _worker(ctx: typer.Context) -> None:
 
 
 def _register() -> None:
-    from evit_deploy.cli import export, profile, targets, verify
+    from evit_deploy.cli import debug, export, profile, targets, verify
     from evit_deploy.cli._common import target_options_help
 
     extra = {"allow_extra_args": True, "ignore_unknown_options": True}
     app.command("export", no_args_is_help=True, context_settings=extra, epilog=target_options_help())(export.export)
     app.command("verify", no_args_is_help=True)(verify.verify)
     app.command("profile", no_args_is_help=True)(profile.profile)
+    app.command("debug", no_args_is_help=True)(debug.debug)
     app.command("targets")(targets.targets)
     app.command("_worker", hidden=True, add_help_option=False,
                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_worker)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evit_deploy.contracts import ExportContext, ExportOutput
+from evit_deploy.debug.mapping import onnx_layer_map, onnx_tensor_names
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.onnx.options import INSTALL_HINT, OnnxOptions
@@ -139,6 +140,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
 
     ctx.progress(f"torch.onnx.export ({options.exporter}, opset {options.opset})")
     graph = export_onnx_graph(model, spec, options, ctx.workdir)
+    layer_map = onnx_layer_map(graph)  # before simplifying: onnxslim drops the provenance
     if options.simplify != "none":
         ctx.progress(f"simplifying with {options.simplify}")
         graph = simplify(graph, options.simplify)
@@ -154,6 +156,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     add_metadata(graph, spec, ctx, precision)
     path = ctx.workdir / f"{ctx.model_name}.onnx"
     final = check_and_save(graph, path)
+    details["layer_map"] = layer_map.restricted_to(onnx_tensor_names(final)).to_dict()
     return ExportOutput(
         files=[path],
         converter={"onnx": onnx.__version__, **package_versions("onnxscript", "onnxruntime", options.simplify)},
