@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -146,6 +147,14 @@ def onnx_layer_map(model: onnx.ModelProto) -> LayerMap:
     constants = {init.name for init in model.graph.initializer}
     constants |= {o for node in model.graph.node if node.op_type == "Constant" for o in node.output}
     return map_modules(nodes, [o.name for o in model.graph.output], constants, f"onnx: {ONNX_SCOPES}")
+
+
+def onnx_file_layer_map(path: Path) -> LayerMap:
+    """The map of a saved graph whose nodes still carry the exporter's metadata (every rewrite
+    evit makes keeps it: fp16 casts, Q/DQ; a simplifier does not, which leaves the map empty)."""
+    import onnx
+
+    return onnx_layer_map(onnx.load(str(path), load_external_data=False))
 
 
 def onnx_tensor_names(model: onnx.ModelProto) -> set[str]:

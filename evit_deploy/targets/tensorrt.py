@@ -34,8 +34,8 @@ from evit_deploy.trt.options import TrtOptions, check_options
 if TYPE_CHECKING:
     import torch
 
-    from evit_deploy.artifact import Manifest
     from evit_deploy.configs import Recipe
+    from evit_deploy.manifest import Manifest
 
 GPU_DEVICES = ("cuda", "gpu", "trt", "tensorrt")
 ONNX_HINT = "pip install 'evit-deploy[onnx]'"
@@ -82,9 +82,12 @@ class TensorRTTarget(Target[TrtOptions]):
                 )
 
     def export(self, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, ctx: ExportContext) -> ExportOutput:
+        from evit_deploy.debug.mapping import onnx_file_layer_map
         from evit_deploy.trt.export import export_artifact
 
-        return export_artifact(model, spec, recipe, self.options(recipe), ctx)
+        output = export_artifact(model, spec, recipe, self.options(recipe), ctx)
+        output.details["layer_map"] = onnx_file_layer_map(output.files[0]).to_dict()  # for `evit debug`
+        return output
 
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         """``cuda``: the engine (primary after a GPU or device build, else beside the typed ONNX);

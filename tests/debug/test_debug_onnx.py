@@ -1,4 +1,4 @@
-"""``evit debug`` on ONNX: a damaged layer is named by its module path; a healthy fp16 artifact passes."""
+"""``evit debug`` on ONNX and the trt target's typed ONNX: a damaged layer is named by its module path; a healthy fp16 artifact passes."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,10 @@ import pytest
 from tests.debug.conftest import DAMAGED, FACTOR, copy_artifact, damage_onnx
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_a_damaged_conv_is_the_first_divergent_layer(cli, export_seg, tmp_path, precision):
-    artifact = copy_artifact(export_seg("onnx", precision), tmp_path)
+@pytest.mark.parametrize(("target", "precision"), [("onnx", "fp32"), ("onnx", "fp16"), ("trt", "fp16")])
+def test_a_damaged_conv_is_the_first_divergent_layer(cli, export_seg, tmp_path, target, precision):
+    """trt: the typed ONNX on ONNX Runtime, fp16 emulated as verify runs it."""
+    artifact = copy_artifact(export_seg(target, precision), tmp_path)
     damage_onnx(artifact, DAMAGED, FACTOR)
     result = cli("debug", artifact, "--samples", 1, "--json", tmp_path / "d.json", "--plot", tmp_path / "d.png")
     assert result.code == 1, result
