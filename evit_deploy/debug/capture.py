@@ -74,4 +74,14 @@ def capture_for(handle: ArtifactHandle, threads: int | None) -> Capture:
         from evit_deploy.debug.capture_onnx import OnnxCapture
 
         return OnnxCapture(handle.runner(threads=threads))
-    raise UsageError(f"evit debug cannot look inside {target} artifacts yet; it reads onnx and trt (typed ONNX)")
+    if target == "tflite":
+        from evit_deploy.debug.capture_tflite import TfliteCapture
+
+        return TfliteCapture(handle.runner(threads=threads))
+    if target == "coreml":
+        from evit_deploy.debug.capture_coreml import MilCapture
+
+        image_input = bool(handle.manifest.recipe.get("options", {}).get("image_input", False))
+        return MilCapture(handle.runner(threads=threads), handle.path, handle.spec, image_input)
+    raise UsageError(f"evit debug cannot look inside {target} artifacts; it reads onnx, trt (typed ONNX), tflite "
+                     "and coreml")

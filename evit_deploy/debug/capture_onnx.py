@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evit_deploy.debug.capture import CannotRunAlone, Capture
+from evit_deploy.debug.metrics import in_shape
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -94,9 +95,9 @@ class OnnxCapture(Capture):
             raise session
         feed = {}
         for info in session.inputs:
-            value = inputs[info.name]
-            if len(info.shape) != value.ndim or any(d is not None and d != s for d, s in zip(info.shape, value.shape)):
-                raise CannotRunAlone(f"the reference's {info.name} has shape {list(value.shape)}, "
+            value = in_shape(inputs[info.name], tuple(info.shape)) if None not in info.shape else inputs[info.name]
+            if value is None:
+                raise CannotRunAlone(f"the reference's {info.name} has shape {list(inputs[info.name].shape)}, "
                                      f"the artifact's {list(info.shape)}")
             feed[info.name] = value
         (value,) = session.infer(session.prepare(feed)).values()

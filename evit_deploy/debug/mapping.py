@@ -130,6 +130,31 @@ def map_modules(nodes: Sequence[TracedNode], graph_outputs: Iterable[str], const
     return LayerMap(source, tuple(entries))
 
 
+def scoped_by_consumers(nodes: Sequence[TracedNode], which: Iterable[int]) -> list[TracedNode]:
+    """``nodes`` with those at ``which`` placed in the modules all their consumers share.
+
+    For ops a converter made up after tracing (a decomposed activation's first steps, a
+    quantiser's QUANTIZE/DEQUANTIZE) whose own provenance is missing or copied from the tensor
+    they read: placed with their readers, such an op belongs to the layer that needs it, and
+    the layer before keeps one output. Walked backwards, so chains of them resolve.
+    """
+    chosen = set(which)
+    scopes = [node.scopes for node in nodes]
+    consumers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for tensor in node.inputs:
+            consumers.setdefault(tensor, []).append(index)
+    for index in sorted(chosen, reverse=True):
+        readers = [scopes[c] for t in nodes[index].outputs for c in consumers.get(t, [])]
+        if readers:
+            shared = readers[0]
+            for chain in readers[1:]:
+                shared = shared[:next((i for i, (a, b) in enumerate(zip(shared, chain)) if a != b),
+                                      min(len(shared), len(chain)))]
+            scopes[index] = shared
+    return [TracedNode(n.inputs, n.outputs, chain) for n, chain in zip(nodes, scopes)]
+
+
 # --------------------------------------------------------------------------- ONNX
 
 

@@ -69,10 +69,29 @@ def json_float(value: float) -> float | str:
 
 
 def aligned(art: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The artifact tensor (already NCHW) in the reference's ``shape``, or None when the two
-    cannot be the same tensor; unit axes may differ (a converter's 3-D view of a 4-D tensor)."""
+    """The artifact tensor in the reference's NCHW ``shape``, or None when the two cannot be the
+    same tensor. A 4-D tensor in NHWC (TFLite keeps most activations so) is transposed back;
+    unit axes may differ (a converter's 3-D view of a 4-D tensor). A tensor whose C, H and W are
+    all equal reads the same either way and is taken as NCHW."""
     if art.shape == shape:
         return art
+    if art.ndim == 4 and len(shape) == 4 and art.shape == _nhwc(shape):
+        return art.transpose(0, 3, 1, 2)
     if art.size == math.prod(shape) and art.squeeze().shape == tuple(d for d in shape if d != 1):
         return art.reshape(shape)
     return None
+
+
+def in_shape(ref: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A reference (NCHW) tensor in an artifact tensor's ``shape``: the inverse of ``aligned``."""
+    if ref.shape == shape:
+        return ref
+    if ref.ndim == 4 and len(shape) == 4 and shape == _nhwc(ref.shape):
+        return np.ascontiguousarray(ref.transpose(0, 2, 3, 1))
+    if ref.size == math.prod(shape) and ref.squeeze().shape == tuple(d for d in shape if d != 1):
+        return ref.reshape(shape)
+    return None
+
+
+def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[0], shape[2], shape[3], shape[1])

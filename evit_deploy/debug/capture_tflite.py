@@ -1,0 +1,155 @@
+"""TFLite on LiteRT's interpreter with every tensor preserved (``experimental_preserve_all_tensors``).
+
+XNNPACK keeps the tensors inside the partitions it takes to itself, so the instrumented
+interpreter runs LiteRT's built-in kernels (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``); the
+artifact's own runner (XNNPACK, as verify runs it) gives ``deployed_output``, and where the
+two disagree the difference is the delegate's, not a layer's. int8 tensors are dequantised
+with their own scale and zero point, and a reference tensor fed to an int8 input is quantised
+with them, as the op before it would have.
+
+A layer runs alone in a copy of the flatbuffer cut at its input tensors: the subgraph's inputs
+become those tensors, its output the layer's, and only the ops between them are kept.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from evit_deploy.debug.capture import CannotRunAlone, Capture
+from evit_deploy.debug.metrics import in_shape
+from evit_deploy.spec import to_layout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from evit_deploy.debug.mapping import LayerEntry
+    from evit_deploy.targets.base import Runner
+
+
+class TfliteCapture(Capture):
+    def __init__(self, runner: Runner) -> None:
+        super().__init__(runner)
+        self.runner: Any = runner  # a TfliteRunner: path, threads, inputs/outputs after load
+        self._interpreter: Any = None
+        self._tensors: list[int] = []
+        self._alone: dict[tuple[str, ...], Any] = {}
+
+    def _interpret(self, content: bytes) -> Any:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        interpreter = Interpreter(model_content=content, num_threads=self.runner.threads,
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                                  experimental_preserve_all_tensors=True)
+        interpreter.allocate_tensors()
+        return interpreter
+
+    def load(self, tensors: Sequence[str]) -> list[str]:
+        self.runner.load()
+        self._content = self.runner.path.read_bytes()
+        self._interpreter = self._interpret(self._content)
+        self._details = {d["index"]: d for d in self._interpreter.get_tensor_details()}
+        self._tensors = [int(t) for t in tensors if t.isdigit() and int(t) in self._details]
+        return [f"{t} (not a tensor of the file)" for t in tensors if not (t.isdigit() and int(t) in self._details)]
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prepared = self.runner.prepare(feed)
+        for detail, info in zip(self._interpreter.get_input_details(), self.runner.inputs):
+            self._interpreter.set_tensor(detail["index"], np.ascontiguousarray(prepared[info.name]))
+        self._interpreter.invoke()
+        get = self._interpreter.get_tensor
+        values = {str(t): _dequantised(get(t), self._details[t]) for t in self._tensors}
+        for detail, info in zip(self._interpreter.get_output_details(), self.runner.outputs):
+            values[info.name] = to_layout(_dequantised(get(detail["index"]), detail), info.layout, "NCHW")
+        return values
+
+    def run_alone(self, entry: LayerEntry, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        key = (entry.tensor, *entry.inputs)
+        if key not in self._alone:
+            try:
+                self._alone[key] = self._interpret(cut(self._content, [int(t) for t in entry.inputs], int(entry.tensor)))
+            except CannotRunAlone as err:
+                self._alone[key] = err
+        interpreter = self._alone[key]
+        if isinstance(interpreter, CannotRunAlone):
+            raise interpreter
+        for detail in interpreter.get_input_details():
+            name = str(detail["index"])
+            value = in_shape(inputs[name], tuple(int(d) for d in detail["shape"]))
+            if value is None:
+                raise CannotRunAlone(f"the reference's {name} has shape {list(inputs[name].shape)}, the "
+                                     f"artifact's {list(detail['shape'])}")
+            interpreter.set_tensor(detail["index"], _quantised(value, detail))
+        interpreter.invoke()
+        (detail,) = interpreter.get_output_details()
+        return _dequantised(interpreter.get_tensor(detail["index"]), detail)
+
+    def close(self) -> None:
+        self._interpreter = None
+        self._alone.clear()
+        super().close()
+
+    def describe(self) -> dict[str, object]:
+        return {**self.runner.describe(),
+                "exposed": "LiteRT built-in kernels with every tensor preserved (XNNPACK keeps its own)"}
+
+
+def cut(content: bytes, inputs: list[int], output: int) -> bytes:
+    """The flatbuffer reduced to the ops that turn ``inputs`` into ``output`` (tensor indices kept)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    subgraph = model.subgraphs[0]
+    producer = {int(t): i for i, op in enumerate(subgraph.operators) for t in op.outputs if t >= 0}
+    constant = {i for i, tensor in enumerate(subgraph.tensors)
+                if tensor.buffer > 0 and model.buffers[tensor.buffer].data is not None
+                and len(model.buffers[tensor.buffer].data) > 0}
+    keep: set[int] = set()
+    stack = [output]
+    given = set(inputs)
+    while stack:
+        tensor = stack.pop()
+        if tensor in given or tensor in constant:
+            continue
+        if tensor not in producer:
+            raise CannotRunAlone(f"it also reads tensor {tensor}, which is not one of its mapped inputs")
+        op = producer[tensor]
+        if op not in keep:
+            keep.add(op)
+            stack.extend(int(t) for t in subgraph.operators[op].inputs if t >= 0)
+    subgraph.operators = [op for i, op in enumerate(subgraph.operators) if i in keep]
+    subgraph.inputs = np.array(inputs, dtype=np.int32)
+    subgraph.outputs = np.array([output], dtype=np.int32)
+    model.signatureDefs = []  # the signature names the whole model's inputs and outputs
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _dequantised(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    if value.dtype.kind not in "iu" or value.dtype == np.int32:  # float, or int32 indices and shapes
+        return value.astype(np.float32, copy=False)
+    scales, zeros = _quantisation(detail, value.ndim)
+    return ((value.astype(np.float32) - zeros) * scales).astype(np.float32)
+
+
+def _quantised(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind not in "iu":
+        return np.ascontiguousarray(value.astype(dtype))
+    scales, zeros = _quantisation(detail, value.ndim)
+    info = np.iinfo(dtype)
+    return np.ascontiguousarray(np.clip(np.round(value / scales) + zeros, info.min, info.max).astype(dtype))
+
+
+def _quantisation(detail: dict[str, Any], ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point, shaped to broadcast along the quantised axis when per channel."""
+    params = detail.get("quantization_parameters", {})
+    scales = np.asarray(params.get("scales", []), dtype=np.float32).reshape(-1)
+    zeros = np.asarray(params.get("zero_points", []), dtype=np.float32).reshape(-1)
+    if scales.size == 0:
+        return np.ones(1, np.float32), np.zeros(1, np.float32)
+    if zeros.size != scales.size:
+        zeros = np.zeros_like(scales)
+    if scales.size > 1:
+        shape = [1] * ndim
+        shape[int(params.get("quantized_dimension", 0))] = scales.size
+        return scales.reshape(shape), zeros.reshape(shape)
+    return scales, zeros

@@ -1,0 +1,62 @@
+"""The layer map of a Core ML ML program converted from ``torch.export``.
+
+coremltools names each MIL op's output after the FX node it came from (``hardswish_3``,
+``_native_batch_norm_legit_no_training_5`` for a conv with its BatchNorm folded in), and the
+exported program's nodes carry their full module stack (``nn_module_stack``). Ops coremltools
+made up while decomposing one FX node (hardswish -> thresholded_relu, sigmoid_hard, mul) have
+new names; only the last keeps the node's, so the others are placed with their consumers.
+Constants (``const`` ops, and ops computed from constants only) are no layer's inputs.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from evit_deploy.debug.mapping import LayerMap, Scope, TracedNode, map_modules, scoped_by_consumers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from evit_deploy.mil.program import Program
+
+SOURCE = "coreml: MIL op names = torch.export node names, nn_module_stack"
+
+
+def fx_scopes(exported: Any, root: str, prefix: str = "") -> dict[str, tuple[Scope, ...]]:
+    """FX node name -> module chain (root first) of an ExportedProgram. ``prefix``: the path of the
+    model inside a wrapper (``inner.`` for the image-input wrapper), stripped; the wrapper's own
+    ops belong to the root."""
+    scopes: dict[str, tuple[Scope, ...]] = {}
+    for node in exported.graph.nodes:
+        if node.op != "call_function":
+            continue
+        chain = [Scope("", root)]
+        for path, cls in node.meta.get("nn_module_stack", {}).values():
+            if prefix and not str(path).startswith(prefix):
+                continue
+            chain.append(Scope(str(path)[len(prefix):], cls if isinstance(cls, str) else
+                               f"{cls.__module__}.{cls.__qualname__}"))
+        scopes[node.name] = tuple(chain)
+    return scopes
+
+
+def mil_layer_map(program: Program, scopes: dict[str, tuple[Scope, ...]], root: str) -> LayerMap:
+    """The map of a saved ML program, given the FX scopes of the program it was converted from.
+
+    The op making the program's output is renamed to it (``logits``) and so loses its node: it
+    is attributed to the model itself (``root``, its class), which keeps the model's output mapped.
+    """
+    returned = set(program.outputs)
+    constants: set[str] = set()
+    nodes: list[TracedNode] = []
+    unscoped: list[int] = []
+    for op in program.operations:
+        inputs = tuple(b for bound in op.inputs.values() for b in bound if isinstance(b, str))
+        outputs = tuple(name for name, _ in op.outputs)
+        if op.type == "const" or all(i in constants for i in inputs):
+            constants.update(outputs)
+            continue
+        chain = scopes.get(outputs[0]) if outputs else None
+        if chain is None and returned.intersection(outputs):
+            chain = (Scope("", root),)
+        if chain is None:
+            unscoped.append(len(nodes))
+        nodes.append(TracedNode(inputs, outputs, chain or ()))
+    return map_modules(scoped_by_consumers(nodes, unscoped), program.outputs, constants, SOURCE)
