@@ -37,12 +37,15 @@ def fx_scopes(exported: Any, root: str, prefix: str = "") -> dict[str, tuple[Sco
     return scopes
 
 
-def mil_layer_map(program: Program, scopes: dict[str, tuple[Scope, ...]], root: str) -> LayerMap:
-    """The map of a saved ML program, given the FX scopes of the program it was converted from.
+def mil_layer_map(program: Program, exported: Any, model: Any, prefix: str = "") -> LayerMap:
+    """The map of a saved ML program converted from ``exported`` (the ExportedProgram of ``model``,
+    or of a wrapper holding it at ``prefix``).
 
     The op making the program's output is renamed to it (``logits``) and so loses its node: it
-    is attributed to the model itself (``root``, its class), which keeps the model's output mapped.
+    is attributed to the model itself, which keeps the model's output mapped.
     """
+    root = f"{type(model).__module__}.{type(model).__qualname__}"
+    scopes = fx_scopes(exported, root, prefix)
     returned = set(program.outputs)
     constants: set[str] = set()
     nodes: list[TracedNode] = []
