@@ -56,10 +56,19 @@ def mil_layer_map(program: Program, exported: Any, model: Any, prefix: str = "")
         if op.type == "const" or all(i in constants for i in inputs):
             constants.update(outputs)
             continue
-        chain = scopes.get(outputs[0]) if outputs else None
+        # fp16 programs name an op's output <node>_cast_fp16; a precision cast (<var>_to_fp16) is a
+        # conversion placed with its readers, like a decomposition's first steps
+        chain = scopes.get(_node_name(outputs[0])) if outputs and op.type != "cast" else None
         if chain is None and returned.intersection(outputs):
             chain = (Scope("", root),)
         if chain is None:
             unscoped.append(len(nodes))
         nodes.append(TracedNode(inputs, outputs, chain or ()))
     return map_modules(scoped_by_consumers(nodes, unscoped), program.outputs, constants, SOURCE)
+
+
+def _node_name(var: str) -> str:
+    for suffix in ("_cast_fp16", "_cast_fp32"):
+        if var.endswith(suffix):
+            return var[: -len(suffix)]
+    return var
