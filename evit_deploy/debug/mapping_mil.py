@@ -41,11 +41,12 @@ def mil_layer_map(program: Program, exported: Any, model: Any, prefix: str = "")
     """The map of a saved ML program converted from ``exported`` (the ExportedProgram of ``model``,
     or of a wrapper holding it at ``prefix``).
 
-    The op making the program's output is renamed to it (``logits``) and so loses its node: it
-    is attributed to the model itself, which keeps the model's output mapped.
+    The op making the program's output is renamed to it (``logits``) and so loses its node: the
+    module owning its weights gives it back (else it is the model's own).
     """
     root = f"{type(model).__module__}.{type(model).__qualname__}"
     scopes = fx_scopes(exported, root, prefix)
+    owners = parameter_scopes(exported, model, root, prefix)
     returned = set(program.outputs)
     constants: set[str] = set()
     nodes: list[TracedNode] = []
@@ -59,16 +60,39 @@ def mil_layer_map(program: Program, exported: Any, model: Any, prefix: str = "")
         # fp16 programs name an op's output <node>_cast_fp16; a precision cast (<var>_to_fp16) is a
         # conversion placed with its readers, like a decomposition's first steps
         chain = scopes.get(_node_name(outputs[0])) if outputs and op.type != "cast" else None
-        if chain is None and returned.intersection(outputs):
-            chain = (Scope("", root),)
+        if chain is None and returned.intersection(outputs):  # renamed to the output: its weights know
+            owned = [owners[_node_name(i)] for i in inputs if i in constants and _node_name(i) in owners]
+            chain = owned[0] if owned else (Scope("", root),)
         if chain is None:
             unscoped.append(len(nodes))
         nodes.append(TracedNode(inputs, outputs, chain or ()))
     return map_modules(scoped_by_consumers(nodes, unscoped), program.outputs, constants, SOURCE)
 
 
+def parameter_scopes(exported: Any, model: Any, root: str, prefix: str = "") -> dict[str, tuple[Scope, ...]]:
+    """Parameter placeholder name (``p_head_output_ops_0_op_list_1_conv_weight``, what coremltools
+    names the weight's const) -> the chain of the module owning it."""
+    owners: dict[str, tuple[Scope, ...]] = {}
+    for placeholder, target in exported.graph_signature.inputs_to_parameters.items():
+        path = target.rpartition(".")[0]
+        if prefix and not path.startswith(prefix):
+            continue
+        path = path[len(prefix):]
+        chain = [Scope("", root)]
+        parts = path.split(".") if path else []
+        for depth in range(1, len(parts) + 1):
+            sub = ".".join(parts[:depth])
+            try:
+                module = model.get_submodule(sub)
+            except AttributeError:  # inside a module swapped before export (bicubic rewrite)
+                break
+            chain.append(Scope(sub, f"{type(module).__module__}.{type(module).__qualname__}"))
+        owners[placeholder] = tuple(chain)
+    return owners
+
+
 def _node_name(var: str) -> str:
-    for suffix in ("_cast_fp16", "_cast_fp32"):
+    for suffix in ("_cast_fp16", "_cast_fp32", "_to_fp16", "_to_fp32"):
         if var.endswith(suffix):
             return var[: -len(suffix)]
     return var

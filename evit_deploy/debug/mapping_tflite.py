@@ -15,7 +15,7 @@ ai-edge-quantizer's tensors (``…_quantized``, ``…_dequant``) and evit's floa
 the ops that read it, so an output's quantisation belongs to the layer reading it (as Q/DQ
 nodes do in ONNX) and a layer's output is the tensor its own op made. The last
 op is renamed to the signature's output (``serving_default_output_0``) and so loses its
-stack: it is attributed to the model itself, which keeps the model's output mapped.
+stack: its weights, named after their module, give it back (else it is the model's own).
 
 Tensors are identified by their index in the main subgraph: names need not be unique.
 """
@@ -110,15 +110,20 @@ def tflite_layer_map(content: bytes, model: torch.nn.Module) -> LayerMap:
         return raw.decode() if isinstance(raw, bytes) else (raw or "")
 
     returned = {int(t) for t in subgraph.outputs}
+    constants = {str(i) for i, tensor in enumerate(subgraph.tensors)
+                 if tensor.buffer > 0 and flat.buffers[tensor.buffer].data is not None
+                 and len(flat.buffers[tensor.buffer].data) > 0}
     ops = [([int(t) for t in op.inputs if t >= 0], [int(t) for t in op.outputs if t >= 0],
             flatbuffer_utils.get_builtin_code_from_operator_code(flat.operatorCodes[op.opcodeIndex]))
            for op in subgraph.operators]
     scopes: list[tuple[Scope, ...]] = []
     pointer = 0
-    for _, outputs, _ in ops:
+    for inputs, outputs, _ in ops:
         chains = _candidates(location(name(outputs[0])), tree) if outputs else []
         if not chains and any(t in returned for t in outputs):
-            chains = [(Scope("", tree[""].cls),)]  # renamed to its signature output: the model's own
+            # renamed to its signature output: its weights still carry its module's name
+            owner = [parts for t in inputs if str(t) in constants and (parts := location(name(t)))]
+            chains = _candidates(owner[0], tree) if owner else [(Scope("", tree[""].cls),)]
         if len(chains) > 1:  # alike subtrees: the next in module order after the previous op's module
             later = [c for c in chains if tree[c[-1].path].order >= pointer]
             chains = [min(later, key=lambda c: tree[c[-1].path].order) if later
@@ -131,9 +136,6 @@ def tflite_layer_map(content: bytes, model: torch.nn.Module) -> LayerMap:
     # ai-edge-quantizer names a conversion after the tensor it converts, which would put the
     # DEQUANTIZE feeding an attention island into the qkv conv before it (two outputs)
     nodes = scoped_by_consumers(nodes, [i for i, (_, _, code) in enumerate(ops) if code in _conversions()])
-    constants = {str(i) for i, tensor in enumerate(subgraph.tensors)
-                 if tensor.buffer > 0 and flat.buffers[tensor.buffer].data is not None
-                 and len(flat.buffers[tensor.buffer].data) > 0}
     return map_modules(nodes, [str(t) for t in subgraph.outputs], constants, SOURCE)
 
 
