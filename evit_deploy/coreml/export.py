@@ -13,6 +13,7 @@ from evit_deploy.coreml.options import COMPUTE_UNITS, CoreMLOptions
 from evit_deploy.coreml.precision import island_selector, program_precision
 from evit_deploy.coreml.rewrite import normalising_wrapper, replace_tanh_gelu
 from evit_deploy.coreml.tools import import_coremltools, quiet_coremltools
+from evit_deploy.debug.mapping_mil import mil_layer_map
 from evit_deploy.errors import CheckFailed, UsageError
 from evit_deploy.spec import InputSpec, TensorInfo
 
@@ -130,6 +131,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
         mlmodel.save(str(path))
 
     saved = load_program(path)
+    details["layer_map"] = mil_layer_map(saved, program, model, "inner." if options.image_input else "").to_dict()
     details.update(specification_version=saved.specification_version, opset=saved.opset,
                    ops=saved.op_counts())
     if precision == "fp16":

@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Self
 
     from evit_deploy.api import ArtifactHandle
+    from evit_deploy.contracts import Runner
     from evit_deploy.debug.mapping import LayerEntry
-    from evit_deploy.targets.base import Runner
 
 
 class CannotRunAlone(Exception):

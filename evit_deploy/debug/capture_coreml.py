@@ -17,9 +17,9 @@ from evit_deploy.debug.metrics import in_shape
 from evit_deploy.errors import EvitError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from evit_deploy.contracts import Runner
     from evit_deploy.debug.mapping import LayerEntry
     from evit_deploy.spec import InputSpec
-    from evit_deploy.targets.base import Runner
 
 
 class MilCapture(Capture):
@@ -30,7 +30,7 @@ class MilCapture(Capture):
         self._wanted: set[str] = set()
 
     def load(self, tensors: Sequence[str]) -> list[str]:
-        from evit_deploy.targets.coreml import MilRunner
+        from evit_deploy.coreml.runner import MilRunner
 
         self.runner.load()
         self._mil = self.runner if isinstance(self.runner, MilRunner) else MilRunner(self.path, self.spec,

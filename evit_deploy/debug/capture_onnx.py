@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
     from evit_deploy.debug.mapping import LayerEntry
-    from evit_deploy.targets.onnx import OnnxRunner
+    from evit_deploy.onnx.runner import OnnxRunner
 
 
 class OnnxCapture(Capture):
@@ -69,7 +69,7 @@ class OnnxCapture(Capture):
     def _session(self, model: onnx.ModelProto, name: str) -> OnnxRunner:
         import onnx
 
-        from evit_deploy.targets.onnx import OnnxRunner
+        from evit_deploy.onnx.runner import OnnxRunner
 
         path = Path(self._tmp.name) / name
         onnx.save(model, str(path))

@@ -22,8 +22,8 @@ from evit_deploy.debug.metrics import in_shape
 from evit_deploy.spec import to_layout
 
 if TYPE_CHECKING:  # pragma: no cover
+    from evit_deploy.contracts import Runner
     from evit_deploy.debug.mapping import LayerEntry
-    from evit_deploy.targets.base import Runner
 
 
 class TfliteCapture(Capture):

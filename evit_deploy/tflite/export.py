@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evit_deploy.contracts import ExportContext, ExportOutput
+from evit_deploy.debug.mapping_tflite import tflite_layer_map
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import CheckFailed, UsageError
 from evit_deploy.spec import InputSpec, TensorInfo, to_layout
@@ -74,6 +75,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     final = Graph(content)
     details["ops"] = final.op_counts()
     details["size_bytes"] = len(content)
+    details["layer_map"] = tflite_layer_map(content, model).to_dict()
     return ExportOutput(files=[path], converter=package_versions("litert-torch", "ai-edge-litert", "ai-edge-quantizer"),
                         inputs=inputs, outputs=outputs, notes=notes, details=details)
 

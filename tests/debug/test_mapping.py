@@ -90,3 +90,68 @@ def test_map_survives_a_simplifier_that_drops_node_metadata(tmp_path, seg_weight
     layer_map = LayerMap.from_dict(result.manifest.details["layer_map"])
     made = {o for n in graph.graph.node for o in n.output}
     assert len(layer_map.layers) > 100 and all(e.tensor in made for e in layer_map.layers)
+
+
+def test_conversions_are_placed_with_the_layer_that_reads_them():
+    """A DEQUANTIZE named after the qkv conv's output but feeding the attention belongs to the
+    attention, so the conv keeps one output."""
+    from evit_deploy.debug.mapping import scoped_by_consumers
+
+    qkv = Scope("att.qkv", "m.ConvLayer")
+    att = Scope("att", "m.LiteMLA")
+    nodes = [
+        TracedNode(("x", "w"), ("q8",), (ROOT, att, qkv)),
+        TracedNode(("q8",), ("qf",), (ROOT, att, qkv)),  # DEQUANTIZE, named after its input
+        TracedNode(("q8",), ("agg",), (ROOT, att, Scope("att.aggreg", "m.Conv"))),
+        TracedNode(("qf", "agg"), ("y",), (ROOT, att)),
+    ]
+    assert "att.qkv" not in _map(nodes)  # two outputs: int8 to aggreg, float to the core
+    fixed = {e.module: (e.tensor, e.inputs) for e in
+             map_modules(scoped_by_consumers(nodes, [1]), ["y"], ["w"], "toy").layers}
+    assert fixed["att.qkv"] == ("q8", ("x",))
+
+
+def test_litert_tensor_names_give_the_first_location():
+    from evit_deploy.debug.mapping_tflite import location
+
+    fused = "W/a.Net_wrapped/a.Block_0/t.BatchNorm2d_norm;;W/a.Net_wrapped/a.Block_0/t.Conv2d_conv;2"
+    assert location(fused) == ["W", "a.Net_wrapped", "a.Block_0", "t.BatchNorm2d_norm"]
+    assert location("W/a.Net_wrapped/a.Block_0/t.Hardswish_act;/evit_float_quantized")[-1] == "t.Hardswish_act"
+    assert location("serving_default_args_0_quantized") == []
+
+
+def _onnx_shapes(artifact) -> dict[str, tuple[int, ...]]:
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(artifact))).graph
+    return {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
+            for v in [*graph.value_info, *graph.output]}
+
+
+@pytest.mark.parametrize("target", ["tflite", "coreml"])
+def test_maps_of_other_converters_agree_with_onnx(export_seg, target):
+    """Every module both maps name has the same output shape in both artifacts (TFLite: NHWC
+    allowed), the seg head's alike subtrees (input_ops.0 vs output_ops.0) included."""
+    from evit_deploy.debug.mapping import LayerMap
+
+    def read(artifact):
+        manifest = json.loads(artifact.with_name("efficientvit-seg-b0-cityscapes.evit.json").read_text())
+        return {e.module: e for e in LayerMap.from_dict(manifest["details"]["layer_map"]).layers}
+
+    onnx_map, other = read(export_seg("onnx")), read(export_seg(target))
+    onnx_shapes = _onnx_shapes(export_seg("onnx"))
+    if target == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        details = Interpreter(model_path=str(export_seg(target))).get_tensor_details()
+        shapes = {str(d["index"]): tuple(int(x) for x in d["shape"]) for d in details}
+    else:
+        from evit_deploy.mil import load_program
+
+        program = load_program(export_seg(target))
+        shapes = {name: tuple(t.shape) for op in program.operations for name, t in op.outputs}
+    common = [m for m in other if m in onnx_map and not other[m].is_torch_primitive]
+    assert len(common) > 90 and "head.output_ops.0.op_list.0" in common and "head.input_ops.0.op_list.0" in common
+    for module in common:
+        n, c, h, w = onnx_shapes[onnx_map[module].tensor]
+        assert shapes[other[module].tensor] in ((n, c, h, w), (n, h, w, c)), (module, other[module], onnx_map[module])
