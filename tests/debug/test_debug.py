@@ -1,4 +1,4 @@
-"""``evit debug`` on every target that runs here: a damaged layer is named by its module path; a healthy fp16 artifact passes."""
+"""``evit debug`` on every target that runs here: a damaged layer is named, a healthy fp16 artifact passes."""
 from __future__ import annotations
 
 import json
