@@ -34,19 +34,22 @@ class TfliteCapture(Capture):
         self._tensors: list[int] = []
         self._alone: dict[tuple[str, ...], Any] = {}
 
-    def _interpret(self, content: bytes) -> Any:
+    def _interpret(self, content: bytes, *, preserve: bool) -> Any:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         interpreter = Interpreter(model_content=content, num_threads=self.runner.threads,
                                   experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                                  experimental_preserve_all_tensors=True)
+                                  experimental_preserve_all_tensors=preserve)
         interpreter.allocate_tensors()
         return interpreter
 
     def load(self, tensors: Sequence[str]) -> list[str]:
+        from ai_edge_litert.tools import flatbuffer_utils
+
         self.runner.load()
-        self._content = self.runner.path.read_bytes()
-        self._interpreter = self._interpret(self._content)
+        content = self.runner.path.read_bytes()
+        self._model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))  # parsed once, for cuts
+        self._interpreter = self._interpret(content, preserve=True)
         self._details = {d["index"]: d for d in self._interpreter.get_tensor_details()}
         self._tensors = [int(t) for t in tensors if t.isdigit() and int(t) in self._details]
         return [f"{t} (not a tensor of the file)" for t in tensors if not (t.isdigit() and int(t) in self._details)]
@@ -66,7 +69,8 @@ class TfliteCapture(Capture):
         key = (entry.tensor, *entry.inputs)
         if key not in self._alone:
             try:
-                self._alone[key] = self._interpret(cut(self._content, [int(t) for t in entry.inputs], int(entry.tensor)))
+                self._alone[key] = self._interpret(cut(self._model, [int(t) for t in entry.inputs], int(entry.tensor)),
+                                                   preserve=False)
             except CannotRunAlone as err:
                 self._alone[key] = err
         interpreter = self._alone[key]
@@ -93,22 +97,19 @@ class TfliteCapture(Capture):
                 "exposed": "LiteRT built-in kernels with every tensor preserved (XNNPACK keeps its own)"}
 
 
-def cut(content: bytes, inputs: list[int], output: int) -> bytes:
-    """The flatbuffer reduced to the ops that turn ``inputs`` into ``output`` (tensor indices kept)."""
+def cut(model: Any, inputs: list[int], output: int) -> bytes:
+    """The flatbuffer (``model``: its parsed object tree, left as it was) reduced to the ops that
+    turn ``inputs`` into ``output``; tensor indices are kept."""
     from ai_edge_litert.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
     subgraph = model.subgraphs[0]
     producer = {int(t): i for i, op in enumerate(subgraph.operators) for t in op.outputs if t >= 0}
-    constant = {i for i, tensor in enumerate(subgraph.tensors)
-                if tensor.buffer > 0 and model.buffers[tensor.buffer].data is not None
-                and len(model.buffers[tensor.buffer].data) > 0}
     keep: set[int] = set()
     stack = [output]
     given = set(inputs)
     while stack:
         tensor = stack.pop()
-        if tensor in given or tensor in constant:
+        if tensor in given or _is_constant(model, tensor):
             continue
         if tensor not in producer:
             raise CannotRunAlone(f"it also reads tensor {tensor}, which is not one of its mapped inputs")
@@ -116,11 +117,20 @@ def cut(content: bytes, inputs: list[int], output: int) -> bytes:
         if op not in keep:
             keep.add(op)
             stack.extend(int(t) for t in subgraph.operators[op].inputs if t >= 0)
-    subgraph.operators = [op for i, op in enumerate(subgraph.operators) if i in keep]
-    subgraph.inputs = np.array(inputs, dtype=np.int32)
-    subgraph.outputs = np.array([output], dtype=np.int32)
-    model.signatureDefs = []  # the signature names the whole model's inputs and outputs
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    whole = (subgraph.operators, subgraph.inputs, subgraph.outputs, model.signatureDefs)
+    try:
+        subgraph.operators = [op for i, op in enumerate(subgraph.operators) if i in keep]
+        subgraph.inputs = np.array(inputs, dtype=np.int32)
+        subgraph.outputs = np.array([output], dtype=np.int32)
+        model.signatureDefs = []  # the signature names the whole model's inputs and outputs
+        return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    finally:
+        subgraph.operators, subgraph.inputs, subgraph.outputs, model.signatureDefs = whole
+
+
+def _is_constant(model: Any, tensor: int) -> bool:
+    buffer = model.buffers[model.subgraphs[0].tensors[tensor].buffer]
+    return buffer.data is not None and len(buffer.data) > 0
 
 
 def _dequantised(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
