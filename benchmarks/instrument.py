@@ -81,6 +81,23 @@ def load_instrument() -> Path:
     return path
 
 
+def snapshot() -> tuple[Path, int] | None:
+    """The weights of an unfinished training at its last checkpoint, and the step (None if none):
+    for interim measurements, labelled as such, while the instrument still trains."""
+    import torch
+    from safetensors.torch import save_file
+
+    partial = CACHE / f"instrument-seg-b1-{recipe_key()}.partial.pt"
+    if not partial.exists():
+        return None
+    state = torch.load(partial, weights_only=True)
+    step = int(state["step"])
+    path = CACHE / f"instrument-seg-b1-{recipe_key()}-step{step}.safetensors"
+    if not path.exists():
+        save_file({k: v.contiguous() for k, v in state["model"].items()}, str(path))
+    return path, step
+
+
 # --------------------------------------------------------------------------- pseudo-labels
 
 
