@@ -51,6 +51,8 @@ class TfliteCapture(Capture):
         self._model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))  # parsed once, for cuts
         self._interpreter = self._interpret(content, preserve=True)
         self._details = {d["index"]: d for d in self._interpreter.get_tensor_details()}
+        declared = {d["index"]: info.layout for d, info in zip(self._interpreter.get_input_details(), self.runner.inputs)}
+        self._layouts = tensor_layouts(self._model, declared)
         self._tensors = [int(t) for t in tensors if t.isdigit() and int(t) in self._details]
         return [f"{t} (not a tensor of the file)" for t in tensors if not (t.isdigit() and int(t) in self._details)]
 
@@ -60,7 +62,7 @@ class TfliteCapture(Capture):
             self._interpreter.set_tensor(detail["index"], np.ascontiguousarray(prepared[info.name]))
         self._interpreter.invoke()
         get = self._interpreter.get_tensor
-        values = {str(t): _dequantised(get(t), self._details[t]) for t in self._tensors}
+        values = {str(t): _nchw(_dequantised(get(t), self._details[t]), self._layouts.get(t)) for t in self._tensors}
         for detail, info in zip(self._interpreter.get_output_details(), self.runner.outputs):
             values[info.name] = to_layout(_dequantised(get(detail["index"]), detail), info.layout, "NCHW")
         return values
@@ -78,14 +80,19 @@ class TfliteCapture(Capture):
             raise interpreter
         for detail in interpreter.get_input_details():
             name = str(detail["index"])
-            value = in_shape(inputs[name], tuple(int(d) for d in detail["shape"]))
+            layout = self._layouts.get(detail["index"])
+            given = inputs[name]
+            shape = tuple(int(d) for d in detail["shape"])
+            value = in_shape(given, shape) if layout is None or given.ndim != 4 else to_layout(given, "NCHW", layout)
+            if value is not None and value.shape != shape:
+                value = None
             if value is None:
                 raise CannotRunAlone(f"the reference's {name} has shape {list(inputs[name].shape)}, the "
                                      f"artifact's {list(detail['shape'])}")
             interpreter.set_tensor(detail["index"], _quantised(value, detail))
         interpreter.invoke()
         (detail,) = interpreter.get_output_details()
-        return _dequantised(interpreter.get_tensor(detail["index"]), detail)
+        return _nchw(_dequantised(interpreter.get_tensor(detail["index"]), detail), self._layouts.get(int(entry.tensor)))
 
     def close(self) -> None:
         self._interpreter = None
@@ -95,6 +102,49 @@ class TfliteCapture(Capture):
     def describe(self) -> dict[str, object]:
         return {**self.runner.describe(),
                 "exposed": "LiteRT built-in kernels with every tensor preserved (XNNPACK keeps its own)"}
+
+
+# Ops whose 4-D outputs are NHWC by definition, and ops whose output keeps its input's layout.
+_NHWC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "AVERAGE_POOL_2D", "MAX_POOL_2D", "L2_POOL_2D",
+             "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH")
+_KEEPING_OPS = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "POW", "HARD_SWISH", "RELU",
+                "RELU6", "RELU_N1_TO_1", "LEAKY_RELU", "PRELU", "LOGISTIC", "TANH", "GELU", "ABS", "NEG", "SQRT",
+                "RSQRT", "EXP", "SQUARE", "CAST", "QUANTIZE", "DEQUANTIZE", "PAD", "PADV2", "MIRROR_PAD",
+                "CONCATENATION")
+_TO_NCHW, _TO_NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
+
+
+def tensor_layouts(model: Any, inputs: dict[int, str]) -> dict[int, str]:
+    """NHWC or NCHW for every 4-D tensor whose layout follows from the ops (``inputs``: the graph
+    inputs' layouts): convolutions and pools make NHWC, element-wise ops, pads and concatenations
+    keep their input's, a TRANSPOSE by (0,3,1,2) or (0,2,3,1) turns one into the other. Shapes
+    alone cannot tell a tensor whose C, H and W are equal (16x16x16 at 64x64 inputs)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    subgraph = model.subgraphs[0]
+    layouts = dict(inputs)
+    for op in subgraph.operators:
+        kind = names.get(flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]))
+        ins = [int(t) for t in op.inputs if t >= 0]
+        known = [layouts[t] for t in ins if t in layouts and len(subgraph.tensors[t].shape) == 4]
+        layout = None
+        if kind in _NHWC_OPS:
+            layout = "NHWC"
+        elif kind in _KEEPING_OPS and known:
+            layout = known[0]
+        elif kind == "TRANSPOSE" and known and len(ins) > 1 and _is_constant(model, ins[1]):
+            perm = tuple(int(p) for p in model.buffers[subgraph.tensors[ins[1]].buffer].data.view(np.int32))
+            layout = {("NHWC", _TO_NCHW): "NCHW", ("NCHW", _TO_NHWC): "NHWC"}.get((known[0], perm))
+        for t in op.outputs:
+            if t >= 0 and layout is not None and len(subgraph.tensors[t].shape) == 4:
+                layouts[int(t)] = layout
+    return layouts
+
+
+def _nchw(value: np.ndarray, layout: str | None) -> np.ndarray:
+    return value.transpose(0, 3, 1, 2) if layout == "NHWC" and value.ndim == 4 else value
 
 
 def cut(model: Any, inputs: list[int], output: int) -> bytes:

@@ -69,3 +69,18 @@ def test_layers_all_adds_torch_building_blocks(export_seg):
     assert {layer.module for layer in auto.layers} < modules
     assert f"{DAMAGED}.act" in modules and f"{DAMAGED}.act" not in {layer.module for layer in auto.layers}
     assert all(layer.errors.rel_l2 < 1e-4 for layer in every.layers)  # fp32 ORT vs eager torch
+
+
+def test_tflite_layouts_are_read_from_the_graph_not_guessed_from_shapes(tmp_path, seeded_checkpoint):
+    """cls-B0 at 64x64 has 16x16x16 tensors, which read alike in NCHW and NHWC: a healthy fp32
+    artifact must still agree with PyTorch at every layer, run whole and layer by layer."""
+    from evit_deploy import api
+    from evit_deploy.debug import debug_artifact
+
+    weights = seeded_checkpoint("efficientvit_cls_b0")
+    artifact = api.export("efficientvit-b0-r224", target="tflite", weights=weights, out=tmp_path,
+                          resolution=(64, 64)).artifact
+    report = debug_artifact(artifact, samples=1)
+    assert any(layer.errors.elements == 16 ** 3 for layer in report.layers)  # the ambiguous shape is there
+    assert report.first_divergent is None, report.first_divergent
+    assert all(layer.added is not None and layer.added < 1e-4 for layer in report.layers)
