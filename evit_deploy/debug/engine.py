@@ -9,7 +9,7 @@ threshold), the second the *who* (the layers to keep in float).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ def layer_map_of(manifest: Any, artifact: Path) -> LayerMap:
     return layer_map
 
 
-def select_layers(layer_map: LayerMap, mode: str, tensor_modules: set[str]) -> tuple[list[LayerEntry], list[str]]:
+def select_layers(layer_map: LayerMap, mode: str, tensor_modules: set[str],
+                  absent: Collection[str] = ()) -> tuple[list[LayerEntry], list[str]]:
     """The entries to compare, and the mapped modules left out with why.
 
     ``all``: every mapped module whose PyTorch output is one tensor. ``auto``: the model's own
@@ -58,8 +59,9 @@ def select_layers(layer_map: LayerMap, mode: str, tensor_modules: set[str]) -> t
     ConvLayer-only OpSequential around it), while a block that ends in a layer (LiteMLA ending
     in ``proj``, an MBConv in ``point_conv``) stays, since run alone it adds its own error.
     """
-    skipped = [f"{e.module or '(model)'}: its PyTorch output is not one tensor" for e in layer_map.layers
-               if e.module not in tensor_modules]
+    skipped = [f"{e.module or '(model)'}: " + ("not in the PyTorch model (swapped in by the export)"
+                                               if e.module in absent else "its PyTorch output is not one tensor")
+               for e in layer_map.layers if e.module not in tensor_modules]
     usable = [e for e in layer_map.layers if e.module in tensor_modules]
     if mode == "all":
         return usable, skipped
@@ -125,7 +127,7 @@ def debug_artifact(
             progress(f"sample {index + 1}/{count}: reference")
             ref_out, ref_in = reference.run(batch)
             if index == 0:
-                chosen, skipped = select_layers(layer_map, layers, set(ref_out))
+                chosen, skipped = select_layers(layer_map, layers, set(ref_out), reference.absent)
                 progress(f"exposing {len(chosen)} tensors")
                 for problem in capture.load(sorted({e.tensor for e in chosen})):
                     skipped.append(f"tensor {problem}")

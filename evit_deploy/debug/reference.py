@@ -26,13 +26,18 @@ class ReferenceTaps:
         self._handles: list[Any] = []
         self._outputs: dict[str, np.ndarray] = {}
         self._inputs: dict[str, np.ndarray] = {}
+        self.absent: set[str] = set()  # mapped modules the PyTorch model does not have
 
     def __enter__(self) -> Self:
         import torch
 
         self.model.eval()
         for path in self.modules:
-            module = self.model.get_submodule(path)
+            try:
+                module = self.model.get_submodule(path)
+            except AttributeError:  # a module the export swapped in (the bicubic rewrite's parts)
+                self.absent.add(path)
+                continue
             self._handles.append(module.register_forward_pre_hook(self._input_hook(path)))
             self._handles.append(module.register_forward_hook(self._output_hook(path)))
         self._torch = torch
