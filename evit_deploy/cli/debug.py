@@ -9,6 +9,7 @@ import typer
 
 from evit_deploy.cli._common import out, stage_progress
 from evit_deploy.cli._errors import handle_errors
+from evit_deploy.debug.engine import THRESHOLDS
 
 
 def debug(
@@ -21,7 +22,7 @@ def debug(
              "torch building blocks (BatchNorm, activations) included.")] = "auto",
     threshold: Annotated[float | None, typer.Option(
         help="Relative L2 error over which a layer counts as divergent (default per precision: "
-             "fp32 1e-3, fp16 2e-2, int8 0.3).")] = None,
+             + ", ".join(f"{k} {v:g}" for k, v in THRESHOLDS.items()) + ").")] = None,
     alone: Annotated[bool, typer.Option(
         help="Also run each layer alone on the reference's inputs: the error it adds by itself.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
