@@ -2,20 +2,24 @@
 
 Seeded weights have thin decision margins (median top-2 logit gap about 0.8), so int8 weights
 alone already flip many pixels and hide what activation quantisation costs. This script
-fits seg-B1 for 1500 steps (256x512 crops, batch 8, Adam) to pseudo-labels of the
-calibration photos of ``tests/conftest.py``, starting from the seeded weights, so it behaves
-like a trained model (wide margins) while nothing is downloaded:
+fits seg-B1 for 1500 steps (256x512 crops, batch 8, Adam) to pseudo-labels of the photos of
+``tests/conftest.py`` (calibration and test sets both), starting from the seeded weights, so
+it behaves like a trained model on them (wide margins) while nothing is downloaded:
 
-- pseudo-labels: k-means (k=19) in CIELAB over the calibration photos' pixels, each pixel
-  given its nearest centre, smoothed by a modal filter. The centres come from the
-  calibration photos only; the held-out test photos are labelled with the same centres, so
-  their score measures generalisation, and the calibration/test split stays disjoint.
+- pseudo-labels: k-means (k=19) in CIELAB over the photos' pixels, each pixel given its
+  nearest centre, smoothed by a modal filter.
+- the model is fitted on random rescaled, stretched and flipped 256x512 crops of all the
+  photos, like a user's model trained on its own domain. The split that must hold is int8's:
+  calibration runs on the calibration photos only, accuracy is checked on the test photos.
+  (Fitted on the calibration photos alone, version 1 of this recipe reached a median gap of
+  2.8 on them but 0.64 on the test photos at step 500: a model with seeded-like margins
+  exactly where int8 is judged.)
 - the weights are cached under ``benchmarks/.cache/`` (git-ignored), keyed by the recipe, so
   a rerun (or another benchmark calling ``load_instrument()``) reuses them; an interrupted
   run resumes from its last checkpoint.
 - the training curve and the margins before/after go to ``results/instrument.json``.
 
-    nice -n 19 python benchmarks/instrument.py          # ~1 h on one core of this VM
+    nice -n 19 python benchmarks/instrument.py     # ~40 min on a quiet 2-core VM, hours on a busy one
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 MODEL = "efficientvit-seg-b1-cityscapes"
 BUILDER = "efficientvit_seg_b1_cityscapes"
 RECIPE: dict[str, Any] = {
-    "version": 1,  # bump when the training code changes what it produces
+    "version": 2,  # bump when the training code changes what it produces
+    "photos": "calibration + test photos of tests/conftest.py",
     "model": MODEL,
     "init": "seeded_weights seed 1234",
     "steps": 1500,
@@ -164,7 +169,7 @@ def random_batch(images: list[Any], labels: list[Any], rng: np.random.Generator,
 
 def eval_inputs(images: dict[str, np.ndarray], labels: dict[str, np.ndarray], mean: Any,
                 std: Any) -> list[tuple[Any, Any]]:
-    """Each held-out photo resized to the eval resolution as verify feeds it; labels at logit resolution."""
+    """Each photo resized to the eval resolution as verify feeds it; labels at logit resolution."""
     import torch
     import torch.nn.functional as F
 
@@ -216,13 +221,17 @@ def train() -> Path:
 
     calib = photos(conftest.CALIB_PHOTOS)
     test = photos(conftest.TEST_PHOTOS)
-    centres = fit_centres(list(calib.values()), RECIPE["clusters"], RECIPE["seed"])
+    centres = fit_centres([*calib.values(), *test.values()], RECIPE["clusters"], RECIPE["seed"])
     calib_labels = {n: pseudo_labels(im, centres, RECIPE["modal_radius"]) for n, im in calib.items()}
     test_labels = {n: pseudo_labels(im, centres, RECIPE["modal_radius"]) for n, im in test.items()}
-    train_images = [torch.from_numpy(im).permute(2, 0, 1).float() / 255.0 for im in calib.values()]
-    train_labels = [torch.from_numpy(lb.astype(np.int64)) for lb in calib_labels.values()]
-    held_out = eval_inputs(test, test_labels, mean, std)
-    seen = eval_inputs(calib, calib_labels, mean, std)
+    everything = [*calib.values(), *test.values()]
+    train_images = [torch.from_numpy(im).permute(2, 0, 1).float() / 255.0 for im in everything]
+    train_labels = [torch.from_numpy(lb.astype(np.int64)) for lb in [*calib_labels.values(), *test_labels.values()]]
+    judged = {"test_photos": eval_inputs(test, test_labels, mean, std),
+              "calibration_photos": eval_inputs(calib, calib_labels, mean, std)}
+
+    def measure(step: int) -> dict[str, Any]:
+        return {"step": step, **{name: evaluate(model, inputs) for name, inputs in judged.items()}}
 
     init = seeded_weights(BUILDER)
     if init is None:
@@ -245,7 +254,7 @@ def train() -> Path:
         curve, evals, start = json.loads(state["curve"]), json.loads(state["evals"]), int(state["step"])
         print(f"resuming at step {start}", flush=True)
     else:
-        evals.append({"step": 0, "held_out": evaluate(model, held_out), "seen": evaluate(model, seen)})
+        evals.append(measure(0))
         print(f"step 0: {evals[-1]}", flush=True)
 
     model.train()
@@ -268,7 +277,7 @@ def train() -> Path:
             rate = (time.perf_counter() - began) / (step + 1 - start)
             print(f"step {step + 1}/{steps} loss {loss.item():.4f} ({rate:.1f} s/step)", flush=True)
         if (step + 1) % EVAL_EVERY == 0 or step + 1 == steps:
-            evals.append({"step": step + 1, "held_out": evaluate(model, held_out), "seen": evaluate(model, seen)})
+            evals.append(measure(step + 1))
             print(f"step {step + 1}: {evals[-1]}", flush=True)
         if (step + 1) % CHECKPOINT_EVERY == 0:
             CACHE.mkdir(parents=True, exist_ok=True)
@@ -288,15 +297,17 @@ def train() -> Path:
         "recipe": RECIPE,
         "recipe_key": recipe_key(),
         "weights": str(path.relative_to(ROOT)),
-        "train_photos": list(conftest.CALIB_PHOTOS),
-        "held_out_photos": list(conftest.TEST_PHOTOS),
+        "train_photos": [*conftest.CALIB_PHOTOS, *conftest.TEST_PHOTOS],
+        "calibration_photos": list(conftest.CALIB_PHOTOS),
+        "test_photos": list(conftest.TEST_PHOTOS),
         "eval_resolution": list(EVAL_RESOLUTION),
         "seeded": evals[0],
         "trained": evals[-1],
         "evals": evals,
         "curve": curve,
-        "note": "median_top2_gap: median over all logit pixels of (top-1 - top-2 logit) on the held-out photos "
-                "resized to eval_resolution; pixel_accuracy against their colour-region pseudo-labels. "
+        "note": "median_top2_gap: median over all logit pixels of (top-1 - top-2 logit) on the whole photos "
+                "resized to eval_resolution (training saw 256x512 crops of rescaled photos); pixel_accuracy "
+                "against their colour-region pseudo-labels. "
                 "Trained with torch.set_num_threads(1) under nice on a shared machine.",
     })
     return path

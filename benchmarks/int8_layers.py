@@ -1,8 +1,9 @@
 """Where TFLite int8 loses accuracy on a trained model: ``evit debug`` on the instrument's int8 artifact.
 
-The trained instrument (``instrument.py``: seg-B1 fitted to colour regions of the calibration
-photos) is exported to TFLite int8 at 512x1024, calibrated on those photos (four views each),
-and compared layer by layer with PyTorch on the held-out test photos. The layers adding the
+The trained instrument (``instrument.py``: seg-B1 fitted to colour regions of the test suite's
+photos) is exported to TFLite int8 at 512x1024, calibrated on the calibration photos (four
+views each), and compared layer by layer with PyTorch on the test photos, which calibration
+never saw. The layers adding the
 most error by themselves (run alone on the reference's inputs) are what accuracy-controlled
 int8 keeps in float first; ``verify`` beside it gives the pixel agreement and the bound of
 int8 weights alone, so the activation-quantisation share of the loss is visible.
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, help="other weights than the trained instrument")
     parser.add_argument("--snapshot", action="store_true", help="the unfinished instrument's last checkpoint")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=6, help="held-out photos to compare on")
+    parser.add_argument("--samples", type=int, default=6, help="test photos to compare on")
     args = parser.parse_args(argv)
 
     from evit_deploy import api
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         "weights": label,
         "resolution": args.resolution,
         "artifact": "tflite int8 (config tflite-int8: float attention cores, HARD_SWISH and head)",
-        "calibration": f"{len(conftest.CALIB_PHOTOS)} calibration photos x 4 views (the instrument's training photos)",
-        "compared_on": f"{args.samples} held-out test photos: {', '.join(conftest.TEST_PHOTOS[:args.samples])}",
+        "calibration": f"{len(conftest.CALIB_PHOTOS)} calibration photos x 4 views",
+        "compared_on": f"{args.samples} test photos (not calibrated on): {', '.join(conftest.TEST_PHOTOS[:args.samples])}",
         "verify": {"task": parity.task_metrics, "weights_rounded_alone": parity.weight_rounding,
                    "logits": parity.outputs["logits"].to_dict()},
         "debug": {
