@@ -41,7 +41,7 @@ class OnnxCapture(Capture):
         self._model: onnx.ModelProto | None = None
         self._exposed: OnnxRunner | None = None
         self._extractor: Any = None
-        self._alone: dict[tuple[str, ...], OnnxRunner | CannotRunAlone] = {}
+        self._alone: dict[tuple[str, ...], Path | CannotRunAlone] = {}
         self._types: dict[str, int] = {}
 
     def load(self, tensors: Sequence[str]) -> list[str]:
@@ -63,19 +63,22 @@ class OnnxCapture(Capture):
                 missing.append(f"{name} (no type in the graph)")
                 continue
             exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, self._types[name], None))
-        self._exposed = self._session(exposed, "exposed.onnx")
+        self._exposed = self._session(self._save(exposed, "exposed.onnx"))
+        self._exposed.load()
         return missing
 
-    def _session(self, model: onnx.ModelProto, name: str) -> OnnxRunner:
+    def _save(self, model: onnx.ModelProto, name: str) -> Path:
         import onnx
-
-        from evit_deploy.onnx.runner import OnnxRunner
 
         path = Path(self._tmp.name) / name
         onnx.save(model, str(path))
-        runner = OnnxRunner(path, threads=self.runner.threads, graph_optimization=self.runner.graph_optimization)
-        runner.load()
-        return runner
+        return path
+
+    def _session(self, path: Path) -> OnnxRunner:
+        """A session like the artifact's own (threads, optimisation level); loaded by ``with``."""
+        from evit_deploy.onnx.runner import OnnxRunner
+
+        return OnnxRunner(path, threads=self.runner.threads, graph_optimization=self.runner.graph_optimization)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._exposed is not None, "load() first"
@@ -83,16 +86,21 @@ class OnnxCapture(Capture):
         return {name: np.asarray(v).astype(np.float32, copy=False) for name, v in values.items()}
 
     def run_alone(self, entry: LayerEntry, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Each cut is saved once; its session lives for one call only, since a hundred of them
+        (the seg-B1 stages and the whole model among them) would hold gigabytes."""
         key = (entry.tensor, *entry.inputs)  # modules sharing an output can start at different tensors
-        session = self._alone.get(key)
-        if session is None:
+        if key not in self._alone:
             try:
-                session = self._cut(entry)
+                self._alone[key] = self._cut(entry)
             except CannotRunAlone as err:
-                session = err
-            self._alone[key] = session
-        if isinstance(session, CannotRunAlone):
-            raise session
+                self._alone[key] = err
+        made = self._alone[key]
+        if isinstance(made, CannotRunAlone):
+            raise made
+        with self._session(made) as session:
+            return self._run_cut(session, inputs)
+
+    def _run_cut(self, session: OnnxRunner, inputs: dict[str, np.ndarray]) -> np.ndarray:
         feed = {}
         for info in session.inputs:
             value = in_shape(inputs[info.name], tuple(info.shape)) if None not in info.shape else inputs[info.name]
@@ -103,7 +111,7 @@ class OnnxCapture(Capture):
         (value,) = session.infer(session.prepare(feed)).values()
         return np.asarray(value).astype(np.float32, copy=False)
 
-    def _cut(self, entry: LayerEntry) -> OnnxRunner:
+    def _cut(self, entry: LayerEntry) -> Path:
         import onnx
 
         assert self._model is not None
@@ -120,12 +128,11 @@ class OnnxCapture(Capture):
         loose = sorted({i for node in cut.graph.node for i in node.input if i and i not in known and i not in made})
         if loose:
             raise CannotRunAlone(f"it also reads {loose[0]}, which is not one of its mapped inputs")
-        return self._session(cut, f"alone-{len(self._alone)}.onnx")
+        return self._save(cut, f"alone-{len(self._alone)}.onnx")
 
     def close(self) -> None:
-        for session in [self._exposed, *self._alone.values()]:
-            if session is not None and not isinstance(session, CannotRunAlone):
-                session.close()
+        if self._exposed is not None:
+            self._exposed.close()
         self._alone.clear()
         self.runner.close()
         self._tmp.cleanup()

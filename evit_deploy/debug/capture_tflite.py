@@ -12,7 +12,9 @@ become those tensors, its output the layer's, and only the ops between them are 
 """
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +34,8 @@ class TfliteCapture(Capture):
         self.runner: Any = runner  # a TfliteRunner: path, threads, inputs/outputs after load
         self._interpreter: Any = None
         self._tensors: list[int] = []
-        self._alone: dict[tuple[str, ...], Any] = {}
+        self._alone: dict[tuple[str, ...], Path | CannotRunAlone] = {}
+        self._tmp = tempfile.TemporaryDirectory(prefix="evit-debug-tflite-")
 
     def _interpret(self, content: bytes, *, preserve: bool) -> Any:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -68,16 +71,20 @@ class TfliteCapture(Capture):
         return values
 
     def run_alone(self, entry: LayerEntry, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Each cut is written once to a file; its interpreter lives for one call only, since a
+        hundred of them (the seg-B1 stages and the whole model among them) would hold gigabytes."""
         key = (entry.tensor, *entry.inputs)
         if key not in self._alone:
             try:
-                self._alone[key] = self._interpret(cut(self._model, [int(t) for t in entry.inputs], int(entry.tensor)),
-                                                   preserve=False)
+                path = Path(self._tmp.name) / f"alone-{len(self._alone)}.tflite"
+                path.write_bytes(cut(self._model, [int(t) for t in entry.inputs], int(entry.tensor)))
+                self._alone[key] = path
             except CannotRunAlone as err:
                 self._alone[key] = err
-        interpreter = self._alone[key]
-        if isinstance(interpreter, CannotRunAlone):
-            raise interpreter
+        made = self._alone[key]
+        if isinstance(made, CannotRunAlone):
+            raise made
+        interpreter = self._interpret(made.read_bytes(), preserve=False)
         for detail in interpreter.get_input_details():
             name = str(detail["index"])
             layout = self._layouts.get(detail["index"])
@@ -97,6 +104,7 @@ class TfliteCapture(Capture):
     def close(self) -> None:
         self._interpreter = None
         self._alone.clear()
+        self._tmp.cleanup()
         super().close()
 
     def describe(self) -> dict[str, object]:
