@@ -38,6 +38,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check evit_deploy tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         test = conftest._write_photos(tmp / "test", conftest.TEST_PHOTOS, 1)
         started = time.perf_counter()
         result = api.export(MODEL, target="tflite", config="tflite-int8", weights=weights, out=tmp / "int8",
-                            resolution=resolution, calibration={"source": calib, "samples": 4 * len(conftest.CALIB_PHOTOS)})
+                            resolution=resolution, calib=calib, calib_samples=4 * len(conftest.CALIB_PHOTOS))
         export_s = time.perf_counter() - started
         print(f"exported {result.artifact} in {export_s:.0f} s", flush=True)
         parity = api.verify(result.artifact, images=test, threads=args.threads, record=False)

@@ -1,170 +1,99 @@
-"""Artifacts and their manifests, written so that an interrupted export never looks complete.
+"""An exported artifact opened for use: its checked manifest, its target, and runners for it.
 
-An artifact is its file(s) plus ``NAME.evit.json``. The manifest is written last: a file
-without one is refused by ``verify`` and ``profile``, and every file's sha256 is in it so
-an artifact edited after export is refused too.
+``open_artifact`` is the one door through which ``verify``, ``profile``, ``eval`` and the
+device worker reach an artifact: it refuses files without a manifest, files changed since
+export, and shapes the artifact cannot take, each in one line.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from evit_deploy.errors import UsageError
-
-MANIFEST_SUFFIX = ".evit.json"
-SCHEMA_VERSION = 1
+from evit_deploy.contracts import ArtifactFacts, Runner
+from evit_deploy.errors import RuntimeMissing, UsageError
+from evit_deploy.manifest import Manifest, load_manifest, manifest_path_for
+from evit_deploy.spec import InputSpec
+from evit_deploy.targets.base import Target, get_target
 
 
-class FileEntry(BaseModel):
-    path: str  # relative to the manifest's folder
-    sha256: str
-    bytes: int
+@dataclass
+class ArtifactHandle:
+    """An artifact with its manifest and target, checked and ready to run."""
 
-
-class SourceWeights(BaseModel):
-    path: str | None = None  # as given at export; None for seeded random init
-    sha256: str | None = None
-    seed: int = 0
-
-
-class Manifest(BaseModel):
-    """How an artifact was made, enough to rebuild its PyTorch reference anywhere."""
-
-    model_config = ConfigDict(extra="allow")
-
-    schema_version: int = SCHEMA_VERSION
-    model: str
-    task: str
-    target: str
-    precision: str
-    files: list[FileEntry]
-    input: dict[str, Any]  # InputSpec.to_dict()
-    inputs: list[dict[str, Any]] = Field(default_factory=list)  # TensorInfo dicts, runner view
-    outputs: list[dict[str, Any]] = Field(default_factory=list)
-    recipe: dict[str, Any]
-    weights: SourceWeights
-    versions: dict[str, str]
-    created: str
-    export_seconds: float
-    notes: list[str] = Field(default_factory=list)
-    details: dict[str, Any] = Field(default_factory=dict)
-    parity: dict[str, Any] | None = None
+    path: Path
+    manifest: Manifest
+    target: Target
 
     @property
-    def primary(self) -> str:
-        return self.files[0].path
+    def spec(self) -> InputSpec:
+        return self.manifest.input
+
+    def runner(self, *, device: str = "cpu", threads: int | None = None) -> Runner:
+        reason = self.target.runtime_available(device)
+        if reason is not None:
+            raise RuntimeMissing(f"cannot run {self.path.name} here: {reason}")
+        return self.target.runner(self.manifest, self.path, device=device, threads=threads)
+
+    def run_spec(self, resolution: tuple[int, int] | None = None, batch: int | None = None) -> InputSpec:
+        """The input to run at: the export's, or another size/batch where the artifact is dynamic."""
+        spec = self.spec
+        height, width = resolution or (spec.height, spec.width)
+        new_batch = batch or spec.batch
+        if not spec.dynamic and ((height, width) != (spec.height, spec.width) or new_batch != spec.batch):
+            raise UsageError(
+                f"{self.path.name} was exported with a static input {spec.batch}x3x{spec.height}x{spec.width}; "
+                "re-export with --dynamic (and --batch) to run other shapes"
+            )
+        return spec.with_resolution(height, width, new_batch)
 
 
-def manifest_path_for(artifact: Path) -> Path:
-    """``out/model.onnx`` -> ``out/model.evit.json`` (one manifest per artifact stem)."""
-    name = artifact.name
-    for suffix in (".mlpackage", ".onnx", ".tflite", ".engine", ".plan"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    else:
-        name = artifact.stem
-    return artifact.with_name(name + MANIFEST_SUFFIX)
+def open_artifact(path: str | Path) -> ArtifactHandle:
+    """Load and check an artifact's manifest (refusing incomplete, modified or contradicted ones)."""
+    artifact = Path(path)
+    manifest = load_manifest(artifact)
+    handle = ArtifactHandle(artifact, manifest, get_target(manifest.target))
+    contradictions = _contradictions(manifest, handle.target.facts(manifest, artifact))
+    if contradictions:
+        raise UsageError(f"{manifest_path_for(artifact).name} contradicts {artifact.name}: "
+                         f"{'; '.join(contradictions)}; the manifest was edited after export: re-export the artifact")
+    return handle
 
 
-def sha256_path(path: Path) -> str:
-    """sha256 of a file, or of a directory bundle (``.mlpackage``) by relative path and content."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+def _contradictions(manifest: Manifest, facts: ArtifactFacts) -> list[str]:
+    """Each place the manifest disagrees with the zoo card it names or with the artifact itself."""
+    from evit_deploy import zoo
+
+    found = []
+    card = zoo.get_card(manifest.model)
+    if card.task != manifest.task:
+        found.append(f"model {manifest.model} is a {card.task} model, the manifest says task {manifest.task}")
+    if facts.task is not None and facts.task != manifest.task:
+        found.append(f"task says {manifest.task}, the artifact was exported for {facts.task}")
+    if facts.precision is not None and facts.precision != manifest.precision:
+        found.append(f"precision says {manifest.precision}, the artifact is {facts.precision}")
+    declared = [_static(t.shape) for t in manifest.inputs]
+    actual = [_static(t.shape) for t in facts.inputs]
+    if actual and declared and not all(_agree(a, d) for a, d in zip(actual, declared)):
+        found.append(f"inputs say {declared}, the artifact takes {actual}")
+    spec = manifest.input
+    if manifest.graph is None and manifest.inputs and not spec.dynamic:
+        first = manifest.inputs[0]
+        shape = _in_layout(spec.shape, first.layout)
+        if not _agree(_static(first.shape), list(shape)):
+            found.append(f"input says {spec.batch}x3x{spec.height}x{spec.width}, the artifact takes "
+                         f"{'x'.join(str(d) for d in first.shape)} ({first.layout})")
+    return found
 
 
-def size_of(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+def _static(shape: tuple[int | None, ...]) -> list[int | None]:
+    return [d if isinstance(d, int) and d > 0 else None for d in shape]
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON next to its destination and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _agree(a: list[int | None], b: list[int | None]) -> bool:
+    """Same rank, and the same size wherever both are fixed."""
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
 
-@contextmanager
-def staging_dir(out: Path) -> Iterator[Path]:
-    """A private folder beside ``out`` for work in progress, removed whatever happens."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=".evit-staging-", dir=out)
-    except OSError as err:
-        raise UsageError(f"cannot write to --out {out}: {err.strerror or err}; choose a writable folder") from None
-    path = Path(probe)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def publish(staged: list[Path], out: Path, manifest: Manifest) -> Path:
-    """Move staged files into ``out`` and write the manifest last.
-
-    Any old manifest goes first, so a crash between the moves leaves files without a
-    manifest (incomplete, refused) rather than new files beside an old manifest.
-    """
-    manifest_file = manifest_path_for(out / staged[0].name)
-    manifest_file.unlink(missing_ok=True)
-    for file in staged:
-        target = out / file.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(file, target)
-    write_json_atomic(manifest_file, manifest.model_dump(mode="json"))
-    return out / staged[0].name
-
-
-def load_manifest(artifact: Path, *, check_hashes: bool = True) -> Manifest:
-    """The manifest of an artifact, refusing incomplete or altered artifacts with one clear line."""
-    if not artifact.exists():
-        raise UsageError(f"{artifact}: no such artifact")
-    manifest_file = manifest_path_for(artifact)
-    if not manifest_file.is_file():
-        raise UsageError(
-            f"{artifact}: no manifest ({manifest_file.name}) beside it, so evit cannot tell how it was made "
-            "or whether its export finished; re-export it with `evit export`"
-        )
-    try:
-        manifest = Manifest.model_validate_json(manifest_file.read_text())
-    except (ValidationError, ValueError) as err:
-        raise UsageError(f"{manifest_file}: not a valid evit manifest ({str(err).splitlines()[0]}); re-export") from None
-    if manifest.primary != artifact.name:
-        raise UsageError(f"{manifest_file} describes {manifest.primary}, not {artifact.name}; re-export the artifact")
-    if check_hashes:
-        for entry in manifest.files:
-            path = artifact.parent / entry.path
-            if not path.exists():
-                raise UsageError(f"{path}: listed in the manifest but missing; re-export the artifact")
-            actual = sha256_path(path)
-            if actual != entry.sha256:
-                raise UsageError(
-                    f"{path}: changed after export (sha256 {actual[:12]}… but the manifest says "
-                    f"{entry.sha256[:12]}…); re-export it rather than trusting a modified artifact"
-                )
-    return manifest
+def _in_layout(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    """An NCHW shape in ``layout``."""
+    return (shape[0], shape[2], shape[3], shape[1]) if layout == "NHWC" and len(shape) == 4 else shape

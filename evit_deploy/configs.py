@@ -6,15 +6,14 @@ and a colleague can reproduce the artifact from the recipe alone.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evit_deploy._resources import data_dir
 from evit_deploy.errors import UsageError
-
-Precision = Literal["fp32", "fp16", "int8"]
+from evit_deploy.spec import Precision
 
 
 class Tolerances(BaseModel):
@@ -27,27 +26,27 @@ class Tolerances(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_rel: float | None = None
-    atol: float | None = None
-    rtol: float | None = None
-    cosine: float | None = None
-    pixel_agreement: float | None = None
-    miou: float | None = None
-    top1_agreement: float | None = None
-    top5_agreement: float | None = None
+    max_rel: float | None = Field(None, ge=0, description="Max |error| / max |reference| per output.")
+    atol: float | None = Field(None, ge=0, description="Absolute tolerance per element (with --rtol).")
+    rtol: float | None = Field(None, ge=0, description="Relative tolerance per element (with --atol).")
+    cosine: float | None = Field(None, ge=-1, le=1, description="Least cosine similarity per output.")
+    pixel_agreement: float | None = Field(None, ge=0, le=1, description="Least share of pixels with the same class.")
+    miou: float | None = Field(None, ge=0, le=1, description="Least mIoU of the artifact's classes vs the reference's.")
+    top1_agreement: float | None = Field(None, ge=0, le=1, description="Least share of samples with the same top-1.")
+    top5_agreement: float | None = Field(None, ge=0, le=1, description="Least share whose reference top-1 is in the artifact's top-5.")
 
 
-DEFAULT_TOLERANCES: dict[str, Tolerances] = {
-    "fp32": Tolerances(max_rel=1e-4, cosine=0.99999, pixel_agreement=0.999, top1_agreement=1.0),
-    "fp16": Tolerances(max_rel=5e-2, cosine=0.999, pixel_agreement=0.999, top1_agreement=0.99),
-    "int8": Tolerances(cosine=0.95, pixel_agreement=0.99, top1_agreement=0.95),
+DEFAULT_TOLERANCES: dict[Precision, Tolerances] = {
+    Precision.FP32: Tolerances(max_rel=1e-4, cosine=0.99999, pixel_agreement=0.999, top1_agreement=1.0),
+    Precision.FP16: Tolerances(max_rel=5e-2, cosine=0.999, pixel_agreement=0.999, top1_agreement=0.99),
+    Precision.INT8: Tolerances(cosine=0.95, pixel_agreement=0.99, top1_agreement=0.95),
 }
 # Runtimes whose arithmetic is not the precision's own: a runner names its profile
 # (``Runner.tolerance_profile``) and the recipe's ``runtime_tolerances`` (else these) apply to it.
 # "accelerated": Core ML on the GPU or Neural Engine, which compute in fp16 whatever the program's
 # precision, so an fp32 program there is held to fp16's criteria, not the CPU's 1e-4.
-DEFAULT_RUNTIME_TOLERANCES: dict[tuple[str, str], Tolerances] = {
-    ("fp32", "accelerated"): DEFAULT_TOLERANCES["fp16"],
+DEFAULT_RUNTIME_TOLERANCES: dict[tuple[Precision, str], Tolerances] = {
+    (Precision.FP32, "accelerated"): DEFAULT_TOLERANCES[Precision.FP16],
 }
 
 
@@ -64,7 +63,7 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     target: str = "onnx"
-    precision: Precision = "fp32"
+    precision: Precision = Precision.FP32
     resolution: tuple[int, int] | None = None  # None: the model card's input size
     batch: int = Field(1, ge=1)
     dynamic: bool = False
@@ -72,6 +71,7 @@ class Recipe(BaseModel):
     tolerances: Tolerances | None = None  # None: DEFAULT_TOLERANCES[precision]
     runtime_tolerances: dict[str, Tolerances] = Field(default_factory=dict)  # profile -> criteria (see above)
     options: dict[str, Any] = Field(default_factory=dict)
+    model_options: dict[str, bool] = Field(default_factory=dict)  # a several-graph model's (card graphs: options)
     description: str = ""
 
     @field_validator("resolution")

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from evit_deploy.errors import UsageError
-from evit_deploy.spec import InputSpec, Layout, TensorInfo, to_layout
+from evit_deploy.spec import GraphIO, InputSpec, Layout, TensorInfo, to_layout
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -28,16 +28,35 @@ class TargetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+CALIBRATION_NEEDED = "int8 needs calibration images: pass --calib DIR (a folder of representative images)"
+
+
 @dataclass
 class ExportContext:
     """What a target's export needs besides the module: where to write, what to report."""
 
-    model_name: str
+    model_name: str  # the artifact's file stem (a graph of a several-graph model: MODEL.GRAPH)
     task: str
     classes: list[str]
     workdir: Path  # a private staging folder; the caller moves results into place
+    graph: GraphIO  # the tensors to export: names, sizes, dynamic dims
     calibration: Callable[[InputSpec], list[np.ndarray]] | None = None
     progress: Callable[[str], None] = lambda message: None
+
+    @property
+    def image_graph(self) -> bool:
+        """One input, the preprocessed image: what calibration, image inputs and NHWC apply to."""
+        return len(self.graph.inputs) == 1 and len(self.graph.inputs[0].shape) == 4 and \
+            self.graph.inputs[0].shape[1] == 3
+
+    def calibration_batches(self, spec: InputSpec) -> list[np.ndarray]:
+        """The calibration images preprocessed for ``spec``'s size, one (1, 3, H, W) array each."""
+        if self.calibration is None:
+            raise UsageError(CALIBRATION_NEEDED)
+        images = self.calibration(spec.with_resolution(spec.height, spec.width, batch=1))
+        if not images:
+            raise UsageError("the calibration source gave no images; pass --calib DIR with representative images")
+        return images
 
 
 @dataclass
@@ -50,6 +69,16 @@ class ExportOutput:
     inputs: list[TensorInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # target-specific manifest section
+
+
+@dataclass
+class ArtifactFacts:
+    """What an artifact says about itself (its embedded metadata, its own tensors), to hold against
+    its manifest: a manifest edited after export must not steer verify or profile."""
+
+    task: str | None = None
+    precision: str | None = None
+    inputs: list[TensorInfo] = field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +101,9 @@ class Runner(ABC):
     """
 
     backend: ClassVar[str] = "runner"
+    # Which of the recipe's criteria ``verify`` holds this runner to: None for the precision's own,
+    # else a ``runtime_tolerances`` profile (e.g. "accelerated": Core ML on GPU/ANE computes in fp16).
+    tolerance_profile: str | None = None
 
     def __init__(self) -> None:
         self.inputs: list[TensorInfo] = []

@@ -13,7 +13,8 @@ class EvitError(Exception):
     exit_code: int = 2
 
     def __init__(self, message: str, *, exit_code: int | None = None) -> None:
-        super().__init__(message)
+        # one line whatever the input held: a path or name with a line break is shown escaped
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
         if exit_code is not None:
             self.exit_code = exit_code
 

@@ -197,6 +197,28 @@ class ParityReport:
         }
 
 
+@dataclass
+class BundleReport:
+    """``verify`` of a several-graph export: one report per graph; passes when every graph passes."""
+
+    bundle: str
+    graphs: dict[str, ParityReport]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.graphs.values())
+
+    @property
+    def failures(self) -> list[Check]:
+        return [Check(f"{graph}.{c.name}", c.value, c.threshold, c.op, c.passed)
+                for graph, report in self.graphs.items() for c in report.failures]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "bundle": self.bundle,
+                "graphs": {name: report.to_dict() for name, report in self.graphs.items()},
+                "failed": [c.name for c in self.failures]}
+
+
 class Comparator:
     """Feeds pairs of output dicts in, produces a ``ParityReport`` at the end."""
 

@@ -14,9 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from evit_deploy.artifact import write_json_atomic
 from evit_deploy.errors import UsageError
-from evit_deploy.parity import ParityReport
+from evit_deploy.manifest import write_json_atomic
+from evit_deploy.parity import BundleReport, ParityReport
 from evit_deploy.profiling import ProfileResult
 
 
@@ -27,9 +27,19 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def junit_xml(report: ParityReport) -> str:
-    """One testcase per check, so a CI dashboard shows which metric failed."""
-    suite = ET.Element("testsuite", name=f"evit.verify.{report.model}", tests=str(len(report.checks)),
+def junit_xml(report: ParityReport | BundleReport) -> str:
+    """One testcase per check, so a CI dashboard shows which metric failed (one suite per graph)."""
+    reports = report.graphs if isinstance(report, BundleReport) else {"": report}
+    suites = ET.Element("testsuites")
+    for graph, one in reports.items():
+        suites.append(_junit_suite(one, graph))
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _junit_suite(report: ParityReport, graph: str) -> ET.Element:
+    name = f"evit.verify.{report.model}" + (f".{graph}" if graph else "")
+    suite = ET.Element("testsuite", name=name, tests=str(len(report.checks)),
                        failures=str(len(report.failures)), errors="0", skipped="0")
     props = ET.SubElement(suite, "properties")
     for key, value in (("artifact", report.artifact), ("precision", report.precision), ("inputs", report.input_source),
@@ -41,13 +51,10 @@ def junit_xml(report: ParityReport) -> str:
         if not check.passed:
             failure = ET.SubElement(case, "failure", message=check.describe(), type="ParityFailure")
             failure.text = check.describe()
-    suites = ET.Element("testsuites")
-    suites.append(suite)
-    ET.indent(suites)
-    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+    return suite
 
 
-def write_junit(path: Path, report: ParityReport) -> None:
+def write_junit(path: Path, report: ParityReport | BundleReport) -> None:
     try:
         path.write_text(junit_xml(report))
     except OSError as err:
@@ -84,7 +91,13 @@ def parity_table(report: ParityReport) -> Table:
     return table
 
 
-def print_parity(console: Console, report: ParityReport) -> None:
+def print_parity(console: Console, report: ParityReport | BundleReport) -> None:
+    if isinstance(report, BundleReport):
+        for one in report.graphs.values():
+            print_parity(console, one)
+        verdict = "[green]PASS[/]" if report.passed else "[red]FAIL[/]"
+        console.print(f"{verdict} {report.bundle}: {len(report.graphs)} graph(s)")
+        return
     console.print(parity_table(report))
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")

@@ -7,11 +7,27 @@ was built for, on devices that have no PyTorch.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any, Literal
 
 import numpy as np
 
 Layout = Literal["NCHW", "NHWC"]
+
+
+class Precision(str, Enum):
+    """The arithmetic an artifact is exported for: a closed set every target picks from.
+
+    A ``str`` enum, so it compares, hashes, prints and serialises as its value (``"fp16"``)
+    in manifests, recipes and messages.
+    """
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,50 @@ class InputSpec:
         data = dict(data)
         data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class DynamicDim:
+    """One axis of an input that an artifact accepts at other sizes: ``multiple * k``, k in [min, max]."""
+
+    axis: int
+    name: str
+    min: int
+    max: int
+    multiple: int = 1  # EfficientViT's height and width: multiples of 32
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """One input of an exported graph; ``shape`` is the size it is exported (and traced) at."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    dynamic: tuple[DynamicDim, ...] = ()
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """The tensors one exported graph takes and gives: what every backend exports and runs.
+
+    A cls/seg model is one graph with one image input (``GraphIO.image``); a model that deploys
+    as several graphs (SAM: encoder and prompt decoder) gives each its own, from its card.
+    """
+
+    inputs: tuple[GraphInput, ...]
+    outputs: tuple[str, ...]
+
+    @classmethod
+    def image(cls, spec: InputSpec, output: str = "logits") -> GraphIO:
+        """The image graph ``spec`` describes: one NCHW input, H and W multiples of 32 when dynamic."""
+        dynamic = (DynamicDim(0, "batch", 1, 256), DynamicDim(2, "h32", 2, 256, 32),
+                   DynamicDim(3, "w32", 2, 256, 32)) if spec.dynamic else ()
+        return cls((GraphInput(spec.name, spec.shape, dynamic=dynamic),), (output,))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
 
 
 def to_layout(array: np.ndarray, src: Layout, dst: Layout) -> np.ndarray:

@@ -19,7 +19,7 @@ MARKERS = ("gpu", "macos", "jetson")
 
 def nvidia() -> tuple[list[str], str | None]:
     """Lines about the NVIDIA stack, and why the gpu tests cannot run (None: they can)."""
-    from evit_deploy.remote.state import gpus
+    from evit_deploy.machine import gpus
     from evit_deploy.trt.build import gpu_unavailable
     from evit_deploy.trt.stack import describe
 
@@ -34,17 +34,18 @@ def nvidia() -> tuple[list[str], str | None]:
 
 
 def macos() -> tuple[list[str], str | None]:
-    from evit_deploy.remote.state import cpu_model, package_version
-    from evit_deploy.targets.coreml import macos_runtime_missing
+    from evit_deploy.coreml.tools import macos_runtime_missing
+    from evit_deploy.dependencies import first_version
+    from evit_deploy.machine import cpu_model
 
     version = platform.mac_ver()[0]
-    line = (f"macOS {version}, {cpu_model()}; coremltools {package_version('coremltools') or 'not installed'}"
+    line = (f"macOS {version}, {cpu_model()}; coremltools {first_version('coremltools') or 'not installed'}"
             if version else f"macOS: no ({platform.system()})")
     return [line], macos_runtime_missing()
 
 
 def jetson() -> tuple[list[str], str | None]:
-    from evit_deploy.remote.state import device_state, is_jetson
+    from evit_deploy.machine import device_state, is_jetson
 
     if not is_jetson():
         return ["Jetson: no (no /etc/nv_tegra_release)"], "not a Jetson"

@@ -99,8 +99,8 @@ def needs_macos_for():
     import platform
 
     def check(artifact: Path) -> None:
-        from evit_deploy.mil.program import read_spec
         from evit_deploy.coreml.options import SPEC_MACOS
+        from evit_deploy.mil.program import read_spec
 
         needed = SPEC_MACOS[read_spec(artifact).specificationVersion]
         have = platform.mac_ver()[0]
@@ -195,6 +195,14 @@ def precision_limited():
         assert value >= bound - slack, (metric, bound, value)
 
     return check
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _toolchain_logs_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Toolchain failure logs (exit 3) go to the session's temp folder, never ~/.cache."""
+    folder = tmp_path_factory.getbasetemp() / "toolchain-logs"
+    os.environ["EVIT_LOG_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)

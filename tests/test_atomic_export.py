@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evit_deploy.artifact import load_manifest
+from evit_deploy.manifest import load_manifest
 
 MODEL = "efficientvit-seg-b0-cityscapes"
 

@@ -129,7 +129,7 @@ def test_missing_bn_step_counters_are_tolerated(seeded, b1_reference: torch.Tens
 
 
 def test_sha256_of_a_weights_file_is_plain_sha256(tmp_path: Path) -> None:
-    from evit_deploy.artifact import sha256_path
+    from evit_deploy.manifest import sha256_path
 
     data = bytes(range(256)) * 9000  # larger than one read chunk
     (tmp_path / "f").write_bytes(data)

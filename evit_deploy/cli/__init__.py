@@ -8,11 +8,12 @@ from typing import Annotated
 
 import typer
 
-from evit_deploy.cli._errors import DEBUG_ENV
+from evit_deploy.cli._errors import DEBUG_ENV, OneLineUsage
 
 app = typer.Typer(
     name="evit",
     help="Export, verify and profile EfficientViT models for ONNX Runtime, TensorRT, Core ML and LiteRT.",
+    cls=OneLineUsage,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -59,13 +60,15 @@ def _worker(ctx: typer.Context) -> None:
 
 def _register() -> None:
     from evit_deploy.cli import debug, export, profile, targets, verify
+    from evit_deploy.cli import eval as eval_cli
     from evit_deploy.cli._common import target_options_help
 
     extra = {"allow_extra_args": True, "ignore_unknown_options": True}
-    app.command("export", no_args_is_help=True, context_settings=extra, epilog=target_options_help())(export.export)
-    app.command("verify", no_args_is_help=True)(verify.verify)
-    app.command("profile", no_args_is_help=True)(profile.profile)
-    app.command("debug", no_args_is_help=True)(debug.debug)
+    app.command("export", context_settings=extra, epilog=target_options_help())(export.export)
+    app.command("verify")(verify.verify)
+    app.command("profile")(profile.profile)
+    app.command("eval")(eval_cli.eval_command)
+    app.command("debug")(debug.debug)
     app.command("targets")(targets.targets)
     app.command("_worker", hidden=True, add_help_option=False,
                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_worker)

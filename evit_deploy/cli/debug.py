@@ -9,37 +9,25 @@ import typer
 
 from evit_deploy.cli._common import out, stage_progress
 from evit_deploy.cli._errors import handle_errors
-from evit_deploy.debug.engine import THRESHOLDS
+from evit_deploy.cli._requests import takes
+from evit_deploy.requests import DebugRequest
 
 
+@takes(DebugRequest)
 def debug(
-    artifact: Annotated[Path, typer.Argument(help="An exported artifact (its .evit.json must be beside it).")],
-    weights: Annotated[Path | None, typer.Option(help="Reference weights (default: those recorded at export).")] = None,
-    images: Annotated[Path | None, typer.Option(help="Folder of images (or a .npy) instead of random inputs.")] = None,
-    samples: Annotated[int | None, typer.Option(help="Inputs to compare (default 2).")] = None,
-    layers: Annotated[str, typer.Option(
-        help="auto: the model's own layers and blocks, one per computation; all: every mapped module, "
-             "torch building blocks (BatchNorm, activations) included.")] = "auto",
-    threshold: Annotated[float | None, typer.Option(
-        help="Relative L2 error over which a layer counts as divergent (default per precision: "
-             + ", ".join(f"{k} {v:g}" for k, v in THRESHOLDS.items()) + ").")] = None,
-    alone: Annotated[bool, typer.Option(
-        help="Also run each layer alone on the reference's inputs: the error it adds by itself.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = 0,
-    threads: Annotated[int | None, typer.Option(help="Runtime threads.")] = None,
+    request: DebugRequest,
     top: Annotated[int, typer.Option(help="Rows of the table of layers adding the most error.")] = 10,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON ('-' for stdout).")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write error against depth as a PNG.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the verdict line.")] = False,
 ) -> None:
     """Compare every layer of ARTIFACT with its PyTorch module. Exit 0 none over the threshold,
-    1 some layer over it, 2 usage error."""
-    from evit_deploy.debug.engine import check_layers_mode, debug_artifact
+    1 some layer over it, 2 usage error, 3 toolchain failure."""
+    from evit_deploy.debug.engine import debug_artifact
     from evit_deploy.errors import CheckFailed, UsageError
     from evit_deploy.report import write_json
 
     with handle_errors():
-        check_layers_mode(layers)
         to_stdout = json_path is not None and str(json_path) == "-"
         for path, what in ((json_path, "--json"), (plot, "--plot")):
             if path is not None and not to_stdout and not path.parent.is_dir():
@@ -49,9 +37,7 @@ def debug(
         if top < 0:
             raise UsageError(f"--top must be 0 or more, got {top}")
         with stage_progress(quiet or to_stdout) as progress:
-            report = debug_artifact(artifact, weights=weights, images=images, samples=samples, seed=seed,
-                                    layers=layers, threshold=threshold, threads=threads, alone=alone,
-                                    progress=progress)
+            report = debug_artifact(request, progress=progress)
         if plot is not None:
             from evit_deploy.debug.plot import plot_report
 

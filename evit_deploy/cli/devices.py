@@ -103,7 +103,7 @@ def check(
 def _check_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    from evit_deploy.remote.state import state_summary
+    from evit_deploy.machine import state_summary
 
     system = report.get("system", {})
     table = Table(title=f"{report['device']} · {report['address']} · {report['preset']}", show_header=False)

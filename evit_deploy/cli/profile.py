@@ -9,27 +9,14 @@ import typer
 
 from evit_deploy.cli._common import device_progress, err, iteration_progress, out
 from evit_deploy.cli._errors import handle_errors
+from evit_deploy.cli._requests import takes
+from evit_deploy.errors import UsageError
+from evit_deploy.requests import ProfileRequest
 
 
+@takes(ProfileRequest)
 def profile(
-    artifact: Annotated[str, typer.Argument(help="An exported artifact, or a zoo model name with --target torch.")],
-    target: Annotated[str | None, typer.Option(help="'torch' to time a zoo model in eager PyTorch.")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Weights for --target torch.")] = None,
-    device: Annotated[str, typer.Option(
-        help="Where to run: cpu or cuda here, or inventory devices NAME[,NAME...] over SSH, in parallel "
-             "(NAME:cpu picks the runtime device there; see `evit devices`).")] = "cpu",
-    inventory: Annotated[Path | None, typer.Option(
-        help="devices.yaml (default: $EVIT_DEVICES, else ~/.config/evit/devices.yaml).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the runtime's).")] = None,
-    warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 10,
-    iters: Annotated[int, typer.Option(help="Timed runs.")] = 50,
-    batch: Annotated[int | None, typer.Option(help="Batch (dynamic artifacts only).")] = None,
-    resolution: Annotated[str | None, typer.Option(help="HxW (dynamic artifacts and --target torch).")] = None,
-    per_layer: Annotated[bool, typer.Option("--per-layer", help="Top operators from the runtime's profiler.")] = False,
-    lock_clocks: Annotated[bool, typer.Option(
-        "--lock-clocks", help="Jetson: run jetson_clocks for the measurement, then restore the clocks.")] = False,
-    power: Annotated[bool, typer.Option(
-        "--power", help="Jetson: sample module power (tegrastats) during the timed runs: mean W, mJ/image.")] = False,
+    request: ProfileRequest,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results as JSON ('-' for stdout).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
@@ -39,59 +26,49 @@ def profile(
     still shown and written, and the exit code is non-zero (2) if any device failed.
     """
     from evit_deploy import api
-    from evit_deploy.configs import parse_resolution
     from evit_deploy.devices import is_local, parse_device_list
     from evit_deploy.report import layer_table, write_json
 
     with handle_errors():
-        names = parse_device_list(device)
+        names = parse_device_list(request.device)
         to_stdout = json_path is not None and str(json_path) == "-"
-        options: dict[str, Any] = {
-            "threads": threads, "warmup": warmup, "iters": iters, "batch": batch, "per_layer": per_layer,
-            "resolution": parse_resolution(resolution) if resolution else None,
-            "lock_clocks": lock_clocks, "power": power}
         if len(names) > 1 or not is_local(names[0]):
-            if target is not None:
-                raise_target(target, device)
-            _profile_devices(artifact, names, inventory, options, json_path, quiet or to_stdout, quiet)
+            if request.target is not None:
+                raise UsageError(f"--target {request.target} profiles on this machine; export an artifact to "
+                                 f"profile it on {request.device}")
+            _profile_devices(request, names, json_path, quiet or to_stdout, quiet)
             return
         with iteration_progress(quiet or to_stdout, "profiling") as tick:
-            result = api.profile(artifact, target=target, weights=weights, device=device, on_iteration=tick,
-                                 **options)
+            profiled = api.profile(request, on_iteration=tick)
+        results = list(profiled.values()) if isinstance(profiled, dict) else [profiled]
+        data = ({"graphs": {name: r.to_dict() for name, r in profiled.items()}} if isinstance(profiled, dict)
+                else profiled.to_dict())
         if to_stdout:
-            print(json.dumps(result.to_dict(), indent=2))
+            print(json.dumps(data, indent=2))
             return
         if json_path is not None:
-            write_json(json_path, result.to_dict())
+            write_json(json_path, data)
+        first = results[0]
         if not quiet:
-            out.print(_table([result], f"{result.model} · {result.target} {result.precision}"))
-            if per_layer:
-                out.print(layer_table(result))
+            out.print(_table(results, f"{first.model} · {first.target} {first.precision}"))
+            if request.per_layer:
+                for result in results:
+                    out.print(layer_table(result))
         else:
-            out.print(f"p50 {result.latency_ms.p50:.2f} ms  {result.throughput_ips:.1f} img/s", markup=False)
+            for result in results:
+                name = f"{Path(result.artifact).name}: " if len(results) > 1 else ""
+                out.print(f"{name}p50 {result.latency_ms.p50:.2f} ms  {result.throughput_ips:.1f} img/s", markup=False)
 
 
-def raise_target(target: str, device: str) -> None:
-    from evit_deploy.errors import UsageError
-
-    raise UsageError(f"--target {target} profiles on this machine; export an artifact to profile it on {device}")
-
-
-def _profile_devices(artifact: str, names: list[str], inventory: Path | None, options: dict[str, Any],
-                     json_path: Path | None, silent: bool, quiet: bool) -> None:
+def _profile_devices(request: ProfileRequest, names: list[str], json_path: Path | None, silent: bool,
+                     quiet: bool) -> None:
     """Every device at once; a failed device is an error line, the others still report."""
-    from evit_deploy.devices import is_local, load_inventory, resolve
     from evit_deploy.errors import EvitError
     from evit_deploy.remote.flows import profile_many
     from evit_deploy.report import layer_table, write_json
 
-    inv = load_inventory(inventory)
-    for name in names:  # unknown names are a usage error before anything connects
-        if not is_local(name):
-            resolve(name, inv)
     with device_progress(silent, names) as (on_stage, on_iteration):
-        outcomes = profile_many(artifact, names, inventory=inv, on_stage=on_stage, on_iteration=on_iteration,
-                                **options)
+        outcomes = profile_many(request, names, on_stage=on_stage, on_iteration=on_iteration)
     results = [o.result for o in outcomes if o.result is not None]
     failures = [o for o in outcomes if o.result is None]
     if len(names) == 1 and failures:
@@ -108,7 +85,7 @@ def _profile_devices(artifact: str, names: list[str], inventory: Path | None, op
         first = results[0]
         out.print(_table(results, f"{first.model} · {first.target} {first.precision} · "
                                   f"{len(results)} of {len(names)} device(s)"))
-        if options.get("per_layer"):
+        if request.per_layer:
             for result in results:
                 out.print(layer_table(result))
     elif results and quiet:
@@ -124,7 +101,7 @@ def _profile_devices(artifact: str, names: list[str], inventory: Path | None, op
 
 def _table(results: list[Any], title: str) -> Any:
     """``report.profile_table`` plus, for devices, the conditions each figure was measured under."""
-    from evit_deploy.remote.state import state_summary
+    from evit_deploy.machine import state_summary
     from evit_deploy.report import profile_table
 
     table = profile_table(results, title=title)

@@ -9,13 +9,14 @@ import numpy as np
 
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.coreml.compress import compress
+from evit_deploy.coreml.layer_map import mil_layer_map
 from evit_deploy.coreml.options import COMPUTE_UNITS, CoreMLOptions
 from evit_deploy.coreml.precision import island_selector, program_precision
 from evit_deploy.coreml.rewrite import normalising_wrapper, replace_tanh_gelu
 from evit_deploy.coreml.tools import import_coremltools, quiet_coremltools
-from evit_deploy.debug.mapping_mil import mil_layer_map
 from evit_deploy.errors import CheckFailed, UsageError
-from evit_deploy.spec import InputSpec, TensorInfo
+from evit_deploy.spec import InputSpec, Precision, TensorInfo
+from evit_deploy.toolchain import first_line, toolchain_error
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +42,7 @@ def describe_io(spec: InputSpec, ctx: ExportContext, image: bool) -> tuple[str, 
 # --------------------------------------------------------------------------- the target
 
 
-def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, options: CoreMLOptions,
+def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precision, options: CoreMLOptions,
                     ctx: ExportContext) -> ExportOutput:
     """``NAME.mlpackage`` in ``ctx.workdir``: rewritten, converted, compressed if asked, re-read and checked."""
     import torch
@@ -65,6 +66,10 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     if gelus:
         notes.append(f"{gelus} tanh-GELU(s) written out as their formula (coremltools 9.0 converts tanh-GELU "
                      "from torch.export as erf-GELU)")
+    io = ctx.graph
+    if options.image_input and not ctx.image_graph:
+        raise UsageError(f"--image-input needs a graph whose one input is the image; {ctx.model_name} takes "
+                         f"{', '.join(io.input_names)}")
     if options.image_input:
         module = normalising_wrapper(module, spec.std)
         color = ct.colorlayout.BGR if spec.color.upper() == "BGR" else ct.colorlayout.RGB
@@ -74,13 +79,14 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
                                   "bias": [-m for m in spec.mean],
                                   "in_model": f"multiply by 1/std per channel ({list(spec.std)})"}
     else:
-        inputs = [ct.TensorType(name=spec.name, shape=spec.shape, dtype=np.float32)]
+        inputs = [ct.TensorType(name=i.name, shape=i.shape, dtype=np.float32) for i in io.inputs]
 
     ctx.progress("torch.export")
     with torch.no_grad():
-        program = torch.export.export(module, (torch.zeros(spec.shape),)).run_decompositions({})
+        examples = tuple(torch.zeros(i.shape) for i in io.inputs)
+        program = torch.export.export(module, examples).run_decompositions({})
     kept: dict[str, int] = {}
-    if precision == "fp16":
+    if precision == Precision.FP16:
         with quiet_coremltools():
             selector, kept = island_selector(list(options.keep_fp32))
             compute = ct.transform.FP16ComputePrecision(op_selector=selector)
@@ -91,29 +97,33 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     with quiet_coremltools() as chatter:
         try:
             mlmodel = ct.convert(program, convert_to="mlprogram", inputs=inputs,
-                                 outputs=[ct.TensorType(name="logits", dtype=np.float32)],
+                                 outputs=[ct.TensorType(name=name, dtype=np.float32) for name in io.outputs],
                                  minimum_deployment_target=target, compute_precision=compute,
                                  compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[options.compute_units]),
                                  skip_model_load=True)
-        except (NotImplementedError, ValueError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            where = [line.strip() for line in chatter.getvalue().splitlines() if line.startswith("ERROR")]
-            raise UsageError(f"coremltools could not convert {ctx.model_name}: {first}"
-                             + (f" ({where[-1]})" if where else "")) from None
+        except Exception as err:  # noqa: BLE001 - coremltools raises many types: exit 3, the log kept
+            output = chatter.getvalue().splitlines()
+            where = [line.strip() for line in output if line.startswith("ERROR")]
+            raise toolchain_error("coremltools", f"to convert {ctx.model_name}", err, output,
+                                  line=f"{first_line(err)} ({where[-1]})" if where else None) from None
         if options.compress != "none":
             ctx.progress(f"compressing weights ({options.compress})")
             mlmodel, details["compression"] = compress(ct, mlmodel, options.compress, options.level)
-    if precision == "fp16":
+    if precision == Precision.FP16:
         details["fp32_islands"] = kept
 
     source, output = describe_io(spec, ctx, options.image_input)
-    input_name = "image" if options.image_input else spec.name
+    input_name = "image" if options.image_input else io.inputs[0].name
     mlmodel.short_description = (f"EfficientViT {ctx.model_name} ({ctx.task}, {spec.height}x{spec.width}, "
                                  f"{precision}) exported by evit")
     mlmodel.author = "evit-deploy (EfficientViT architecture: MIT Han Lab)"
     mlmodel.version = str(ctx.model_name)
-    mlmodel.input_description[input_name] = source
-    mlmodel.output_description["logits"] = output
+    if ctx.image_graph and len(io.outputs) == 1:
+        mlmodel.input_description[input_name] = source
+        mlmodel.output_description[io.outputs[0]] = output
+    else:
+        for tensor in io.inputs:
+            mlmodel.input_description[tensor.name] = f"float32 {'x'.join(map(str, tensor.shape))}"
     metadata = {
         "evit.model": ctx.model_name, "evit.task": ctx.task, "evit.precision": precision,
         "evit.input_size": f"{spec.height}x{spec.width}", "evit.input_layout": "NCHW", "evit.color": spec.color,
@@ -134,7 +144,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     details["layer_map"] = mil_layer_map(saved, program, model, "inner." if options.image_input else "").to_dict()
     details.update(specification_version=saved.specification_version, opset=saved.opset,
                    ops=saved.op_counts())
-    if precision == "fp16":
+    if precision == Precision.FP16:
         mix = program_precision(saved)
         details["compute_precision"] = mix
         if "attention" in options.keep_fp32 and mix["attention_ops"]["fp16"]:
@@ -154,8 +164,8 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     return ExportOutput(
         files=[path],
         converter={"coremltools": ct.__version__},
-        inputs=[TensorInfo(spec.name, spec.shape, "float32", "NCHW")],
-        outputs=[TensorInfo("logits", tuple(saved.output_types["logits"].shape), "float32", "NCHW")],
+        inputs=[TensorInfo(i.name, i.shape, "float32", "NCHW") for i in io.inputs],
+        outputs=[TensorInfo(name, tuple(saved.output_types[name].shape), "float32", "NCHW") for name in io.outputs],
         notes=notes,
         details=details,
     )

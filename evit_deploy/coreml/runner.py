@@ -84,19 +84,25 @@ class MilRunner(Runner):
 
         program = load_program(self.path)
         self.interpreter = Interpreter(program)
-        if len(program.inputs) != 1:
-            raise UsageError(f"{self.path.name}: expected one input, the ML program has {len(program.inputs)}")
-        self.program_input, ttype = program.inputs[0]
-        self.inputs = [TensorInfo(self.spec.name, tuple(ttype.shape), "float32", "NCHW")]
+        if self.image_input and len(program.inputs) != 1:
+            raise UsageError(f"{self.path.name}: an image input model has one input, this ML program "
+                             f"{len(program.inputs)}")
+        if self.image_input:  # the program's "image" is the spec's normalised input, as pixels
+            self.program_input, ttype = program.inputs[0]
+            self.inputs = [TensorInfo(self.spec.name, tuple(ttype.shape), "float32", "NCHW")]
+        else:
+            self.inputs = [TensorInfo(name, tuple(ttype.shape), "float32", "NCHW") for name, ttype in program.inputs]
         self.outputs = [TensorInfo(name, tuple(program.output_types[name].shape) if name in program.output_types
                                    else (), "float32", "NCHW") for name in program.outputs]
 
     def prepare(self, feed: dict[str, np.ndarray], layout: Any = "NCHW") -> dict[str, np.ndarray]:
-        x = super().prepare(feed, layout)[self.spec.name]
-        return {self.program_input: pixels_from_normalised(x, self.spec) if self.image_input else x}
+        prepared = super().prepare(feed, layout)
+        if not self.image_input:
+            return prepared
+        return {self.program_input: pixels_from_normalised(prepared[self.spec.name], self.spec)}
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.program_input not in feed and self.spec.name in feed:  # base-prepared (e.g. sent by a remote caller)
+        if self.image_input and self.program_input not in feed:  # base-prepared (e.g. sent by a remote caller)
             feed = self.prepare(feed)
         return self.interpreter.run(feed)
 
@@ -152,20 +158,24 @@ class CoreMLRunner(Runner):
                                               getattr(self.model, "_framework_error", None)))
         description = self.model.get_spec().description
         self.input_name = description.input[0].name
-        self.inputs = [TensorInfo(self.spec.name, self.spec.shape, "float32", "NCHW")]
+        if self.image_input:
+            self.inputs = [TensorInfo(self.spec.name, self.spec.shape, "float32", "NCHW")]
+        else:
+            self.inputs = [TensorInfo(i.name, tuple(i.type.multiArrayType.shape), "float32", "NCHW")
+                           for i in description.input]
         self.outputs = [TensorInfo(o.name, tuple(o.type.multiArrayType.shape), "float32", "NCHW")
                         for o in description.output]
 
     def prepare(self, feed: dict[str, np.ndarray], layout: Any = "NCHW") -> dict[str, Any]:
-        x = super().prepare(feed, layout)[self.spec.name]
+        prepared = super().prepare(feed, layout)
         if not self.image_input:
-            return {self.input_name: x}
+            return prepared
         from PIL import Image
 
-        return {self.input_name: Image.fromarray(camera_frame(x, self.spec))}
+        return {self.input_name: Image.fromarray(camera_frame(prepared[self.spec.name], self.spec))}
 
     def infer(self, feed: dict[str, Any]) -> dict[str, np.ndarray]:
-        if self.input_name not in feed or (self.image_input and isinstance(feed[self.input_name], np.ndarray)):
+        if self.image_input and (self.input_name not in feed or isinstance(feed[self.input_name], np.ndarray)):
             feed = self.prepare(feed)  # base-prepared arrays (e.g. sent by a remote caller)
         try:
             predicted = self.model.predict(feed)

@@ -14,14 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evit_deploy.errors import UsageError
-
 if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Self
 
-    from evit_deploy.api import ArtifactHandle
     from evit_deploy.contracts import Runner
-    from evit_deploy.debug.mapping import LayerEntry
+    from evit_deploy.layer_map import LayerEntry
 
 
 class CannotRunAlone(Exception):
@@ -65,23 +62,3 @@ class Capture(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def capture_for(handle: ArtifactHandle, threads: int | None) -> Capture:
-    """The capture for an artifact's target (its runner, opened the way verify opens it)."""
-    target = handle.manifest.target
-    if target in ("onnx", "trt"):
-        from evit_deploy.debug.capture_onnx import OnnxCapture
-
-        return OnnxCapture(handle.runner(threads=threads))
-    if target == "tflite":
-        from evit_deploy.debug.capture_tflite import TfliteCapture
-
-        return TfliteCapture(handle.runner(threads=threads))
-    if target == "coreml":
-        from evit_deploy.debug.capture_coreml import MilCapture
-
-        image_input = bool(handle.manifest.recipe.get("options", {}).get("image_input", False))
-        return MilCapture(handle.runner(threads=threads), handle.path, handle.spec, image_input)
-    raise UsageError(f"evit debug cannot look inside {target} artifacts; it reads onnx, trt (typed ONNX), tflite "
-                     "and coreml")

@@ -29,7 +29,7 @@ from evit_deploy.debug.metrics import in_shape
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-    from evit_deploy.debug.mapping import LayerEntry
+    from evit_deploy.layer_map import LayerEntry
     from evit_deploy.onnx.runner import OnnxRunner
 
 

@@ -25,7 +25,7 @@ from evit_deploy.spec import to_layout
 
 if TYPE_CHECKING:  # pragma: no cover
     from evit_deploy.contracts import Runner
-    from evit_deploy.debug.mapping import LayerEntry
+    from evit_deploy.layer_map import LayerEntry
 
 
 class TfliteCapture(Capture):

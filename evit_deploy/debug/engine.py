@@ -11,22 +11,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evit_deploy.debug.capture import CannotRunAlone, Capture, capture_for
-from evit_deploy.debug.mapping import LayerEntry, LayerMap
+from evit_deploy.debug.capture import CannotRunAlone, Capture
 from evit_deploy.debug.metrics import TensorErrors, aligned
 from evit_deploy.debug.reference import ReferenceTaps
 from evit_deploy.debug.report import DebugReport, LayerResult
 from evit_deploy.errors import UsageError
+from evit_deploy.layer_map import LayerEntry, LayerMap
+from evit_deploy.requests import DEBUG_THRESHOLDS, DebugRequest
 
-LAYER_MODES = ("auto", "all")
-# Relative L2 a healthy artifact of each precision stays under at every layer (seg-B1 and cls-B0,
-# seeded weights, photos; see tests/debug). Over it, something is wrong, or int8 is lossy there.
-THRESHOLDS = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.3}
-DEFAULT_SAMPLES = 2
+if TYPE_CHECKING:  # pragma: no cover
+    from evit_deploy.artifact import ArtifactHandle
+
+THRESHOLDS = DEBUG_THRESHOLDS
 
 Progress = Callable[[str], None]
 
@@ -73,52 +73,30 @@ def select_layers(layer_map: LayerMap, mode: str, tensor_modules: set[str],
     return sorted(chosen, key=lambda e: (e.order, -e.depth)), skipped
 
 
-def check_layers_mode(mode: str) -> str:
-    if mode not in LAYER_MODES:
-        raise UsageError(f"--layers {mode!r} is not known; use one of {', '.join(LAYER_MODES)}")
-    return mode
-
-
-def debug_artifact(
-    artifact: str | Path,
-    *,
-    weights: str | Path | None = None,
-    images: str | Path | None = None,
-    samples: int | None = None,
-    seed: int = 0,
-    layers: str = "auto",
-    threshold: float | None = None,
-    threads: int | None = None,
-    alone: bool = True,
-    progress: Progress = _quiet,
-) -> DebugReport:
-    """Compare every mapped layer of ``artifact`` with its PyTorch module. ``alone``: also run each
-    layer by itself on the reference's inputs (the error it adds)."""
-    from evit_deploy.api import open_artifact, reference_model
+def debug_artifact(artifact: str | Path | DebugRequest, *, progress: Progress = _quiet, **fields: Any) -> DebugReport:
+    """Compare every mapped layer of ``artifact`` with its PyTorch module; ``fields`` are
+    ``DebugRequest``'s (``alone``: also run each layer by itself on the reference's inputs)."""
+    from evit_deploy.artifact import open_artifact
     from evit_deploy.data import input_batches, list_images
+    from evit_deploy.pipeline.reference import reference_model
 
-    check_layers_mode(layers)
-    if threshold is not None and not threshold > 0:
-        raise UsageError(f"--threshold must be a positive relative L2 error, got {threshold}")
-    source = Path(images) if images is not None else None
+    request = artifact if isinstance(artifact, DebugRequest) else DebugRequest.parse(artifact=artifact, **fields)
+    source, count, layers, threshold = request.images, request.samples, request.layers, request.threshold
     if source is not None and source.suffix != ".npy":
         list_images(source)
-    count = DEFAULT_SAMPLES if samples is None else samples
-    if count < 1:
-        raise UsageError(f"--samples must be at least 1, got {count}")
-    handle = open_artifact(artifact)
+    handle = open_artifact(request.artifact)
     layer_map = layer_map_of(handle.manifest, handle.path)
-    limit = threshold if threshold is not None else THRESHOLDS.get(handle.manifest.precision, THRESHOLDS["int8"])
+    limit = threshold if threshold is not None else THRESHOLDS.get(handle.manifest.precision.value, THRESHOLDS["int8"])
     spec = handle.spec
-    batches = input_batches(spec, samples=count, seed=seed, source=source)
-    capture = capture_for(handle, threads)  # a missing runtime fails here, before the reference is built
+    batches = input_batches(spec, samples=count, seed=request.seed, source=source)
+    capture = capture_for(handle, request.threads)  # a missing runtime fails here, before the reference is built
     progress("building the PyTorch reference")
-    model, _, notes = reference_model(handle.manifest, weights)
+    model, _, notes = reference_model(handle.manifest, request.weights)
 
     results: dict[str, LayerResult] = {}
     skipped: list[str] = []
     output, deployed = TensorErrors(), TensorErrors()
-    out_name = (handle.manifest.outputs or [{"name": "logits"}])[0]["name"]
+    out_name = handle.manifest.outputs[0].name if handle.manifest.outputs else "logits"
     with contextlib.ExitStack() as stack:
         reference = stack.enter_context(ReferenceTaps(model, {e.module for e in layer_map.layers}))
         stack.enter_context(capture)
@@ -146,19 +124,19 @@ def debug_artifact(
                 if not _compare(result.errors, exposed.get(entry.tensor), ref_out[entry.module]):
                     result.alone_note = result.alone_note or "shape differs from the PyTorch output"
                     continue
-                if alone and result.alone_note is None:
+                if request.alone and result.alone_note is None:
                     progress(f"sample {index + 1}/{count}: layer {number + 1}/{len(chosen)} alone")
                     _run_alone(capture, entry, result, by_tensor, ref_in.get(entry.module), ref_out[entry.module])
         runner = capture.describe()
     compared = [results[e.module] for e in chosen if results[e.module].errors.elements]
     return DebugReport(
         artifact=str(handle.path), model=handle.manifest.model, target=handle.manifest.target,
-        precision=handle.manifest.precision, threshold=limit, layers_mode=layers, samples=count,
-        input_source=str(source) if source else f"random (seed {seed}, {spec.height}x{spec.width})",
+        precision=handle.manifest.precision.value, threshold=limit, layers_mode=layers, samples=count,
+        input_source=str(source) if source else f"random (seed {request.seed}, {spec.height}x{spec.width})",
         layers=compared, output=output, deployed_output=deployed, runner=runner, map_source=layer_map.source,
         skipped=skipped + [f"{e.module}: {results[e.module].alone_note}" for e in chosen
                            if not results[e.module].errors.elements],
-        notes=notes + ([] if alone else ["layers were not run alone (--no-alone)"]),
+        notes=notes + ([] if request.alone else ["layers were not run alone (--no-alone)"]),
     )
 
 
@@ -202,3 +180,23 @@ def _run_alone(capture: Capture, entry: LayerEntry, result: LayerResult, by_tens
         result.alone = TensorErrors()
     if not _compare(result.alone, value, expected):
         result.alone, result.alone_note = None, "run alone, it gives another shape than the PyTorch output"
+
+
+def capture_for(handle: ArtifactHandle, threads: int | None) -> Capture:
+    """The capture for an artifact's target (its runner, opened the way verify opens it)."""
+    target = handle.manifest.target
+    if target in ("onnx", "trt"):
+        from evit_deploy.debug.capture_onnx import OnnxCapture
+
+        return OnnxCapture(handle.runner(threads=threads))
+    if target == "tflite":
+        from evit_deploy.debug.capture_tflite import TfliteCapture
+
+        return TfliteCapture(handle.runner(threads=threads))
+    if target == "coreml":
+        from evit_deploy.debug.capture_coreml import MilCapture
+
+        image_input = bool(handle.manifest.recipe.options.get("image_input", False))
+        return MilCapture(handle.runner(threads=threads), handle.path, handle.spec, image_input)
+    raise UsageError(f"evit debug cannot look inside {target} artifacts; it reads onnx, trt (typed ONNX), tflite "
+                     "and coreml")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .attention import EfficientViTBlock, LiteMLA
 from .backbone import EfficientViTBackbone, EfficientViTLargeBackbone
 from .blocks import DAGBlock, DSConv, FusedMBConv, MBConv, OpSequential, ResBlock, ResidualBlock
-from .builders import BACKBONES, BUILDERS, build_model, norm_eps_for, official_registry
+from .builders import BACKBONES, BUILDERS, build_model, norm_eps_for, official_registry, register_builder
 from .cls import ClsHead, EfficientViTCls
 from .layers import (
     ConvLayer,
@@ -55,5 +55,6 @@ __all__ = [
     "build_norm",
     "norm_eps_for",
     "official_registry",
+    "register_builder",
     "set_norm_eps",
 ]

@@ -53,6 +53,7 @@ __all__ = [
     "efficientvit_seg_l2",
     "norm_eps_for",
     "official_registry",
+    "register_builder",
 ]
 
 # Norm eps the official zoo sets per family (not stored in checkpoints).
@@ -269,6 +270,11 @@ def norm_eps_for(builder: str) -> float:
         return SAM_NORM_EPS
     family = builder.rsplit("_", 1)[-1][:1]
     return B_NORM_EPS if family == "b" else L_NORM_EPS
+
+
+def register_builder(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Make ``builder`` buildable by name (cards made in code: a family under development, tests)."""
+    BUILDERS[name] = builder
 
 
 def build_model(builder: str, *, norm_eps: float, **kwargs: Any) -> nn.Module:

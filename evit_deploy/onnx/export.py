@@ -12,48 +12,75 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evit_deploy.contracts import ExportContext, ExportOutput
-from evit_deploy.debug.mapping import onnx_layer_map, onnx_tensor_names
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
-from evit_deploy.errors import RuntimeMissing, UsageError
+from evit_deploy.errors import EvitError, RuntimeMissing, UsageError
+from evit_deploy.onnx.layer_map import onnx_layer_map, onnx_tensor_names
 from evit_deploy.onnx.options import INSTALL_HINT, OnnxOptions
-from evit_deploy.spec import InputSpec, TensorInfo
+from evit_deploy.spec import GraphIO, InputSpec, TensorInfo
+from evit_deploy.toolchain import first_line, toolchain_error
 
 if TYPE_CHECKING:
     import onnx
     import torch
 
 
-def export_onnx_graph(model: torch.nn.Module, spec: InputSpec, options: OnnxOptions, workdir: Path) -> onnx.ModelProto:
-    """The fp32 graph from torch, static or with dynamic batch/height/width, checked."""
+def export_onnx_graph(model: torch.nn.Module, io: GraphIO, options: OnnxOptions, workdir: Path) -> onnx.ModelProto:
+    """The fp32 graph from torch at ``io``'s sizes, with its dynamic dims, checked."""
     import onnx
     import torch
 
     # The exporter logs registry chatter (e.g. "torchvision is not installed") at WARNING.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    example = torch.zeros(spec.shape)
+    examples = tuple(torch.zeros(i.shape) for i in io.inputs)
+    names, outputs = io.input_names, list(io.outputs)
+    dynamic = any(i.dynamic for i in io.inputs)
     path = workdir / "raw.onnx"
-    if options.exporter == "dynamo":
-        dynamic_shapes = None
-        if spec.dynamic:
-            batch = torch.export.Dim("batch", min=1, max=256)
-            # EfficientViT needs H and W divisible by 32: say so to the exporter, which
-            # then keeps every stride-2 size an exact integer expression.
-            # (torch specialises a size of 1, so the stride-32 map must be at least 2x2: 64x64 pixels.)
-            h32, w32 = torch.export.Dim("h32", min=2, max=256), torch.export.Dim("w32", min=2, max=256)
-            dynamic_shapes = ({0: batch, 2: 32 * h32, 3: 32 * w32},)
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=options.opset,
-                                    input_names=[spec.name], output_names=["logits"],
-                                    dynamic_shapes=dynamic_shapes, verbose=False)
-        program.save(str(path))
-    else:
-        axes = {spec.name: {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "out_h", 3: "out_w"}}
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=options.opset,
-                          input_names=[spec.name], output_names=["logits"],
-                          dynamic_axes=axes if spec.dynamic else None, do_constant_folding=True)
+    try:
+        if options.exporter == "dynamo":
+            program = torch.onnx.export(model, examples, dynamo=True, opset_version=options.opset,
+                                        input_names=names, output_names=outputs,
+                                        dynamic_shapes=_dynamic_shapes(io) if dynamic else None, verbose=False)
+            program.save(str(path))
+        else:
+            torch.onnx.export(model, examples, str(path), dynamo=False, opset_version=options.opset,
+                              input_names=names, output_names=outputs,
+                              dynamic_axes=_dynamic_axes(io) if dynamic else None, do_constant_folding=True)
+    except EvitError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the exporter raises many types: exit 3, the log kept
+        raise toolchain_error("torch", f"to export the model to ONNX ({options.exporter}, opset {options.opset})",
+                              err) from None
     graph = onnx.load(str(path))
     path.unlink()
     return graph
+
+
+def _dynamic_shapes(io: GraphIO) -> tuple[dict[int, Any] | None, ...]:
+    """torch.export's dims, one per name (inputs that share a dim name share the Dim).
+
+    EfficientViT's H and W are ``32 * k``: said so, the exporter keeps every stride-2 size an
+    exact integer expression (torch specialises a size of 1, so k >= 2: 64 pixels at least)."""
+    import torch
+
+    dims: dict[str, Any] = {}
+    shapes = []
+    for tensor in io.inputs:
+        axes = {}
+        for dim in tensor.dynamic:
+            symbol = dims.setdefault(dim.name, torch.export.Dim(dim.name, min=dim.min, max=dim.max))
+            axes[dim.axis] = symbol * dim.multiple if dim.multiple > 1 else symbol
+        shapes.append(axes or None)
+    return tuple(shapes)
+
+
+def _dynamic_axes(io: GraphIO) -> dict[str, dict[int, str]]:
+    """The TorchScript exporter's named axes: an image graph's input and its logits."""
+    if len(io.inputs) != 1 or len(io.outputs) != 1:
+        raise UsageError("--exporter torchscript exports dynamic shapes of one-image models only; "
+                         "use the dynamo exporter (the default)")
+    image, logits = io.inputs[0].name, io.outputs[0]
+    return {image: {0: "batch", 2: "height", 3: "width"}, logits: {0: "batch", 2: "out_h", 3: "out_w"}}
 
 
 def simplify(graph: onnx.ModelProto, how: str) -> onnx.ModelProto:
@@ -68,7 +95,8 @@ def simplify(graph: onnx.ModelProto, how: str) -> onnx.ModelProto:
             raise RuntimeMissing(f"--simplify onnxsim needs onnxsim; {INSTALL_HINT}") from None
         simplified, ok = onnxsim.simplify(graph)
         if not ok:
-            raise UsageError("onnxsim could not validate the simplified graph; use --simplify onnxslim or none")
+            raise toolchain_error("onnxsim", "to validate the simplified graph (use --simplify onnxslim or none)",
+                                  RuntimeError("the simplified graph gives other outputs than the original"))
         return simplified
     return graph
 
@@ -107,7 +135,7 @@ def check_and_save(graph: onnx.ModelProto, path: Path) -> onnx.ModelProto:
         inferred = onnx.shape_inference.infer_shapes(graph, check_type=True, strict_mode=True)
         onnx.checker.check_model(inferred, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise UsageError(f"the exported ONNX graph is invalid: {str(err).splitlines()[0]}") from None
+        raise toolchain_error("onnx", "to check the exported graph", err) from None
     onnx.save(inferred, str(path))
     return inferred
 
@@ -139,7 +167,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     import onnx
 
     ctx.progress(f"torch.onnx.export ({options.exporter}, opset {options.opset})")
-    graph = export_onnx_graph(model, spec, options, ctx.workdir)
+    graph = export_onnx_graph(model, ctx.graph, options, ctx.workdir)
     layer_map = onnx_layer_map(graph)  # before simplifying: onnxslim drops the provenance
     if options.simplify != "none":
         ctx.progress(f"simplifying with {options.simplify}")
@@ -165,3 +193,17 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
         notes=notes,
         details=details,
     )
+
+
+def read_facts(path: Path) -> ArtifactFacts:
+    """The task, precision and inputs an exported ONNX carries (its weights are not read)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError and others: the file is no ONNX
+        raise UsageError(f"{path.name}: not an ONNX model ({first_line(err)}); re-export it") from None
+    props = {p.key: p.value for p in graph.metadata_props}
+    initializers = {t.name for t in graph.graph.initializer}
+    inputs = [t for t in tensor_infos(graph, "input") if t.name not in initializers]
+    return ArtifactFacts(task=props.get("evit.task"), precision=props.get("evit.precision"), inputs=inputs)

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from evit_deploy.contracts import TargetOptions
 
 INSTALL_HINT = "pip install 'evit-deploy[onnx]'"
+# The opsets each of torch 2.13's exporters writes (torch.onnx._constants): the dynamo exporter
+# raises anything below 18 to 18, so a lower request would be recorded but not made.
+OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
 
 
 class OnnxOptions(TargetOptions):
@@ -16,3 +20,12 @@ class OnnxOptions(TargetOptions):
     simplify: Literal["onnxslim", "onnxsim", "none"] = "none"
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"  # ORT, at load time
     keep_fp32: list[Literal["attention", "resize"]] = Field(default_factory=lambda: ["attention", "resize"])
+
+    @model_validator(mode="after")
+    def _opset_in_range(self) -> OnnxOptions:
+        low, high = OPSETS[self.exporter]
+        if not low <= self.opset <= high:
+            raise PydanticCustomError(
+                "opset", "opset {opset} is out of range: the {exporter} exporter writes opsets {low} to {high}",
+                {"opset": self.opset, "exporter": self.exporter, "low": low, "high": high})
+        return self

@@ -22,11 +22,13 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 from evit_deploy.devices import Inventory, load_inventory
 from evit_deploy.errors import RuntimeMissing, UsageError
+from evit_deploy.manifest import manifest_path_for
+from evit_deploy.pipeline.export import ExportResult, export_here
 from evit_deploy.remote.session import DeviceSession
+from evit_deploy.requests import ExportRequest
 
 Progress = Callable[[str], None]
 
@@ -42,15 +44,13 @@ def trt_option_version(found: str) -> str:
                      "or TensorRT there")
 
 
-def export_on_device(model: str, device: str, *, inventory: Inventory | str | Path | None = None,
-                     out: str | Path = "out", progress: Progress = lambda message: None,
-                     **export_args: Any) -> Any:
-    """A TensorRT engine for ``device``, built there, published in ``out`` with its manifest."""
-    from evit_deploy import api
-    from evit_deploy.artifact import FileEntry, Manifest, publish, sha256_path, size_of, staging_dir
+def export_on_device(request: ExportRequest, *, inventory: Inventory | None = None,
+                     progress: Progress = lambda message: None) -> ExportResult:
+    """A TensorRT engine for ``request.device``, built there, published in ``request.out`` with its manifest."""
+    from evit_deploy.manifest import FileEntry, publish, sha256_path, size_of, staging_dir
 
-    inv = inventory if isinstance(inventory, Inventory) else load_inventory(inventory)
-    entry = inv.get(device.partition(":")[0])
+    inv = inventory or load_inventory(request.inventory)
+    entry = inv.get(str(request.device).partition(":")[0])
     session = DeviceSession(entry, progress=progress)
     hello = session.hello(full=True, runtime_device="cuda")
     system, state = hello.get("system", {}), hello.get("state", {})
@@ -59,17 +59,18 @@ def export_on_device(model: str, device: str, *, inventory: Inventory | str | Pa
         raise RuntimeMissing(f"device {entry.name} has no TensorRT: engines are built where they run; install it there "
                              "(JetPack ships it; elsewhere pip install 'evit-deploy[tensorrt]')")
     version = trt_option_version(found)
-    options = dict(export_args.pop("options", None) or {})
+    options = dict(request.options)
     asked = options.get("trt_version")
     if asked is not None and trt_option_version(str(asked)) != version:
         raise UsageError(f"--trt-version {asked} but device {entry.name} has TensorRT {found}; drop the flag (the "
                          "plan follows the device) or build for another device")
     options.update(trt_version=version, plan_only=True)
     options.setdefault("platform", "jetson" if state.get("kind") == "jetson" else "datacenter")
-    out_dir = Path(out)
+    out_dir = request.out
     with tempfile.TemporaryDirectory(prefix="evit-trt-plan-") as tmp:
         progress(f"planning for TensorRT {found} on {entry.name}")
-        planned = api.export(model, target="trt", out=tmp, options=options, progress=progress, **export_args)
+        planned = export_here(request.replace(target="trt", out=tmp, options=options, device=None, inventory=None),
+                              progress=progress)
         placed = session.place(planned.artifact, planned.manifest, runtime_device="cuda", check_runtime=False)
         build_dir = f"{entry.workdir.rstrip('/')}/builds/{uuid.uuid4().hex}"
         progress(f"building the engine on {entry.name}")
@@ -85,24 +86,24 @@ def export_on_device(model: str, device: str, *, inventory: Inventory | str | Pa
                 shutil.copy2(planned.artifact.parent / file.path, staging / file.path)
             engine = staging / built["files"][0]
             order = [engine] + [staging / n for n in names[1:]] + [staging / f.path for f in planned.manifest.files]
-            data = planned.manifest.model_dump(mode="json")
-            data["files"] = [FileEntry(path=p.name, sha256=sha256_path(p), bytes=size_of(p)).model_dump() for p in order]
-            data["versions"] = {**data.get("versions", {}), "tensorrt": str(built.get("tensorrt") or found)}
-            data["details"] = {**data.get("details", {}), "engine": built.get("report", {}), "device_build": {
+            trt_version = str(built.get("tensorrt") or found)
+            device_build = {
                 "device": entry.name, "address": entry.address, "preset": entry.preset,
                 "gpu": ((built.get("gpus") or system.get("gpus") or [{}])[0]).get("name"),
-                "tensorrt": built.get("tensorrt") or found, "state": built.get("state") or state,
+                "tensorrt": trt_version, "state": built.get("state") or state,
                 "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "build_seconds": built.get("seconds"), "builder": built.get("report", {}).get("builder"),
-                "remote_dir": built["dir"]}}
-            note = (f"engine built on {entry.name} ({entry.address}) with TensorRT {built.get('tensorrt') or found}; "
+                "remote_dir": built["dir"]}
+            note = (f"engine built on {entry.name} ({entry.address}) with TensorRT {trt_version}; "
                     "it runs only on that GPU and TensorRT version")
-            data["notes"] = [n for n in data.get("notes", []) if not n.startswith("plan only:")] + [note]
-            manifest = Manifest.model_validate(data)
+            before = planned.manifest
+            manifest = before.model_copy(update={
+                "files": [FileEntry(path=p.name, sha256=sha256_path(p), bytes=size_of(p)) for p in order],
+                "versions": {**before.versions, "tensorrt": trt_version},
+                "details": {**before.details, "engine": built.get("report", {}), "device_build": device_build},
+                "notes": [n for n in before.notes if not n.startswith("plan only:")] + [note],
+            })
             artifact = publish(order, out_dir, manifest)
-    from evit_deploy.api import ExportResult
-    from evit_deploy.artifact import manifest_path_for
-
     return ExportResult(artifact, manifest_path_for(artifact), manifest, manifest.export_seconds)
 
 

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evit_deploy.artifact import ArtifactHandle, open_artifact
 from evit_deploy.contracts import LayerTiming
-from evit_deploy.devices import Inventory, load_inventory, resolve
+from evit_deploy.devices import Inventory, is_local, load_inventory, resolve
 from evit_deploy.errors import EvitError, UsageError
 from evit_deploy.profiling import LatencyStats, ProfileResult
 from evit_deploy.remote.session import DeviceSession, RemoteRunner
+from evit_deploy.requests import ProfileRequest
 
 Progress = Callable[[str], None]
 _LOCKS: dict[tuple[str, int | None], threading.Lock] = {}
@@ -48,49 +50,26 @@ def result_from_dict(data: dict[str, Any]) -> ProfileResult:
     return ProfileResult(**values)
 
 
-def profile_remote(
-    artifact: str | Path,
-    device: str,
-    *,
-    inventory: Inventory | str | Path | None = None,
-    threads: int | None = None,
-    warmup: int = 10,
-    iters: int = 50,
-    batch: int | None = None,
-    resolution: tuple[int, int] | None = None,
-    per_layer: bool = False,
-    seed: int = 0,
-    lock_clocks: bool = False,
-    power: bool = False,
-    on_iteration: Callable[[int, int], None] = lambda done, total: None,
-    progress: Progress = lambda message: None,
-) -> ProfileResult:
-    """Profile ``artifact`` on the inventory device ``device`` (``NAME`` or ``NAME:RUNTIME``)."""
-    from evit_deploy.api import _run_spec, open_artifact
-
-    entry, runtime = resolve(device, _inventory(inventory))
-    path = Path(artifact)
+def profile_remote(request: ProfileRequest, *, inventory: Inventory | None = None,
+                   on_iteration: Callable[[int, int], None] = lambda done, total: None,
+                   progress: Progress = lambda message: None) -> ProfileResult:
+    """Profile ``request.artifact`` on the inventory device ``request.device`` (``NAME`` or ``NAME:RUNTIME``)."""
+    entry, runtime = resolve(request.device, inventory or load_inventory(request.inventory))
+    path = Path(request.artifact)
     handle = open_artifact(path)  # refuses a missing manifest or modified bytes before anything travels
-    _run_spec(handle, resolution, batch)  # a shape the artifact cannot take is refused here too
+    handle.run_spec(request.resolution, request.batch)  # a shape the artifact cannot take is refused here too
     session = DeviceSession(entry, progress=progress)
-    placed = session.place(path, handle.manifest, runtime_device=runtime, lock_clocks=lock_clocks, power=power)
-    threads = threads or entry.default_threads
-    args = ["profile", placed.path, "--device", runtime, "--warmup", str(warmup), "--iters", str(iters),
-            "--seed", str(seed)]
-    for flag, value in (("--threads", threads), ("--batch", batch)):
-        if value:
-            args += [flag, str(value)]
-    if resolution:
-        args += ["--resolution", f"{resolution[0]}x{resolution[1]}"]
-    args += [flag for flag, on in (("--per-layer", per_layer), ("--lock-clocks", lock_clocks),
-                                   ("--power", power)) if on]
+    placed = session.place(path, handle.manifest, runtime_device=runtime, lock_clocks=request.lock_clocks,
+                           power=request.power)
+    there = request.replace(artifact=placed.path, device=runtime, inventory=None,
+                            threads=request.threads or entry.default_threads)
     with _machine_lock(entry.host, entry.port):
         progress(f"profiling on {entry.name}")
-        reply = session.transport.call(args, timeout=entry.command_timeout, what="profiling",
-                                       on_progress=on_iteration)
+        reply = session.transport.call(["profile", "--request", there.model_dump_json()],
+                                       timeout=entry.command_timeout, what="profiling", on_progress=on_iteration)
     result = result_from_dict(reply.header["result"])
     result.artifact = str(path)
-    result.device = device
+    result.device = request.device
     result.host["remote"] = {"device": entry.name, "address": entry.address, "preset": entry.preset,
                              "runtime_device": runtime, "artifact": placed.path, "copy": placed.copy,
                              "uploaded_bytes": placed.uploaded_bytes, "upload_s": round(placed.upload_s, 3),
@@ -98,7 +77,7 @@ def profile_remote(
     return result
 
 
-def remote_runner(handle: Any, device: str, *, threads: int | None = None,
+def remote_runner(handle: ArtifactHandle, device: str, *, threads: int | None = None,
                   inventory: Inventory | str | Path | None = None,
                   progress: Progress = lambda message: None) -> RemoteRunner:
     """A Runner for ``handle``'s artifact on an inventory device (connected and uploaded, not yet loaded)."""
@@ -125,26 +104,31 @@ class Outcome:
 
 
 def profile_many(
-    artifact: str | Path,
+    request: ProfileRequest,
     devices: list[str],
     *,
-    inventory: Inventory | str | Path | None = None,
     on_stage: Callable[[str, str], None] = lambda device, message: None,
     on_iteration: Callable[[str, int, int], None] = lambda device, done, total: None,
-    **options: Any,
 ) -> list[Outcome]:
     """Profile on every device at once; each outcome holds a result or that device's one-line error."""
-    from evit_deploy import api
+    from evit_deploy.pipeline.profile import profile_here
 
     if len(set(devices)) != len(devices):
         raise UsageError(f"--device lists a device twice: {','.join(devices)}")
-    inv = _inventory(inventory)
+    inv = load_inventory(request.inventory)
+    for name in devices:  # unknown names are a usage error before anything connects
+        if not is_local(name):
+            resolve(name, inv)
 
     def one(name: str) -> Outcome:
         start = time.perf_counter()
+        here = request.replace(device=name)
+        tick = lambda d, t: on_iteration(name, d, t)
         try:
-            result = api.profile(artifact, device=name, inventory=inv, progress=lambda m: on_stage(name, m),
-                                 on_iteration=lambda d, t: on_iteration(name, d, t), **options)
+            if is_local(name):
+                result = profile_here(here, on_iteration=tick)
+            else:
+                result = profile_remote(here, inventory=inv, on_iteration=tick, progress=lambda m: on_stage(name, m))
             on_stage(name, "done")
             return Outcome(name, result, seconds=time.perf_counter() - start)
         except EvitError as err:

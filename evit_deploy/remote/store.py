@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from evit_deploy.artifact import Manifest, manifest_path_for
+from evit_deploy.manifest import Manifest, manifest_path_for
 
 
 def artifact_key(manifest: Manifest) -> str:

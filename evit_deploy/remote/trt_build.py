@@ -58,8 +58,8 @@ def _python_builder() -> Callable[..., dict[str, Any]] | None:
 def build_on_device(artifact: str, out: str, options: dict[str, Any],
                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Build the uploaded plan artifact's engine into ``out``; return what to fetch and record."""
-    from evit_deploy.artifact import load_manifest
-    from evit_deploy.remote.state import device_state, gpus, tensorrt_version
+    from evit_deploy.machine import device_state, gpus, tensorrt_version
+    from evit_deploy.manifest import load_manifest
     from evit_deploy.trt.plan import PLAN_SUFFIX, BuildPlan
 
     source = Path(artifact).expanduser()

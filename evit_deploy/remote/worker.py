@@ -50,7 +50,7 @@ def _version() -> str:
 def op_hello(args: argparse.Namespace) -> tuple[dict[str, Any], bytes]:
     import platform
 
-    from evit_deploy.remote.state import device_state, system_info
+    from evit_deploy.machine import device_state, system_info
 
     reply: dict[str, Any] = {"protocol": PROTOCOL, "evit": _version(), "python": platform.python_version(),
                              "hostname": platform.node(), "state": device_state()}
@@ -82,7 +82,7 @@ def _runtimes(names: list[str] | None, device: str) -> dict[str, str | None]:
 
 def probe(directory: Path, expect: dict[str, Any]) -> dict[str, Any]:
     """Is the artifact already here, byte for byte? And is its manifest the current one?"""
-    from evit_deploy.artifact import sha256_path
+    from evit_deploy.manifest import sha256_path
 
     missing = []
     for name, digest, size in expect.get("files", []):
@@ -105,7 +105,7 @@ def _manifest_digest(path: Path) -> str | None:
 
 def op_receive(args: argparse.Namespace, stdin: IO[bytes]) -> tuple[dict[str, Any], bytes]:
     """Unpack the tar on stdin beside DIR, check every hash, then move it into place."""
-    from evit_deploy.artifact import load_manifest
+    from evit_deploy.manifest import load_manifest
 
     dest = Path(args.dir).expanduser()
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -182,15 +182,17 @@ def op_fetch(args: argparse.Namespace) -> tuple[dict[str, Any], bytes]:
 
 
 def op_profile(args: argparse.Namespace) -> tuple[dict[str, Any], bytes]:
-    from evit_deploy import api
-    from evit_deploy.remote.state import device_state
+    """``evit profile`` here, from the host's request (the same object a local profile takes)."""
+    from evit_deploy.machine import device_state
+    from evit_deploy.pipeline.profile import profile_here
+    from evit_deploy.requests import ProfileRequest
 
-    tick = _progress_reporter()
-    resolution = tuple(int(v) for v in args.resolution.split("x")) if args.resolution else None
-    result = _loading(lambda: api.profile(
-        args.artifact, device=args.device, threads=args.threads, warmup=args.warmup, iters=args.iters,
-        batch=args.batch, resolution=resolution, per_layer=args.per_layer, seed=args.seed,
-        lock_clocks=args.lock_clocks, power=args.power, on_iteration=tick))
+    try:
+        request = ProfileRequest.model_validate_json(args.request)
+    except ValueError as err:
+        raise UsageError(f"the host's profile request is not one this evit understands: "
+                         f"{str(err).splitlines()[0]}") from None
+    result = _loading(lambda: profile_here(request, on_iteration=_progress_reporter()))
     data = result.to_dict()
     data["host"].setdefault("state", device_state())
     return {"result": data}, b""
@@ -198,9 +200,9 @@ def op_profile(args: argparse.Namespace) -> tuple[dict[str, Any], bytes]:
 
 def op_serve(args: argparse.Namespace, stdin: IO[bytes], out: IO[bytes]) -> int:
     """Load once, then run every request until 'close' or the end of stdin."""
-    from evit_deploy.api import open_artifact
+    from evit_deploy.artifact import open_artifact
+    from evit_deploy.machine import device_state
     from evit_deploy.remote.protocol import pack_arrays, unpack_arrays
-    from evit_deploy.remote.state import device_state
 
     handle = open_artifact(args.artifact)
 
@@ -291,17 +293,7 @@ def parser() -> argparse.ArgumentParser:
     fetch.add_argument("names", nargs="+")
     fetch.add_argument("--remove", action="store_true", help="delete DIR once its files are packed")
     profile = ops.add_parser("profile")
-    profile.add_argument("artifact")
-    profile.add_argument("--device", default="cpu")
-    profile.add_argument("--threads", type=int)
-    profile.add_argument("--warmup", type=int, default=10)
-    profile.add_argument("--iters", type=int, default=50)
-    profile.add_argument("--batch", type=int)
-    profile.add_argument("--resolution")
-    profile.add_argument("--per-layer", action="store_true")
-    profile.add_argument("--seed", type=int, default=0)
-    profile.add_argument("--lock-clocks", action="store_true")
-    profile.add_argument("--power", action="store_true")
+    profile.add_argument("--request", required=True, help="a ProfileRequest as JSON")
     serve = ops.add_parser("serve")
     serve.add_argument("artifact")
     serve.add_argument("--device", default="cpu")

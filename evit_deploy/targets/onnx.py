@@ -7,24 +7,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evit_deploy.contracts import ExportContext, ExportOutput, Runner
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner
 from evit_deploy.dependencies import missing_modules
 from evit_deploy.onnx.options import INSTALL_HINT, OnnxOptions
-from evit_deploy.spec import InputSpec
+from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.targets.base import Target, register
 
 if TYPE_CHECKING:
     import torch
 
-    from evit_deploy.artifact import Manifest
     from evit_deploy.configs import Recipe
+    from evit_deploy.manifest import Manifest
 
 
 @register("ort", "onnxruntime")
 class OnnxTarget(Target[OnnxOptions]):
     name = "onnx"
     extensions = (".onnx",)
-    precisions = ("fp32", "fp16")
+    precisions = (Precision.FP32, Precision.FP16)
     options_model = OnnxOptions
     description = "ONNX graph, run with ONNX Runtime (any platform)"
     requires = INSTALL_HINT
@@ -40,8 +40,13 @@ class OnnxTarget(Target[OnnxOptions]):
 
         return export_artifact(model, spec, recipe.precision, self.options(recipe), ctx)
 
+    def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
+        from evit_deploy.onnx.export import read_facts
+
+        return read_facts(path)
+
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.onnx.runner import OnnxRunner
 
-        options = OnnxOptions.model_validate(manifest.recipe.get("options", {}))
+        options = OnnxOptions.model_validate(manifest.recipe.options)
         return OnnxRunner(path, device=device, threads=threads, graph_optimization=options.graph_optimization)

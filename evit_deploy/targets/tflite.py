@@ -45,24 +45,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evit_deploy.contracts import ExportContext, ExportOutput, Runner
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner
 from evit_deploy.errors import UsageError
-from evit_deploy.spec import InputSpec, TensorInfo
+from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.targets.base import Target, register
 from evit_deploy.tflite.options import INSTALL_HINT, TfliteOptions, missing
 
 if TYPE_CHECKING:
     import torch
 
-    from evit_deploy.artifact import Manifest
     from evit_deploy.configs import Recipe
+    from evit_deploy.manifest import Manifest
 
 
 @register("litert", "tfl")
 class TfliteTarget(Target[TfliteOptions]):
     name = "tflite"
     extensions = (".tflite",)
-    precisions = ("fp32", "fp16", "int8")
+    precisions = (Precision.FP32, Precision.FP16, Precision.INT8)
     options_model = TfliteOptions
     description = "TFLite flatbuffer, run with LiteRT (XNNPACK) on Android/ARM/x86 CPUs"
     requires = INSTALL_HINT
@@ -84,11 +84,14 @@ class TfliteTarget(Target[TfliteOptions]):
 
         return export_artifact(model, spec, recipe.precision, self.options(recipe), ctx)
 
+    def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
+        from evit_deploy.tflite.metadata import read_facts
+
+        return read_facts(path)
+
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.tflite.runner import TfliteRunner
 
         if device != "cpu":
             raise UsageError(f"the LiteRT runner here runs on the CPU (XNNPACK); got --device {device!r}")
-        inputs = [TensorInfo.from_dict(i) for i in manifest.inputs] or None
-        outputs = [TensorInfo.from_dict(o) for o in manifest.outputs] or None
-        return TfliteRunner(path, threads=threads, inputs=inputs, outputs=outputs)
+        return TfliteRunner(path, threads=threads, inputs=manifest.inputs or None, outputs=manifest.outputs or None)

@@ -5,6 +5,7 @@ times it, so eager PyTorch is measured by the same harness as the runtimes.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,12 +22,13 @@ class TorchRunner(Runner):
 
     backend = "torch"
 
-    def __init__(self, model: torch.nn.Module, spec: InputSpec, *, threads: int | None = None,
-                 output_names: list[str] | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, inputs: InputSpec | Sequence[TensorInfo], *,
+                 threads: int | None = None, output_names: list[str] | None = None) -> None:
+        """``inputs``: the image ``InputSpec`` of a one-image model, or a graph's inputs in call order."""
         super().__init__()
         self.model = model
         self.threads = threads
-        self.inputs = [TensorInfo(spec.name, spec.shape)]
+        self.inputs = [TensorInfo(inputs.name, inputs.shape)] if isinstance(inputs, InputSpec) else list(inputs)
         self.output_names = output_names or ["logits"]
         self.outputs = [TensorInfo(name, ()) for name in self.output_names]
 
@@ -40,9 +42,8 @@ class TorchRunner(Runner):
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        (name,) = [i.name for i in self.inputs]
         with torch.inference_mode():
-            result = self.model(torch.from_numpy(np.ascontiguousarray(feed[name])))
+            result = self.model(*(torch.from_numpy(np.ascontiguousarray(feed[i.name])) for i in self.inputs))
         tensors = result if isinstance(result, (tuple, list)) else [result]
         return {n: t.detach().float().numpy() for n, t in zip(self.output_names, tensors)}
 

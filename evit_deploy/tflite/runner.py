@@ -12,6 +12,7 @@ from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.spec import TensorInfo
 from evit_deploy.tflite.logs import native_logs_quiet
 from evit_deploy.tflite.options import missing
+from evit_deploy.toolchain import toolchain_error
 
 
 class TfliteRunner(Runner):
@@ -72,7 +73,7 @@ class TfliteRunner(Runner):
         try:
             self.interpreter.invoke()
         except RuntimeError as err:
-            raise UsageError(f"{self.path.name}: LiteRT failed to run it: {str(err).splitlines()[0]}") from None
+            raise toolchain_error("ai-edge-litert", f"to run {self.path.name}", err) from None
         return {info.name: self.interpreter.get_tensor(index) for info, index in zip(self.outputs, self._out_index)}
 
     def close(self) -> None:

@@ -33,19 +33,11 @@ from typing import Any
 from evit_deploy.errors import CheckFailed, EvitError, RuntimeMissing, ToolchainError, UsageError
 from evit_deploy.trt.inspect import PrecisionReport, check_layers, onnx_nodes_in, parse_layers
 from evit_deploy.trt.plan import PLAN_SUFFIX, BuildPlan
-from evit_deploy.trt.stack import cuda_unavailable, gpu_name, install_hint
+from evit_deploy.trt.stack import cuda_unavailable, gpu_name, import_tensorrt, install_hint
 
 # TensorRT releases that changed what a plan may ask for.
 WEAK_TYPING_DEPRECATED = (10, 12)  # trtexec --fp16/--int8 and ILayer.precision warn from here on
 DLA_ON_11 = (11, 4, 1)  # DLA is back on TensorRT 11 from 11.4.1 (JetPack 7.2.2+, AGX Orin only)
-
-
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise RuntimeMissing(f"the tensorrt package is not installed; {install_hint()}") from None
-    return trt
 
 
 def gpu_unavailable() -> str | None:
@@ -310,7 +302,7 @@ def build_from_plan_file(plan_path: Path, *, engine: Path | None = None, onnx: P
     plan = BuildPlan.load(plan_path)
     folder = plan_path.parent
     onnx_path = onnx or folder / plan.onnx
-    from evit_deploy.artifact import sha256_path
+    from evit_deploy.manifest import sha256_path
 
     if onnx_path.is_file() and sha256_path(onnx_path) != plan.onnx_sha256:
         raise UsageError(f"{onnx_path}: not the ONNX this plan was made for (sha256 differs); re-export")
@@ -322,7 +314,7 @@ def build_from_plan_file(plan_path: Path, *, engine: Path | None = None, onnx: P
 
 def _record_in_manifest(folder: Path, plan: BuildPlan, engine_path: Path, report: dict[str, Any]) -> None:
     """Add the engine to the export's manifest (if it is beside the plan), written atomically."""
-    from evit_deploy.artifact import (
+    from evit_deploy.manifest import (
         FileEntry,
         load_manifest,
         manifest_path_for,

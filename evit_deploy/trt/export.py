@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import UsageError
 from evit_deploy.onnx.export import add_metadata, check_and_save, export_onnx_graph, simplify, tensor_infos
 from evit_deploy.onnx.options import OnnxOptions
-from evit_deploy.spec import InputSpec
+from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.trt.options import Profile, TrtOptions, resolve_profile
 
 if TYPE_CHECKING:
@@ -31,22 +33,26 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
 
     from evit_deploy.trt import typed
 
+    if not ctx.image_graph and recipe.dynamic:
+        raise UsageError(f"TensorRT shape profiles are planned for one-image graphs; export {ctx.model_name} "
+                         "static (drop --dynamic)")
     profile = resolve_profile(options, spec)
     precision = recipe.precision
     ctx.progress(f"torch.onnx.export (dynamo, opset {options.opset})")
-    graph = export_onnx_graph(model, spec, OnnxOptions(opset=options.opset, simplify=options.simplify), ctx.workdir)
+    graph = export_onnx_graph(model, ctx.graph, OnnxOptions(opset=options.opset, simplify=options.simplify),
+                              ctx.workdir)
     if options.simplify != "none":
         graph = simplify(graph, options.simplify)
     typed.name_all_nodes(graph)  # the names the plan, trtexec and TensorRT's layers share
-    islands = typed.select_islands(graph, options.keep_fp32) if precision != "fp32" else []
+    islands = typed.select_islands(graph, options.keep_fp32) if precision != Precision.FP32 else []
     notes: list[str] = []
     details: dict[str, Any] = {}
 
     # the graph TensorRT builds
     int8_info = None
-    if precision == "int8":
+    if precision == Precision.INT8:
         build, int8_info = _int8(graph, spec, recipe, options, islands, ctx)
-    elif precision == "fp16" and options.typing_mode == "strong":
+    elif precision == Precision.FP16 and options.typing_mode == "strong":
         ctx.progress("fp16 with fp32 islands behind Casts")
         build = typed.to_fp16(graph, islands)
     else:
@@ -54,10 +60,10 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
 
     # what fp16 will compute, checked for overflow at the export shape and --max-shape
     overflow = None
-    if precision == "fp16" and options.overflow_check:
+    if precision == Precision.FP16 and options.overflow_check:
         simulated = build if options.typing_mode == "strong" else typed.to_fp16(graph, islands)
         overflow = _overflow(simulated, spec, profile, options, ctx)
-    elif precision == "fp16":
+    elif precision == Precision.FP16:
         notes.append("fp16 overflow check skipped (overflow_check: false)")
 
     add_metadata(build, spec, ctx, precision)
@@ -102,12 +108,10 @@ def _int8(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: TrtO
           islands: list[Any], ctx: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
     from evit_deploy.trt import int8
 
-    source = recipe.calibration.source
-    if ctx.calibration is None or source is None:
-        raise UsageError("int8 needs calibration images: pass --calib DIR (a folder of representative images)")
+    calibration = ctx.calibration_batches(spec)
     one = spec.with_resolution(spec.height, spec.width, batch=1)
     material = {
-        "images": int8.image_digests(Path(source)),
+        "images": int8.image_digests(Path(str(recipe.calibration.source))),
         "samples": recipe.calibration.samples,
         "preprocessing": {"size": [one.height, one.width], "mean": list(one.mean), "std": list(one.std),
                           "color": one.color, "crop_ratio": one.extra.get("crop_ratio"),
@@ -116,7 +120,6 @@ def _int8(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: TrtO
         "model": int8.sha256_bytes(graph.SerializeToString()),
     }
     exclude = [n for island in islands for n in island.nodes]
-    calibration = ctx.calibration(one)
     ctx.progress(f"int8: Q/DQ on {', '.join(options.quantize_ops)}; {len(exclude)} island node(s) stay fp32")
     return int8.quantize_qdq(graph, calibration, input_name=spec.name, exclude=exclude,
                              op_types=options.quantize_ops, method=options.calib_method,
@@ -128,6 +131,14 @@ def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profile: Profile | No
     from evit_deploy.data import random_batch
     from evit_deploy.trt.typed import raise_on_overflow, scan_fp16
 
+    if not ctx.image_graph:  # a graph fed by another graph or prompts: seeded normal values at its sizes
+        rng = np.random.default_rng(0)
+        feeds = [{i.name: rng.standard_normal(i.shape).astype(np.float32) for i in ctx.graph.inputs}
+                 for _ in range(options.overflow_samples)]
+        ctx.progress("fp16 overflow check on ONNX Runtime (random inputs)")
+        scan = scan_fp16(simulated, feeds)
+        raise_on_overflow(scan, "export shape")
+        return {"export shape": {**scan.to_dict(), "inputs": "standard normal values (seed 0)"}}
     shapes = [("export shape", spec.height, spec.width)]
     if profile is not None and (profile.max[2], profile.max[3]) != (spec.height, spec.width):
         shapes.append(("--max-shape", profile.max[2], profile.max[3]))
@@ -135,7 +146,7 @@ def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profile: Profile | No
     for where, h, w in shapes:
         at = spec.with_resolution(h, w, batch=1)
         if ctx.calibration is not None:
-            inputs = ctx.calibration(at)[: options.overflow_samples]
+            inputs = ctx.calibration_batches(at)[: options.overflow_samples]
             source = "calibration images"
         else:
             inputs = [random_batch(at, 0, i) for i in range(options.overflow_samples)]
@@ -149,36 +160,37 @@ def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profile: Profile | No
 def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], spec: InputSpec,
           profile: Profile | None, recipe: Recipe, options: TrtOptions, ctx: ExportContext,
           int8_info: dict[str, Any] | None, overflow: dict[str, Any] | None) -> Any:
-    from evit_deploy.artifact import sha256_path
     from evit_deploy.graph import islands_summary
+    from evit_deploy.manifest import sha256_path
     from evit_deploy.trt import plan as p
     from evit_deploy.trt import typed
 
     summary = [p.Island(**i) for i in islands_summary(islands)]
     outputs = typed.float_outputs(final, {n for island in summary for n in island.nodes})
     expected = p.expectations(summary, typed.node_ops(final), outputs)
-    outside = typed.fp32_outside_islands(final, islands) if recipe.precision == "fp16" and \
+    outside = typed.fp32_outside_islands(final, islands) if recipe.precision == Precision.FP16 and \
         options.typing_mode == "strong" else []
     precisions, output_types = ({}, {})
-    if options.typing_mode == "weak" and recipe.precision != "fp32":
+    if options.typing_mode == "weak" and recipe.precision != Precision.FP32:
         precisions, output_types = p.weak_typing_constraints(expected, typed.output_counts(final))
     name = ctx.model_name
     plan = p.BuildPlan(
         model=ctx.model_name, task=ctx.task, precision=recipe.precision, trt_version=options.trt_version,
         trt_major=options.major, typing=options.typing_mode, platform=options.platform,
         onnx=onnx_path.name, onnx_sha256=sha256_path(onnx_path), engine=f"{name}.engine",
-        layer_info=f"{name}.layers.json", input_name=spec.name,
+        layer_info=f"{name}.layers.json", input_name=ctx.graph.inputs[0].name,
         output_names=[o.name for o in final.graph.output],
-        static_shape=None if profile else list(spec.shape), profile=profile.to_dict() if profile else None,
+        static_shape=None if profile else list(ctx.graph.inputs[0].shape),
+        profile=profile.to_dict() if profile else None,
         workspace_gib=options.workspace, dla_core=options.dla_core,
         builder_optimization_level=options.builder_opt_level,
         timing_cache=options.timing_cache.name if options.timing_cache else None,
-        tf32=recipe.precision != "fp32",
+        tf32=recipe.precision != Precision.FP32,
         islands=summary, fp32_outside_islands=[p.Fp32Outside(**o) for o in outside], expected_layers=expected,
         island_tensors=[t for e in expected for t in e.outputs],
         layer_precisions=precisions, layer_output_types=output_types, int8=int8_info, overflow=overflow,
     )
-    if recipe.precision == "fp32":
+    if recipe.precision == Precision.FP32:
         plan.notes.append("fp32: no islands; TF32 is off so fp32 means fp32 (--noTF32)")
     if options.typing_mode == "weak":
         plan.notes.append("weak typing: the engine's island precisions are requested, not guaranteed; "

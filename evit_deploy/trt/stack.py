@@ -10,9 +10,9 @@ Nothing here needs a GPU, torch or TensorRT.
 """
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
+from evit_deploy.dependencies import first_version
 from evit_deploy.errors import RuntimeMissing
 
 # The oldest Linux driver each CUDA major runs on (minor-version compatibility).
@@ -27,26 +27,26 @@ def install_hint(trt_major: int = 10, cuda_major: int = 12) -> str:
     return f"pip install 'evit-deploy[{extra}]' on a machine with an NVIDIA GPU (JetPack ships TensorRT on Jetson)"
 
 
-def _version(*names: str) -> str | None:
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+def import_tensorrt() -> Any:
+    """The tensorrt module, or one line saying which extra installs it."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise RuntimeMissing(f"the tensorrt package is not installed; {install_hint()}") from None
+    return trt
 
 
 def tensorrt_wheel_cuda() -> int | None:
     """The CUDA major of the installed TensorRT wheel; None for JetPack's system bindings or none."""
     for major in sorted({cuda for _, cuda in EXTRAS}):
-        if _version(f"tensorrt-cu{major}", f"tensorrt_cu{major}_libs"):
+        if first_version(f"tensorrt-cu{major}", f"tensorrt_cu{major}_libs"):
             return major
     return None
 
 
 def bindings_version() -> str | None:
     """cuda-python's version (its bindings carry the CUDA major they were made for)."""
-    return _version("cuda-bindings", "cuda-python")
+    return first_version("cuda-bindings", "cuda-python")
 
 
 def mismatch(trt_cuda: int | None, bindings: str | None, driver: int | None) -> str | None:
@@ -78,7 +78,7 @@ def _driver_version(rt: Any) -> int | None:
 
 def cuda_unavailable() -> str | None:
     """None when cuda-python sees a CUDA device; else why not, naming the piece to change."""
-    from evit_deploy.trt.runtime import cudart
+    from evit_deploy.trt.cuda import cudart
 
     try:
         rt = cudart()
@@ -96,7 +96,7 @@ def cuda_unavailable() -> str | None:
 def gpu_name() -> str:
     """The first CUDA device's name, or "" where there is none (informational only)."""
     try:
-        from evit_deploy.trt.runtime import check, cudart
+        from evit_deploy.trt.cuda import check, cudart
 
         name = check(cudart().cudaGetDeviceProperties(0)).name
     except Exception:  # noqa: BLE001 - no GPU, no driver, no cuda-python: no name
@@ -106,11 +106,11 @@ def gpu_name() -> str:
 
 def describe() -> dict[str, Any]:
     """What ``make test-hardware`` prints first: the TensorRT/CUDA stack found here (no GPU needed)."""
-    found: dict[str, Any] = {"tensorrt": _version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-lean"),
+    found: dict[str, Any] = {"tensorrt": first_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-lean"),
                              "tensorrt_wheel_cuda": tensorrt_wheel_cuda(), "cuda_python": bindings_version(),
                              "driver_cuda": None, "gpu": "", "problem": cuda_unavailable()}
     try:
-        from evit_deploy.trt.runtime import cudart
+        from evit_deploy.trt.cuda import cudart
 
         driver = _driver_version(cudart())
     except RuntimeMissing:

@@ -188,8 +188,8 @@ def emulate_fp16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
 
 
 
-def scan_fp16(model: onnx.ModelProto, inputs: list[np.ndarray], input_name: str = "input",
-              threads: int | None = None) -> OverflowScan:
+def scan_fp16(model: onnx.ModelProto, inputs: list[np.ndarray] | list[dict[str, np.ndarray]],
+              input_name: str = "input", threads: int | None = None) -> OverflowScan:
     """Run ``model`` (fp16 emulated exactly, see ``emulate_fp16``) on ONNX Runtime's CPU provider
     with every fp16 activation watched.
 
@@ -201,8 +201,9 @@ def scan_fp16(model: onnx.ModelProto, inputs: list[np.ndarray], input_name: str 
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    feeds = [x if isinstance(x, dict) else {input_name: x} for x in inputs]  # several inputs: one dict each
     emulated, fp16 = emulate_fp16(model)
-    derived = _data_derived(emulated, input_name)
+    derived = _data_derived(emulated, set(feeds[0]) if feeds else {input_name})
     producer = {o: n for n in model.graph.node for o in n.output}
     watched = [t for t in fp16 if t in derived]
     graph = emulated.graph
@@ -231,8 +232,8 @@ def scan_fp16(model: onnx.ModelProto, inputs: list[np.ndarray], input_name: str 
     names = [o.name for o in outputs]
     maxes = np.zeros(len(watched))
     bad = np.zeros(len(watched), dtype=bool)
-    for array in inputs:
-        values = session.run(names, {input_name: np.ascontiguousarray(array, dtype=np.float32)})
+    for feed in feeds:
+        values = session.run(names, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feed.items()})
         m = np.asarray(values[0::2], dtype=np.float64)
         b = np.asarray(values[1::2], dtype=np.float64) > 0
         maxes = np.fmax(maxes, np.where(np.isfinite(m), m, np.nan))
@@ -241,13 +242,13 @@ def scan_fp16(model: onnx.ModelProto, inputs: list[np.ndarray], input_name: str 
                         bool(bad[k])) for k, t in enumerate(watched)]
     first = next((s for s in stats if s.nonfinite), None)
     worst = sorted((s for s in stats if not s.nonfinite), key=lambda s: s.max_abs, reverse=True)[:3]
-    shape = list(inputs[0].shape) if inputs else []
-    return OverflowScan(shape=shape, samples=len(inputs), tensors=len(watched), first_bad=first, worst=worst)
+    shape = list(next(iter(feeds[0].values())).shape) if feeds else []
+    return OverflowScan(shape=shape, samples=len(feeds), tensors=len(watched), first_bad=first, worst=worst)
 
 
-def _data_derived(model: onnx.ModelProto, input_name: str) -> set[str]:
-    """Tensors whose values depend on the image (Shape/Size break the dependence)."""
-    derived = {input_name}
+def _data_derived(model: onnx.ModelProto, input_names: set[str]) -> set[str]:
+    """Tensors whose values depend on the inputs (Shape/Size break the dependence)."""
+    derived = set(input_names)
     for node in model.graph.node:
         if node.op_type in ("Shape", "Size"):
             continue

@@ -22,7 +22,7 @@ from evit_deploy.zoo.cards import (
     figure_resolution,
     parse_figure,
 )
-from evit_deploy.zoo.registry import get_card, list_cards, load_card, model_names
+from evit_deploy.zoo.registry import get_card, list_cards, load_card, model_names, register_card
 
 __all__ = [
     "ComputedStats",
@@ -39,4 +39,5 @@ __all__ = [
     "load_card",
     "model_names",
     "parse_figure",
+    "register_card",
 ]

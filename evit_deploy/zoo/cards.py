@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from evit_deploy._resources import data_dir
 from evit_deploy.errors import UsageError
+from evit_deploy.spec import InputSpec
 
 Task = Literal["classification", "segmentation"]
 Dataset = Literal["imagenet", "cityscapes", "ade20k"]
@@ -142,6 +143,46 @@ class ComputedStats(_Strict):
     counted_with: str
 
 
+class GraphTensor(_Strict):
+    """One input or output of a graph. Shape entries are sizes, or names of dynamic dims."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    shape: tuple[int | str, ...]
+    dtype: Literal["float32"] = "float32"
+    layout: Literal["NCHW", "NHWC"] | None = None
+    # inputs only, where verify and export take the tensor from: "image" (preprocessed images),
+    # "<graph>.<output>" (another graph's output: the reference runs that graph), or "prompts"
+    feed: str | None = None
+    description: str | None = None
+
+
+class GraphCard(_Strict):
+    """One graph a model deploys as: its tensors, the ranges of its dynamic dims, how verify judges it."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    inputs: list[GraphTensor]
+    outputs: list[GraphTensor]
+    dynamic: dict[str, tuple[int, int]] = Field(default_factory=dict)  # dim name -> (min, max)
+    static: dict[str, int] = Field(default_factory=dict)  # dim name -> its size in a static export (default: min)
+    options: dict[str, str] = Field(default_factory=dict)  # model option -> what it changes in this graph
+    verify: Literal["logits", "tensor", "sam-masks"]
+
+    @model_validator(mode="after")
+    def _dims_and_feeds(self) -> GraphCard:
+        names = [t.name for t in self.inputs + self.outputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"graph {self.name}: a tensor name is used twice")
+        for tensor in self.inputs + self.outputs:
+            for dim in tensor.shape:
+                if isinstance(dim, str) and dim not in self.dynamic and dim != "batch":
+                    raise ValueError(f"graph {self.name}: {tensor.name} has dim {dim!r} without a range in dynamic")
+        for tensor in self.inputs:
+            if tensor.feed is None:
+                raise ValueError(f"graph {self.name}: input {tensor.name} needs feed: image, prompts or GRAPH.OUTPUT")
+        return self
+
+
 class ModelCard(_Strict):
     """One official zoo model. ``card.classes`` is always the resolved list of class names."""
 
@@ -164,6 +205,7 @@ class ModelCard(_Strict):
     output: OutputSpec
     published: Published
     computed: ComputedStats | None = None
+    graphs: list[GraphCard] = Field(default_factory=list)  # empty: one graph, the model itself
 
     _card_dir: Path | None = PrivateAttr(default=None)
     _resolved_classes: tuple[str, ...] | None = PrivateAttr(default=None)
@@ -184,7 +226,25 @@ class ModelCard(_Strict):
             raise ValueError(f"output.layout {self.output.layout} does not go with task {self.task}")
         if min(self.input_size) <= 0:
             raise ValueError(f"input_size must be positive: {self.input_size}")
+        seen: dict[str, set[str]] = {}
+        for graph in self.graphs:
+            for tensor in graph.inputs:
+                source, _, output = (tensor.feed or "").partition(".")
+                if output and output not in seen.get(source, set()):
+                    raise ValueError(f"graph {graph.name}: input {tensor.name} is fed from {tensor.feed}, which no "
+                                     "earlier graph outputs")
+            seen[graph.name] = {t.name for t in graph.outputs}
+        if len(seen) != len(self.graphs):
+            raise ValueError("two graphs share a name")
         return self
+
+    def graph(self, name: str) -> GraphCard:
+        """The graph called ``name`` (UsageError listing the graphs otherwise)."""
+        for graph in self.graphs:
+            if graph.name == name:
+                return graph
+        known = ", ".join(g.name for g in self.graphs) or "none: it exports as one graph"
+        raise UsageError(f"{self.name} has no graph {name!r}; its graphs: {known}")
 
     @property
     def classes(self) -> list[str]:
@@ -202,6 +262,17 @@ class ModelCard(_Strict):
                                  f"num_classes is {self.num_classes}")
             self._resolved_classes = tuple(names)
         return list(self._resolved_classes)
+
+    def input_spec(self, resolution: tuple[int, int] | None = None, batch: int = 1,
+                   dynamic: bool = False) -> InputSpec:
+        """The input an export of this model takes, preprocessed as the card says."""
+        height, width = resolution or tuple(self.input_size)
+        pre = self.preprocessing
+        extra: dict[str, Any] = {"task": self.task}
+        if self.task == "classification" and pre.crop_ratio:
+            extra["crop_ratio"] = pre.crop_ratio
+        return InputSpec(batch=batch, height=height, width=width, mean=tuple(pre.mean), std=tuple(pre.std),
+                         color=pre.color, dynamic=dynamic, extra=extra)
 
     @property
     def output_shape(self) -> tuple[int, ...]:

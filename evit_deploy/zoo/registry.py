@@ -50,9 +50,17 @@ def _load_all(models_dir: Path) -> tuple[ModelCard, ...]:
     return tuple(sorted(cards, key=_sort_key))
 
 
+_REGISTERED: dict[str, ModelCard] = {}
+
+
+def register_card(card: ModelCard) -> None:
+    """Add a card made in code (a model family under development, a test's model) for this process."""
+    _REGISTERED[card.name] = card
+
+
 def list_cards() -> list[ModelCard]:
-    """Every card, classification first, then Cityscapes and ADE20K segmentation."""
-    return list(_load_all(data_dir("models")))
+    """Every card, classification first, then Cityscapes and ADE20K segmentation (then registered ones)."""
+    return [*_load_all(data_dir("models")), *_REGISTERED.values()]
 
 
 def model_names() -> list[str]:

@@ -32,7 +32,7 @@ def export_seg(tmp_path_factory, seg_weights, calib_photos):
         if (target, precision) not in made:
             out = tmp_path_factory.mktemp(f"{target}-{precision}")
             options = {"plan_only": True} if target == "trt" else {}  # the typed ONNX, no GPU needed
-            calibration = {"calibration": {"source": calib_photos, "samples": 7}} if precision == "int8" else {}
+            calibration = {"calib": calib_photos, "calib_samples": 7} if precision == "int8" else {}
             made[target, precision] = api.export(SEG, target=target, precision=precision, weights=seg_weights,
                                                  out=out, resolution=RESOLUTION, options=options,
                                                  **calibration).artifact
@@ -54,7 +54,7 @@ def copy_artifact(artifact: Path, dest: Path) -> Path:
 def rehash(artifact: Path) -> None:
     """Record the damaged bytes in the manifest, as if the converter had written them: ``debug``
     must find a wrong layer, not a modified file (which every command refuses)."""
-    from evit_deploy.artifact import manifest_path_for, sha256_path
+    from evit_deploy.manifest import manifest_path_for, sha256_path
 
     path = manifest_path_for(artifact)
     manifest = json.loads(path.read_text())

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from evit_deploy.debug.mapping import LayerMap, Scope, TracedNode, map_modules
+from evit_deploy.layer_map import LayerMap, Scope, TracedNode, map_modules
 
 ROOT = Scope("", "m.Net")
 BLOCK = Scope("block", "m.Block")
@@ -53,7 +53,7 @@ def test_restricting_to_a_rewritten_graph_keeps_what_survived():
 
 @pytest.fixture(scope="module")
 def seg_map(export_seg) -> dict:
-    from evit_deploy.debug.mapping import LayerMap
+    from evit_deploy.layer_map import LayerMap
 
     manifest = json.loads(export_seg("onnx").with_name("efficientvit-seg-b0-cityscapes.evit.json").read_text())
     return {e.module: e for e in LayerMap.from_dict(manifest["details"]["layer_map"]).layers}
@@ -81,7 +81,7 @@ def test_map_survives_a_simplifier_that_drops_node_metadata(tmp_path, seg_weight
     import onnx
 
     from evit_deploy import api
-    from evit_deploy.debug.mapping import LayerMap
+    from evit_deploy.layer_map import LayerMap
 
     result = api.export("efficientvit-seg-b0-cityscapes", target="onnx", weights=seg_weights, out=tmp_path,
                         resolution=(64, 128), options={"simplify": "onnxslim"})
@@ -95,7 +95,7 @@ def test_map_survives_a_simplifier_that_drops_node_metadata(tmp_path, seg_weight
 def test_conversions_are_placed_with_the_layer_that_reads_them():
     """A DEQUANTIZE named after the qkv conv's output but feeding the attention belongs to the
     attention, so the conv keeps one output."""
-    from evit_deploy.debug.mapping import scoped_by_consumers
+    from evit_deploy.layer_map import scoped_by_consumers
 
     qkv = Scope("att.qkv", "m.ConvLayer")
     att = Scope("att", "m.LiteMLA")
@@ -112,7 +112,7 @@ def test_conversions_are_placed_with_the_layer_that_reads_them():
 
 
 def test_litert_tensor_names_give_the_first_location():
-    from evit_deploy.debug.mapping_tflite import location
+    from evit_deploy.tflite.layer_map import location
 
     fused = "W/a.Net_wrapped/a.Block_0/t.BatchNorm2d_norm;;W/a.Net_wrapped/a.Block_0/t.Conv2d_conv;2"
     assert location(fused) == ["W", "a.Net_wrapped", "a.Block_0", "t.BatchNorm2d_norm"]
@@ -132,7 +132,7 @@ def _onnx_shapes(artifact) -> dict[str, tuple[int, ...]]:
 def test_maps_of_other_converters_agree_with_onnx(export_seg, target):
     """Every module both maps name has the same output shape in both artifacts (TFLite: NHWC
     allowed), the seg head's alike subtrees (input_ops.0 vs output_ops.0) included."""
-    from evit_deploy.debug.mapping import LayerMap
+    from evit_deploy.layer_map import LayerMap
 
     def read(artifact):
         manifest = json.loads(artifact.with_name("efficientvit-seg-b0-cityscapes.evit.json").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evit_deploy.artifact import manifest_path_for, sha256_path
+from evit_deploy.manifest import manifest_path_for, sha256_path
 
 
 def copy_as(artifact: Path, folder: Path, stem: str) -> Path:

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from evit_deploy import jetson as jetson_tools
+from evit_deploy import machine as state
 from evit_deploy.errors import UsageError
-from evit_deploy.remote import state
 
 AGX_ORIN_ROOT = ("04-24-2023 00:01:24 RAM 1282/62795MB (lfb 15152x4MB) SWAP 0/31398MB (cached 0MB) "
                  "CPU [0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729,0%@729] "
@@ -51,11 +52,11 @@ JETPACK6_NVIDIA_SMI = "Orin (nvgpu), [N/A], 540.4.0"
 @pytest.mark.parametrize("line,watts", [(AGX_ORIN_ROOT, 2.399 + 0.400 + 4.032), (AGX_ORIN_JP7, 5.139 + 3.268 + 5.500)])
 def test_agx_orin_power_is_the_three_module_rails(line, watts):
     """Item 11: VDDQ_VDD2_1V8AO is inside VIN_SYS_5V0; adding it read 4.4% high on the root line."""
-    assert state.parse_tegrastats(line) == (pytest.approx(watts), "VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0")
+    assert jetson_tools.parse_tegrastats(line) == (pytest.approx(watts), "VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0")
 
 
 def test_a_line_without_rails_gives_no_reading():
-    assert state.parse_tegrastats(NO_RAILS) is None
+    assert jetson_tools.parse_tegrastats(NO_RAILS) is None
 
 
 def _tools(folder: Path, tools: dict[str, str]) -> Path:
@@ -96,7 +97,7 @@ def test_a_railless_tegrastats_run_offers_sudo_not_more_iterations(jetson, onnx_
     from evit_deploy import api
 
     _tools(jetson, {"tegrastats": _tegrastats(NO_RAILS)})
-    monkeypatch.setattr(state, "tegrastats_command", lambda interval: ["tegrastats", "--interval", str(interval)])
+    monkeypatch.setattr(jetson_tools, "tegrastats_command", lambda interval: ["tegrastats", "--interval", str(interval)])
     power = api.profile(onnx_artifact, power=True, warmup=2, iters=60).host["power"]
     assert power["samples"] == 0 and power["lines"] >= 1 and power["mean_w"] is None
     assert power["note"].startswith(f"tegrastats printed {power['lines']} line(s) without power rails")
@@ -107,7 +108,7 @@ def test_rails_are_read_through_sudo_where_it_is_allowed(jetson, monkeypatch):
     """As a normal user with a NOPASSWD rule for tegrastats, evit samples through `sudo -n`."""
     _tools(jetson, {"tegrastats": _tegrastats(AGX_ORIN_ROOT)})
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert state.tegrastats_command(50) == ["sudo", "-n", "tegrastats", "--interval", "50"]
+    assert jetson_tools.tegrastats_command(50) == ["sudo", "-n", "tegrastats", "--interval", "50"]
 
 
 def test_power_through_a_profile_on_an_agx_orin(jetson, onnx_artifact):
@@ -187,7 +188,7 @@ def test_a_restore_that_prints_an_error_and_exits_0_is_a_failure(jetson, tmp_pat
     _tools(jetson, {"jetson_clocks": _jetson_clocks(sysfs)})
     conf = tmp_path / "clocks.conf"
     conf.write_text(f"{tmp_path}/gone/devfreq/min_freq:306000000\n")
-    problem = state._jetson_clocks("--restore", str(conf))
+    problem = jetson_tools._jetson_clocks("--restore", str(conf))
     assert problem is not None and problem.endswith(f"(Error: Failed to restore {tmp_path}/gone/devfreq/min_freq)")
 
 
@@ -199,10 +200,10 @@ def test_device_tools_never_read_the_workers_stdin(jetson, tmp_path):
     _tools(jetson, {"jetson_clocks": _jetson_clocks(sysfs)})
     existing = tmp_path / "clocks.conf"
     existing.write_text("kept\n")
-    code = (f"from evit_deploy.remote import state; print(state._jetson_clocks('--store', {str(existing)!r})); "
-            "print(repr(state._run(['cat'])))")
+    code = (f"from evit_deploy import jetson; print(jetson._jetson_clocks('--store', {str(existing)!r})); "
+            "from evit_deploy import machine; print(repr(machine.run_text(['cat'])))")
     done = subprocess.run([sys.executable, "-c", code], input="Y\nprotocol bytes\n", capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(state.__file__).parents[2])}, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(state.__file__).parents[1])}, timeout=60,
                           check=False)
     refused, cat = done.stdout.strip().splitlines()
     assert f"(Error: file {existing} already exists!)" in refused and cat == "''"

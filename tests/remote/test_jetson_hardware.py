@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from evit_deploy.remote import state
+from evit_deploy import jetson
+from evit_deploy import machine as state
 
 pytestmark = [pytest.mark.jetson,
               pytest.mark.skipif(not state.is_jetson(), reason="needs a Jetson (no /etc/nv_tegra_release here)")]
@@ -32,7 +33,7 @@ def test_the_state_names_the_board_and_its_software():
 
 
 def test_tegrastats_gives_module_power_or_says_why_not():
-    sampler = state.PowerSampler(interval_ms=100).start()
+    sampler = jetson.PowerSampler(interval_ms=100).start()
     sampler.begin()
     time.sleep(1.5)
     sampler.stop()
@@ -45,9 +46,9 @@ def test_tegrastats_gives_module_power_or_says_why_not():
 
 
 def test_lock_clocks_locks_and_gives_the_clocks_back():
-    if os.geteuid() != 0 and state._run(["sudo", "-n", "-l", "jetson_clocks"]) is None:
+    if os.geteuid() != 0 and state.run_text(["sudo", "-n", "-l", "jetson_clocks"]) is None:
         pytest.skip("jetson_clocks needs root or passwordless `sudo -n jetson_clocks`")
     before = _cpu_minimums()
-    with state.locked_clocks():
+    with jetson.locked_clocks():
         assert state.clocks_locked() is True
     assert _cpu_minimums() == before

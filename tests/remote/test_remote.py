@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evit_deploy.artifact import manifest_path_for
+from evit_deploy.manifest import manifest_path_for
 
 from .helpers import copy_as, perturb_onnx, rehash
 

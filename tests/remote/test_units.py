@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evit_deploy import jetson
+from evit_deploy import machine as state
 from evit_deploy.devices import Device, is_local, parse_device_list, parse_inventory, resolve
 from evit_deploy.errors import UsageError
-from evit_deploy.remote import protocol, state
+from evit_deploy.remote import protocol
 from evit_deploy.remote.ssh import SshTransport, quote_command, worker_command
 
 NASTY = ["a b", "$(touch /tmp/x)", "; rm -rf ~", "`id`", "it's", '"q"', "x\ny", "~/p", "*", "--opt", ""]
@@ -114,11 +116,11 @@ NANO_JP4 = ("RAM 1722/3956MB (lfb 5x2MB) CPU [9%@1479,4%@1479] EMC_FREQ 0% GR3D_
 
 
 def test_tegrastats_lines_give_board_power():
-    assert state.parse_tegrastats(ORIN_NANO) == (4.758, "VDD_IN")
-    assert state.parse_tegrastats(NANO_JP4) == (2.913, "POM_5V_IN")
-    watts, rail = state.parse_tegrastats(AGX_ORIN)  # module power: VDDQ_VDD2_1V8AO is inside VIN_SYS_5V0
+    assert jetson.parse_tegrastats(ORIN_NANO) == (4.758, "VDD_IN")
+    assert jetson.parse_tegrastats(NANO_JP4) == (2.913, "POM_5V_IN")
+    watts, rail = jetson.parse_tegrastats(AGX_ORIN)  # module power: VDDQ_VDD2_1V8AO is inside VIN_SYS_5V0
     assert watts == pytest.approx(3.064 + 0.766 + 3.916) and rail == "VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0"
-    assert state.parse_tegrastats("RAM 1/2MB SWAP 0/0MB") is None
+    assert jetson.parse_tegrastats("RAM 1/2MB SWAP 0/0MB") is None
 
 
 def test_nvpmodel_and_l4t_versions():
@@ -140,7 +142,7 @@ def test_power_sampler_keeps_only_the_timed_window(tmp_path):
             time.sleep(0.01)
         """))
     fake.chmod(0o755)
-    sampler = state.PowerSampler(command=[str(fake)], interval_ms=10).start()
+    sampler = jetson.PowerSampler(command=[str(fake)], interval_ms=10).start()
     import time
 
     time.sleep(0.1)
@@ -156,10 +158,10 @@ def test_power_sampler_keeps_only_the_timed_window(tmp_path):
 
 def test_power_and_clocks_off_jetson_say_unsupported(monkeypatch, tmp_path):
     monkeypatch.setattr(state, "TEGRA_RELEASE", tmp_path / "absent")
-    conditions = state.ProfileConditions(lock_clocks=False, power=True, warmup=1, on_iteration=lambda d, t: None)
+    conditions = jetson.ProfileConditions(lock_clocks=False, power=True, warmup=1, on_iteration=lambda d, t: None)
     with pytest.raises(UsageError, match="supported on Jetson devices only"), conditions.applied():
         pass
-    with pytest.raises(UsageError, match="Jetson devices only"), state.locked_clocks():
+    with pytest.raises(UsageError, match="Jetson devices only"), jetson.locked_clocks():
         pass
 
 
@@ -222,7 +224,7 @@ def test_uploads_cannot_write_outside_their_folder(tmp_path, entries, links):
 
 def test_worker_modules_do_not_import_torch():
     code = ("import sys; sys.modules['torch'] = None; "
-            "import evit_deploy.remote.worker, evit_deploy.remote.state, evit_deploy.api, evit_deploy.profiling; "
+            "import evit_deploy.remote.worker, evit_deploy.machine, evit_deploy.api, evit_deploy.profiling; "
             "from evit_deploy.targets.base import all_targets; all_targets(); print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -63,7 +63,7 @@ def test_seg_fp32_verifies_through_the_mil_interpreter(cli, seg_fp32, photos, tm
 
 
 def test_manifest_and_model_metadata_say_how_it_was_made(seg_fp32, seeded_checkpoint):
-    from evit_deploy.artifact import sha256_path
+    from evit_deploy.manifest import sha256_path
     from evit_deploy.mil.program import read_spec
 
     manifest = manifest_of(seg_fp32)

@@ -51,7 +51,7 @@ def test_seg_round_trip_passes_with_json_and_junit(cli, seg_artifact, tmp_path):
 def test_manifest_says_how_the_artifact_was_made(seg_artifact, seeded_checkpoint):
     import onnx
 
-    from evit_deploy.artifact import sha256_path
+    from evit_deploy.manifest import sha256_path
 
     manifest = json.loads(seg_artifact.with_name(f"{SEG}.evit.json").read_text())
     assert manifest["model"] == SEG and manifest["target"] == "onnx" and manifest["precision"] == "fp32"
@@ -167,7 +167,7 @@ def test_profile_torch_eager(cli):
 @pytest.mark.parametrize("args,message", [
     (["--resolution", "100x200"], "not a multiple of 32"),
     (["--target", "openvino-nope"], "unknown target 'openvino-nope'"),
-    (["--precision", "fp64"], "invalid recipe field 'precision'"),
+    (["--precision", "fp64"], "--precision 'fp64' is not one of 'fp32', 'fp16' or 'int8'"),
     (["--opset-typo", "18"], "unknown recipe field 'options.opset_typo'"),
     (["--precision", "int8"], "does not support precision 'int8'"),
 ])

@@ -266,7 +266,7 @@ def test_overflow_check_runs_at_max_shape(cli, tmp_path, seeded_weights, referen
 @pytest.fixture(scope="module")
 def seg_int8(tmp_path_factory, seeded_checkpoint, calib_photos):
     return export(tmp_path_factory.mktemp("seg8"), weights=seeded_checkpoint(SEG_KEYS), precision="int8",
-                  calibration={"source": calib_photos, "samples": 7})
+                  calib=calib_photos, calib_samples=7)
 
 
 def test_int8_is_qdq_with_fp32_islands(seg_int8):

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from evit_deploy import api
 from evit_deploy.cli import app
+from evit_deploy.pipeline.reference import quiet_model
 from evit_deploy.targets.base import get_target
 
 TFLITE = get_target("tflite")
@@ -115,7 +116,7 @@ def _export(model: str, weights: Path, out: Path, precision: str, resolution: tu
             calib: Path | None = None, samples: int = 8, **options: Any) -> api.ExportResult:
     overrides: dict[str, Any] = {"precision": precision, "resolution": resolution}
     if calib is not None:
-        overrides["calibration"] = {"source": calib, "samples": samples}
+        overrides.update(calib=calib, calib_samples=samples)
     if options:
         overrides["options"] = options
     return api.export(model, target="tflite", weights=weights, out=out / precision, config=f"tflite-{precision}",
@@ -149,8 +150,8 @@ def test_seg_small_end_to_end(tmp_path: Path, photos: dict[str, Path], seeded_we
                for p in ("fp32", "fp16", "int8")}
 
     fp32 = results["fp32"].manifest
-    assert fp32.inputs[0]["layout"] == "NHWC" and fp32.inputs[0]["shape"] == [1, 64, 128, 3]
-    assert fp32.outputs[0]["layout"] == "NHWC" and fp32.outputs[0]["shape"] == [1, 8, 16, 19]
+    assert fp32.inputs[0].layout == "NHWC" and fp32.inputs[0].shape == (1, 64, 128, 3)
+    assert fp32.outputs[0].layout == "NHWC" and fp32.outputs[0].shape == (1, 8, 16, 19)
     assert fp32.details["bicubic_layers"] == 2 and "exact rewrite" in fp32.details["bicubic"]
     assert "GATHER_ND" not in fp32.details["ops"]  # the converter's own bicubic lowering is gone
 
@@ -167,7 +168,7 @@ def test_seg_small_end_to_end(tmp_path: Path, photos: dict[str, Path], seeded_we
 
     int8 = results["int8"].manifest.details["int8"]
     islands = int8["float_ops"]["attention"]
-    blocks = sum(type(m).__name__ == "LiteMLA" for m in api._create_model(model, None, 0).modules())
+    blocks = sum(type(m).__name__ == "LiteMLA" for m in quiet_model(model, None, 0).modules())
     assert len(islands) == blocks == 4  # one float core per LiteMLA (linear and quadratic forms alike)
     assert all(i["ops"].get("DIV") == 1 and i["ops"].get("BATCH_MATMUL") == 2 for i in islands), islands
     assert all("LiteMLA" in i["block"] for i in islands)

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _plan(folder: Path, **changes: object) -> Path:
     onnx = folder / "m.onnx"
     onnx.write_bytes(b"stands for the typed ONNX")
-    from evit_deploy.artifact import sha256_path
+    from evit_deploy.manifest import sha256_path
 
     fields = {"model": "m", "task": "segmentation", "precision": "fp16", "trt_version": "10", "trt_major": 10,
               "typing": "strong", "onnx": onnx.name, "onnx_sha256": sha256_path(onnx), "engine": "m.engine",

@@ -33,7 +33,7 @@ def test_capture_without_a_driver_falls_back_without_launching():
 def test_a_launch_that_fails_mid_capture_leaves_the_stream_usable():
     if not _device_count():
         pytest.skip("needs an NVIDIA GPU: cuda-python sees no CUDA device")
-    from evit_deploy.trt.runtime import check
+    from evit_deploy.trt.cuda import check
 
     stream = check(cuda.cudaStreamCreate())
     buffer = check(cuda.cudaMalloc(1 << 20))

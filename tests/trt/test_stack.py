@@ -51,7 +51,7 @@ def test_extras_pin_one_tensorrt_major_and_one_cuda_major():
 
 def test_no_driver_here_is_said_as_such():
     pytest.importorskip("cuda.bindings.runtime", reason="cuda-python (the tensorrt extra) is not installed")
-    from evit_deploy.trt.runtime import cudart
+    from evit_deploy.trt.cuda import cudart
     from evit_deploy.trt.stack import cuda_unavailable
 
     if cudart().cudaDriverGetVersion()[1]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from evit_deploy.debug.mapping import LayerMap, Scope, TracedNode, map_modules, scoped_by_consumers
+from evit_deploy.layer_map import LayerMap, Scope, TracedNode, map_modules, scoped_by_consumers
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from evit_deploy.debug.mapping import LayerMap, Scope, TracedNode, map_modules, scoped_by_consumers
+from evit_deploy.layer_map import LayerMap, Scope, TracedNode, map_modules, scoped_by_consumers
 
 if TYPE_CHECKING:  # pragma: no cover
     from evit_deploy.mil.program import Program

@@ -1,0 +1,313 @@
+"""One request object per command, shared by the CLI, the Python API and the remote worker.
+
+A field here is the whole declaration of a flag: its type and bounds, its default, its help
+text and its flag names. The CLI builds its options from these fields
+(``evit_deploy.cli._requests``), the API validates its keyword arguments through them, and the
+worker receives them as JSON, so a new flag is declared once and all three agree on what is
+valid. A bad value is a ``UsageError`` whose line names the flag, the same for every caller.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from typing_extensions import Self
+
+from evit_deploy.configs import Tolerances, parse_resolution
+from evit_deploy.errors import UsageError
+from evit_deploy.spec import Precision
+
+
+def _resolution(value: Any) -> Any:
+    """``"512x1024"``, ``"224"`` or ``(512, 1024)`` -> (H, W), checked like the CLI checks it."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return parse_resolution(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                      for v in value):
+        return parse_resolution(f"{value[0]}x{value[1]}")
+    raise UsageError(f"--resolution takes HxW (e.g. 512x1024 or (512, 1024)), got {value!r}")
+
+
+Resolution = Annotated[tuple[int, int] | None, BeforeValidator(_resolution)]
+
+
+def _names(value: Any) -> Any:
+    """``"encoder,decoder"`` -> ["encoder", "decoder"] (a list passes as it is)."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()] or None
+    return value
+
+
+def _path_text(value: Any) -> Any:
+    """A path given as ``Path`` or text (an artifact, or a zoo name where the command takes one)."""
+    return str(value) if isinstance(value, Path) else value
+
+
+def cli(*flags: str, argument: bool = False, metavar: str | None = None, hidden: bool = False,
+        as_type: type | None = None) -> dict[str, Any]:
+    """How a field appears on the command line (``json_schema_extra`` of its ``Field``).
+
+    ``flags``: the option names (default ``--field-name``); ``argument``: positional;
+    ``hidden``: API only (not a flag); ``as_type``: the type the CLI parses before the request
+    validates (``str`` for a resolution or a precision, so the request's message is the one shown).
+    """
+    return {"cli": {"flags": list(flags), "argument": argument, "metavar": metavar, "hidden": hidden,
+                    "as_type": as_type}}
+
+
+def flag_of(model: type[BaseModel], name: str) -> str:
+    """The flag a field is given with (``threads`` -> ``--threads``), for messages."""
+    field = model.model_fields.get(name)
+    extra = (field.json_schema_extra if field is not None and isinstance(field.json_schema_extra, dict) else {}) or {}
+    spec = extra.get("cli", {})
+    if spec.get("argument"):
+        return name.upper()
+    flags = [f for f in spec.get("flags", []) if f.startswith("--")]
+    return flags[0].split("/")[0] if flags else "--" + name.replace("_", "-")
+
+
+class Request(BaseModel):
+    """Validated once, immutable after: what a command was asked to do."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    command: ClassVar[str] = ""
+
+    @classmethod
+    def parse(cls, **fields: Any) -> Self:
+        """Keyword arguments (the API's, or the CLI's parsed options) -> a request, or one UsageError line."""
+        try:
+            return cls.model_validate({k: v for k, v in fields.items() if v is not None})
+        except ValidationError as err:
+            raise UsageError(describe_error(err, cls)) from None
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with some fields changed, validated again."""
+        return type(self).parse(**{**self.model_dump(), **changes})
+
+
+
+def describe_error(err: ValidationError, model: type[BaseModel]) -> str:
+    """pydantic's first complaint as one line naming the flag, e.g. ``--threads must be at least 1 (got 0)``."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    kind, value, ctx = first["type"], first.get("input"), first.get("ctx") or {}
+    command = getattr(model, "command", "") or "this command"
+    if kind == "extra_forbidden":
+        return f"unknown option {loc[-1]!r} for {command}; see `evit {command} --help`"
+    if kind == "missing":
+        return f"{command} needs {flag_of(model, loc[0]) if loc else 'more arguments'}; see `evit {command} --help`"
+    sub = model.model_fields[loc[0]].annotation if loc and loc[0] in model.model_fields else None
+    if len(loc) > 1 and isinstance(sub, type) and issubclass(sub, BaseModel):
+        flag = flag_of(sub, loc[1])
+    else:
+        flag = flag_of(model, loc[0]) if loc else command
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    if kind in ("greater_than_equal", "greater_than"):
+        bound = ctx.get("ge", ctx.get("gt"))
+        return f"{flag} must be {'at least' if kind == 'greater_than_equal' else 'more than'} {bound} (got {shown})"
+    if kind in ("less_than_equal", "less_than"):
+        bound = ctx.get("le", ctx.get("lt"))
+        return f"{flag} must be {'at most' if kind == 'less_than_equal' else 'less than'} {bound} (got {shown})"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"{flag} takes a whole number, got {shown}"
+    if kind in ("float_type", "float_parsing", "finite_number"):
+        return f"{flag} takes a number, got {shown}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"{flag} takes true or false, got {shown}"
+    if kind in ("string_type",):
+        return f"{flag} takes text, got {type(value).__name__} {shown}"
+    if kind in ("path_type",):
+        return f"{flag} takes a path, got {type(value).__name__} {shown}"
+    if kind == "enum":
+        return f"{flag} {shown} is not one of {ctx.get('expected', '')}"
+    if kind in ("dict_type", "model_type"):
+        return f"{flag} takes a mapping of fields, got {type(value).__name__}"
+    return f"{flag}: {first['msg']}"
+
+
+def _existing_file(path: Path | None, flag: str, what: str) -> Path | None:
+    if path is None:
+        return None
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: a folder, not a {what} file; pass the file itself")
+    if not path.is_file():
+        raise UsageError(f"{path}: {what} file not found")
+    return path
+
+
+Seed = Annotated[int, Field(ge=0)]
+LAYER_MODES = ("auto", "all")  # evit debug --layers
+# Relative L2 a healthy artifact of each precision stays under at every layer (seg-B1 and cls-B0,
+# seeded weights, photos; see tests/debug). Over it, something is wrong, or int8 is lossy there.
+DEBUG_THRESHOLDS = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.3}
+Threads = Annotated[int | None, Field(ge=1)]
+
+
+class ExportRequest(Request):
+    """``evit export``: a zoo model (with its checkpoint) becomes an artifact and its manifest."""
+
+    command: ClassVar[str] = "export"
+
+    model: str = Field(description="Zoo name, e.g. efficientvit-seg-b1-cityscapes (see `evit models`).",
+                       json_schema_extra=cli(argument=True))
+    target: str | None = Field(None, description="onnx, tflite, coreml, trt.",
+                               json_schema_extra=cli("--target", "-t"))
+    weights: Path | None = Field(None, description="Checkpoint (.pt/.pth/.safetensors, official or timm layout).")
+    precision: Precision | None = Field(None, description="fp32, fp16 or int8.", json_schema_extra=cli(as_type=str))
+    resolution: Resolution = Field(None, description="HxW, multiples of 32 (default: the card's).",
+                                   json_schema_extra=cli(metavar="HxW", as_type=str))
+    batch: int | None = Field(None, ge=1, description="Batch size (static, or the example for --dynamic).")
+    dynamic: bool | None = Field(None, description="Dynamic batch/height/width.",
+                                 json_schema_extra=cli("--dynamic/--static"))
+    config: str | None = Field(None, description="Recipe YAML path or shipped recipe name (export_configs/).")
+    calib: Path | None = Field(None, description="Folder of calibration images (int8).")
+    calib_samples: int | None = Field(None, ge=1, description="Calibration images to use.")
+    out: Path = Field(Path("out"), description="Output folder.")
+    device: str | None = Field(
+        None, description="An inventory device: its preset picks the default target and precision; for trt the "
+                          "engine is built there (plan here, engine and manifest copied back).")
+    inventory: Path | None = Field(None, description="devices.yaml (default: $EVIT_DEVICES, else "
+                                                     "~/.config/evit/devices.yaml).")
+    name: str | None = Field(None, description="File stem of the artifact (default: the model name).")
+    graphs: Annotated[list[str] | None, BeforeValidator(_names)] = Field(
+        None, description="Graphs to export of a model that deploys as several (e.g. encoder,decoder; default: all).",
+        json_schema_extra=cli("--graph", metavar="NAME[,NAME]", as_type=str))
+    seed: Seed = Field(0, description="Seed for random weights when no --weights is given.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Target options (after the others).",
+                                    json_schema_extra=cli(hidden=True))
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not value.strip():
+            raise UsageError("MODEL is empty; give a zoo name (see `evit models`)")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: Path | None) -> Path | None:
+        return _existing_file(value, "--weights", "weights")
+
+    @field_validator("name")
+    @classmethod
+    def _stem(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value or value in (".", "..") or any(c in value for c in "/\\\0") or value.startswith("-"):
+            raise UsageError(f"--name {value!r} is not a file stem: it names the artifact inside --out, so it "
+                             "cannot be empty, contain / or \\, or start with '-'; put folders in --out")
+        return value
+
+    def overrides(self) -> dict[str, Any]:
+        """The recipe fields this request sets (None: the recipe's or the default)."""
+        calibration = {k: v for k, v in (("source", self.calib), ("samples", self.calib_samples)) if v is not None}
+        return {"target": self.target, "precision": self.precision, "resolution": self.resolution,
+                "batch": self.batch, "dynamic": self.dynamic, "calibration": calibration or None,
+                "options": self.options or None}
+
+
+class VerifyRequest(Request):
+    """``evit verify``: the artifact against its PyTorch reference, on the same inputs."""
+
+    command: ClassVar[str] = "verify"
+
+    artifact: Path = Field(description="An exported artifact (its .evit.json must be beside it).",
+                           json_schema_extra=cli(argument=True))
+    weights: Path | None = Field(None, description="Reference weights (default: those recorded at export).")
+    images: Path | None = Field(None, description="Folder of images (or a .npy) instead of random inputs.")
+    samples: int | None = Field(None, ge=1, description="Inputs to compare (default 4, or every image).")
+    tolerances: Tolerances = Field(default_factory=Tolerances,
+                                   description="Criteria overriding the recipe's (each is also a flag).")
+    resolution: Resolution = Field(None, description="HxW to verify a dynamic artifact at.",
+                                   json_schema_extra=cli(metavar="HxW", as_type=str))
+    seed: Seed = Field(0, description="Seed of the random inputs.")
+    device: str = Field("cpu", description="Where the artifact runs: cpu or cuda here, or an inventory device "
+                                           "NAME[:RUNTIME] over SSH (inputs and the PyTorch reference stay here).")
+    inventory: Path | None = Field(None, description="devices.yaml (default: $EVIT_DEVICES, else "
+                                                     "~/.config/evit/devices.yaml).")
+    threads: Threads = Field(None, description="Runtime threads.")
+    weight_rounding: bool = Field(True, description="For fp16/int8: also score the reference with only its "
+                                                    "weights rounded to that precision, which tells a shortfall of "
+                                                    "the precision from one of the export.")
+    record: bool = Field(True, description="Keep the result in the artifact's manifest.",
+                         json_schema_extra=cli(hidden=True))
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: Path | None) -> Path | None:
+        return _existing_file(value, "--weights", "weights")
+
+
+class ProfileRequest(Request):
+    """``evit profile``: latency, throughput and memory of an artifact (or eager PyTorch)."""
+
+    command: ClassVar[str] = "profile"
+
+    artifact: Annotated[str, BeforeValidator(_path_text)] = Field(
+        description="An exported artifact, or a zoo model name with --target torch.", json_schema_extra=cli(argument=True))
+    target: str | None = Field(None, description="'torch' to time a zoo model in eager PyTorch.")
+    weights: Path | None = Field(None, description="Weights for --target torch.")
+    device: str = Field("cpu", description="Where to run: cpu or cuda here, or inventory devices NAME[,NAME...] "
+                                           "over SSH, in parallel (NAME:cpu picks the runtime device there; see "
+                                           "`evit devices`).")
+    inventory: Path | None = Field(None, description="devices.yaml (default: $EVIT_DEVICES, else "
+                                                     "~/.config/evit/devices.yaml).")
+    threads: Threads = Field(None, description="Runtime threads (default: the runtime's).")
+    warmup: int = Field(10, ge=0, description="Untimed runs before timing.")
+    iters: int = Field(50, ge=1, description="Timed runs.")
+    batch: int | None = Field(None, ge=1, description="Batch (dynamic artifacts only).")
+    resolution: Resolution = Field(None, description="HxW (dynamic artifacts and --target torch).",
+                                   json_schema_extra=cli(metavar="HxW", as_type=str))
+    per_layer: bool = Field(False, description="Top operators from the runtime's profiler.")
+    lock_clocks: bool = Field(False, description="Jetson: run jetson_clocks for the measurement, then restore "
+                                                 "the clocks.")
+    power: bool = Field(False, description="Jetson: sample module power (tegrastats) during the timed runs: "
+                                           "mean W, mJ/image.")
+    seed: Seed = Field(0, description="Seed of the random input.")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: Path | None) -> Path | None:
+        return _existing_file(value, "--weights", "weights")
+
+
+class DebugRequest(Request):
+    """``evit debug``: every layer of an artifact against its PyTorch module, by module path."""
+
+    command: ClassVar[str] = "debug"
+
+    artifact: Path = Field(description="An exported artifact (its .evit.json must be beside it).",
+                           json_schema_extra=cli(argument=True))
+    weights: Path | None = Field(None, description="Reference weights (default: those recorded at export).")
+    images: Path | None = Field(None, description="Folder of images (or a .npy) instead of random inputs.")
+    samples: int = Field(2, ge=1, description="Inputs to compare.")
+    layers: str = Field("auto", description="auto: the model's own layers and blocks, one per computation; all: "
+                                            "every mapped module, torch building blocks (BatchNorm, activations) "
+                                            "included.")
+    threshold: float | None = Field(None, gt=0, description="Relative L2 error over which a layer counts as divergent "
+                                    "(default per precision: "
+                                    + ", ".join(f"{k} {v:g}" for k, v in DEBUG_THRESHOLDS.items()) + ").")
+    alone: bool = Field(True, description="Also run each layer alone on the reference's inputs: the error it "
+                                          "adds by itself.")
+    seed: Seed = Field(0, description="Seed of the random inputs.")
+    threads: Threads = Field(None, description="Runtime threads.")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: str) -> str:
+        if value not in LAYER_MODES:
+            raise UsageError(f"--layers {value!r} is not known; use one of {', '.join(LAYER_MODES)}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: Path | None) -> Path | None:
+        return _existing_file(value, "--weights", "weights")
+
+
+__all__ = ["DebugRequest", "ExportRequest", "ProfileRequest", "Request", "Resolution", "VerifyRequest", "cli", "describe_error",
+           "flag_of"]
