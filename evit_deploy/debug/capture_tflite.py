@@ -22,6 +22,7 @@ import numpy as np
 from evit_deploy.debug.capture import CannotRunAlone, Capture
 from evit_deploy.debug.metrics import in_shape
 from evit_deploy.spec import to_layout
+from evit_deploy.tflite.cut import CutError, cut, dequantised, is_constant, quantised
 
 if TYPE_CHECKING:  # pragma: no cover
     from evit_deploy.contracts import Runner
@@ -65,9 +66,9 @@ class TfliteCapture(Capture):
             self._interpreter.set_tensor(detail["index"], np.ascontiguousarray(prepared[info.name]))
         self._interpreter.invoke()
         get = self._interpreter.get_tensor
-        values = {str(t): _nchw(_dequantised(get(t), self._details[t]), self._layouts.get(t)) for t in self._tensors}
+        values = {str(t): _nchw(dequantised(get(t), self._details[t]), self._layouts.get(t)) for t in self._tensors}
         for detail, info in zip(self._interpreter.get_output_details(), self.runner.outputs):
-            values[info.name] = to_layout(_dequantised(get(detail["index"]), detail), info.layout, "NCHW")
+            values[info.name] = to_layout(dequantised(get(detail["index"]), detail), info.layout, "NCHW")
         return values
 
     def run_alone(self, entry: LayerEntry, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -79,8 +80,8 @@ class TfliteCapture(Capture):
                 path = Path(self._tmp.name) / f"alone-{len(self._alone)}.tflite"
                 path.write_bytes(cut(self._model, [int(t) for t in entry.inputs], int(entry.tensor)))
                 self._alone[key] = path
-            except CannotRunAlone as err:
-                self._alone[key] = err
+            except CutError as err:
+                self._alone[key] = CannotRunAlone(str(err))
         made = self._alone[key]
         if isinstance(made, CannotRunAlone):
             raise made
@@ -96,10 +97,10 @@ class TfliteCapture(Capture):
             if value is None:
                 raise CannotRunAlone(f"the reference's {name} has shape {list(inputs[name].shape)}, the "
                                      f"artifact's {list(detail['shape'])}")
-            interpreter.set_tensor(detail["index"], _quantised(value, detail))
+            interpreter.set_tensor(detail["index"], quantised(value, detail))
         interpreter.invoke()
         (detail,) = interpreter.get_output_details()
-        return _nchw(_dequantised(interpreter.get_tensor(detail["index"]), detail), self._layouts.get(int(entry.tensor)))
+        return _nchw(dequantised(interpreter.get_tensor(detail["index"]), detail), self._layouts.get(int(entry.tensor)))
 
     def close(self) -> None:
         self._interpreter = None
@@ -142,7 +143,7 @@ def tensor_layouts(model: Any, inputs: dict[int, str]) -> dict[int, str]:
             layout = "NHWC"
         elif kind in _KEEPING_OPS and known:
             layout = known[0]
-        elif kind == "TRANSPOSE" and known and len(ins) > 1 and _is_constant(model, ins[1]):
+        elif kind == "TRANSPOSE" and known and len(ins) > 1 and is_constant(model, ins[1]):
             perm = tuple(int(p) for p in model.buffers[subgraph.tensors[ins[1]].buffer].data.view(np.int32))
             layout = {("NHWC", _TO_NCHW): "NCHW", ("NCHW", _TO_NHWC): "NHWC"}.get((known[0], perm))
         for t in op.outputs:
@@ -153,71 +154,3 @@ def tensor_layouts(model: Any, inputs: dict[int, str]) -> dict[int, str]:
 
 def _nchw(value: np.ndarray, layout: str | None) -> np.ndarray:
     return value.transpose(0, 3, 1, 2) if layout == "NHWC" and value.ndim == 4 else value
-
-
-def cut(model: Any, inputs: list[int], output: int) -> bytes:
-    """The flatbuffer (``model``: its parsed object tree, left as it was) reduced to the ops that
-    turn ``inputs`` into ``output``; tensor indices are kept."""
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    subgraph = model.subgraphs[0]
-    producer = {int(t): i for i, op in enumerate(subgraph.operators) for t in op.outputs if t >= 0}
-    keep: set[int] = set()
-    stack = [output]
-    given = set(inputs)
-    while stack:
-        tensor = stack.pop()
-        if tensor in given or _is_constant(model, tensor):
-            continue
-        if tensor not in producer:
-            raise CannotRunAlone(f"it also reads tensor {tensor}, which is not one of its mapped inputs")
-        op = producer[tensor]
-        if op not in keep:
-            keep.add(op)
-            stack.extend(int(t) for t in subgraph.operators[op].inputs if t >= 0)
-    whole = (subgraph.operators, subgraph.inputs, subgraph.outputs, model.signatureDefs)
-    try:
-        subgraph.operators = [op for i, op in enumerate(subgraph.operators) if i in keep]
-        subgraph.inputs = np.array(inputs, dtype=np.int32)
-        subgraph.outputs = np.array([output], dtype=np.int32)
-        model.signatureDefs = []  # the signature names the whole model's inputs and outputs
-        return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-    finally:
-        subgraph.operators, subgraph.inputs, subgraph.outputs, model.signatureDefs = whole
-
-
-def _is_constant(model: Any, tensor: int) -> bool:
-    buffer = model.buffers[model.subgraphs[0].tensors[tensor].buffer]
-    return buffer.data is not None and len(buffer.data) > 0
-
-
-def _dequantised(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    if value.dtype.kind not in "iu" or value.dtype == np.int32:  # float, or int32 indices and shapes
-        return value.astype(np.float32, copy=False)
-    scales, zeros = _quantisation(detail, value.ndim)
-    return ((value.astype(np.float32) - zeros) * scales).astype(np.float32)
-
-
-def _quantised(value: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if dtype.kind not in "iu":
-        return np.ascontiguousarray(value.astype(dtype))
-    scales, zeros = _quantisation(detail, value.ndim)
-    info = np.iinfo(dtype)
-    return np.ascontiguousarray(np.clip(np.round(value / scales) + zeros, info.min, info.max).astype(dtype))
-
-
-def _quantisation(detail: dict[str, Any], ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scale and zero point, shaped to broadcast along the quantised axis when per channel."""
-    params = detail.get("quantization_parameters", {})
-    scales = np.asarray(params.get("scales", []), dtype=np.float32).reshape(-1)
-    zeros = np.asarray(params.get("zero_points", []), dtype=np.float32).reshape(-1)
-    if scales.size == 0:
-        return np.ones(1, np.float32), np.zeros(1, np.float32)
-    if zeros.size != scales.size:
-        zeros = np.zeros_like(scales)
-    if scales.size > 1:
-        shape = [1] * ndim
-        shape[int(params.get("quantized_dimension", 0))] = scales.size
-        return scales.reshape(shape), zeros.reshape(shape)
-    return scales, zeros
