@@ -36,14 +36,22 @@ def cut(model: Any, inputs: list[int], output: int) -> bytes:
             keep.add(op)
             stack.extend(int(t) for t in subgraph.operators[op].inputs if t >= 0)
     whole = (subgraph.operators, subgraph.inputs, subgraph.outputs, model.signatureDefs)
+    kept_ops = [op for i, op in enumerate(subgraph.operators) if i in keep]
+    used = {int(subgraph.tensors[t].buffer) for op in kept_ops for t in (*op.inputs, *op.outputs) if t >= 0}
+    # the other ops' weights are left out of the copy: a cut costs its own bytes, not the model's
+    dropped = {b: buffer.data for b, buffer in enumerate(model.buffers) if b not in used and buffer.data is not None}
     try:
-        subgraph.operators = [op for i, op in enumerate(subgraph.operators) if i in keep]
+        subgraph.operators = kept_ops
         subgraph.inputs = np.array(inputs, dtype=np.int32)
         subgraph.outputs = np.array([output], dtype=np.int32)
         model.signatureDefs = []  # the signature names the whole model's inputs and outputs
+        for b in dropped:
+            model.buffers[b].data = None
         return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
     finally:
         subgraph.operators, subgraph.inputs, subgraph.outputs, model.signatureDefs = whole
+        for b, data in dropped.items():
+            model.buffers[b].data = data
 
 
 def is_constant(model: Any, tensor: int) -> bool:
