@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,68 +80,105 @@ def quantize_fp16(fp32: bytes, options: TfliteOptions) -> tuple[bytes, dict[str,
     }
 
 
+@dataclass
+class Int8Plan:
+    """What int8 quantisation of one float graph decides before any image is seen: the float
+    islands (marked on the graph) and the recipe. ``quantize`` can then be called again with
+    more layers kept float, on the same calibrated ranges (accuracy control)."""
+
+    graph: Graph
+    marked: bytes
+    recipe: list[dict[str, Any]]
+    islands: list[list[int]]
+    div_only: list[int]
+    hardswish: list[int]
+    head: list[int]
+
+    @classmethod
+    def of(cls, fp32: bytes, options: TfliteOptions) -> Int8Plan:
+        graph = Graph(fp32)
+        islands = graph.attention_islands() if "attention" in options.keep_float else []
+        float_ops: set[int] = {i for island in islands for i in island}
+        div_only = [op["index"] for op in graph.ops if op["type"] == "DIV" and op["index"] not in float_ops]
+        float_ops |= set(div_only)
+        hardswish = ([op["index"] for op in graph.ops if op["type"] == "HARD_SWISH"]
+                     if "hardswish" in options.keep_float else [])
+        float_ops |= set(hardswish)
+        head = graph.head_ops() if "head" in options.keep_float else []
+        float_ops |= set(head)
+        # Float ops are marked by a suffix on their output tensors' names (it also tells anyone
+        # inspecting the model which ops are float on purpose); one short regex then selects them.
+        # (One escaped regex per op scope made ai-edge-quantizer recompile ~600 regexes per op.)
+        marked = mark_ops(graph, float_ops, FLOAT_MARK)
+        recipe: list[dict[str, Any]] = [
+            {"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize",
+             "op_config": _aeq_config(8, 8, "INTEGER")},
+            {"regex": ".*", "operation": "INPUT", "algorithm_key": "no_quantize"},  # float I/O
+            {"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"},
+            {"regex": re.escape(FLOAT_MARK) + ";", "operation": "*", "algorithm_key": "no_quantize"},
+        ]
+        return cls(graph, marked, recipe, islands, div_only, hardswish, head)
+
+    def calibrate(self, calibration: list[np.ndarray], mode: str) -> dict[str, Any]:
+        """Every tensor's range over the calibration images (of the plan's own quantised ops:
+        ops kept float later keep their ranges, which their int8 consumers need)."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        with native_logs_quiet():
+            signature = Interpreter(model_content=self.marked).get_signature_list()
+        (key,) = list(signature)[:1]
+        (input_name,) = signature[key]["inputs"][:1]
+        with native_logs_quiet():
+            return _calibrate(self.marked, self.recipe, {key: [{input_name: x} for x in calibration]}, mode)
+
+    def quantize(self, ranges: dict[str, Any], keep_float: Sequence[str] = ()) -> bytes:
+        """The int8 model; ``keep_float``: output tensor names of more ops to leave float (one
+        regex for all of them, per-op recipes of ai-edge-quantizer)."""
+        with native_logs_quiet():
+            from ai_edge_quantizer import quantizer
+
+        recipe = list(self.recipe)
+        if keep_float:
+            names = "|".join(re.escape(name) for name in sorted(set(keep_float)))
+            recipe.append({"regex": f"(?:^|;)(?:{names});", "operation": "*", "algorithm_key": "no_quantize"})
+        with native_logs_quiet():
+            result = quantizer.Quantizer(bytearray(self.marked), recipe).quantize(
+                ranges, enable_progress_bar=False, enable_progress_report=False)
+        return bytes(result.quantized_model)
+
+    def details(self, quantized: bytes, options: TfliteOptions, images: int) -> dict[str, Any]:
+        graph, done = self.graph, Graph(quantized)
+        still_float = [op for op in done.ops if op["type"] not in QUANT_OPS and not op_is_int8(done, op)]
+        return {
+            "scheme": "static int8: per-channel symmetric int8 weights, per-tensor asymmetric int8 activations "
+                      f"({options.int8_ranges.replace('_', ' ')} ranges over the calibration images), "
+                      "float32 input and output",
+            "calibration_images": images,
+            "keep_float": list(options.keep_float),
+            "float_ops": {
+                "attention": [{"block": graph.block_name(island),
+                               "ops": dict(Counter(graph.ops[i]["type"] for i in island))} for island in self.islands],
+                "hardswish": len(self.hardswish),
+                "head": {"block": graph.block_name(self.head),
+                         "ops": dict(Counter(graph.ops[i]["type"] for i in self.head))} if self.head else None,
+                "div_only": len(self.div_only),
+                "total_float_ops": len(still_float),
+                "float_op_types": dict(Counter(op["type"] for op in still_float)),
+            },
+            "quantize_ops": sum(1 for op in done.ops if op["type"] == "QUANTIZE"),
+            "dequantize_ops": sum(1 for op in done.ops if op["type"] == "DEQUANTIZE"),
+        }
+
+
 def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: list[np.ndarray],
                   progress: Any) -> tuple[bytes, dict[str, Any]]:
     """Static int8 with the float islands of ``options.keep_float`` (DIV is always float)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    with native_logs_quiet():
-        from ai_edge_quantizer import quantizer
-
-    graph = Graph(fp32)
-    islands = graph.attention_islands() if "attention" in options.keep_float else []
-    float_ops: set[int] = {i for island in islands for i in island}
-    div_only = [op["index"] for op in graph.ops if op["type"] == "DIV" and op["index"] not in float_ops]
-    float_ops |= set(div_only)
-    hardswish = [op["index"] for op in graph.ops if op["type"] == "HARD_SWISH"] if "hardswish" in options.keep_float else []
-    float_ops |= set(hardswish)
-    head = graph.head_ops() if "head" in options.keep_float else []
-    float_ops |= set(head)
-
-    # Float ops are marked by a suffix on their output tensors' names (it also tells anyone
-    # inspecting the model which ops are float on purpose); one short regex then selects them.
-    # (One escaped regex per op scope made ai-edge-quantizer recompile ~600 regexes per op.)
-    marked = mark_ops(graph, float_ops, FLOAT_MARK)
-    recipe: list[dict[str, Any]] = [
-        {"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize",
-         "op_config": _aeq_config(8, 8, "INTEGER")},
-        {"regex": ".*", "operation": "INPUT", "algorithm_key": "no_quantize"},  # float I/O
-        {"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"},
-        {"regex": re.escape(FLOAT_MARK) + ";", "operation": "*", "algorithm_key": "no_quantize"},
-    ]
-
-    with native_logs_quiet():
-        qt = quantizer.Quantizer(bytearray(marked), recipe)
-        signature = Interpreter(model_content=marked).get_signature_list()
-    (key,) = list(signature)[:1]
-    (input_name,) = signature[key]["inputs"][:1]
+    plan = Int8Plan.of(fp32, options)
     progress(f"calibrating int8 ranges on {len(calibration)} image(s)")
-    with native_logs_quiet():
-        ranges = _calibrate(marked, recipe, {key: [{input_name: x} for x in calibration]}, options.int8_ranges)
-        progress("quantizing")
-        result = qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False)
-    quantized = Graph(result.quantized_model)
-    still_float = [op for op in quantized.ops if op["type"] not in QUANT_OPS and not op_is_int8(quantized, op)]
-    details: dict[str, Any] = {
-        "scheme": "static int8: per-channel symmetric int8 weights, per-tensor asymmetric int8 activations "
-                  f"({options.int8_ranges.replace('_', ' ')} ranges over the calibration images), "
-                  "float32 input and output",
-        "calibration_images": len(calibration),
-        "keep_float": list(options.keep_float),
-        "float_ops": {
-            "attention": [{"block": graph.block_name(island),
-                           "ops": dict(Counter(graph.ops[i]["type"] for i in island))} for island in islands],
-            "hardswish": len(hardswish),
-            "head": {"block": graph.block_name(head), "ops": dict(Counter(graph.ops[i]["type"] for i in head))}
-            if head else None,
-            "div_only": len(div_only),
-            "total_float_ops": len(still_float),
-            "float_op_types": dict(Counter(op["type"] for op in still_float)),
-        },
-        "quantize_ops": sum(1 for op in quantized.ops if op["type"] == "QUANTIZE"),
-        "dequantize_ops": sum(1 for op in quantized.ops if op["type"] == "DEQUANTIZE"),
-    }
-    return bytes(result.quantized_model), details
+    ranges = plan.calibrate(calibration, options.int8_ranges)
+    progress("quantizing")
+    quantized = plan.quantize(ranges)
+    return quantized, plan.details(quantized, options, len(calibration))
 
 
 def _calibrate(model: bytes, recipe: list[dict[str, Any]], data: dict[str, list[dict[str, np.ndarray]]],
