@@ -1,43 +1,69 @@
 """The TFLite export: convert, quantise, attach metadata, and prove LiteRT runs the result."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evit_deploy.contracts import ExportContext, ExportOutput
+from evit_deploy.contracts import ExportContext, ExportOutput, Images
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import CheckFailed, UsageError
+from evit_deploy.profiling import peak_rss_mb
 from evit_deploy.spec import GraphIO, InputSpec, Precision, TensorInfo, to_layout
 from evit_deploy.tflite.convert import convert_fp32
 from evit_deploy.tflite.graph import Graph
 from evit_deploy.tflite.layer_map import tflite_layer_map
 from evit_deploy.tflite.metadata import add_metadata
 from evit_deploy.tflite.options import TfliteOptions
-from evit_deploy.tflite.quantize import Int8Plan, quantize_fp16, quantize_int8
+from evit_deploy.tflite.quantize import int8_plan, quantize_fp16, quantize_int8
 from evit_deploy.tflite.runner import TfliteRunner
 from evit_deploy.toolchain import toolchain_error
 
 if TYPE_CHECKING:
     import torch
 
-def _calibration_batches(ctx: ExportContext, spec: InputSpec, layout: str) -> list[np.ndarray]:
-    """The calibration images grouped into the artifact's batch size, in its layout."""
-    singles = ctx.calibration_batches(spec)
-    batches = []
-    for start in range(0, len(singles), spec.batch):
-        group = [singles[(start + b) % len(singles)] for b in range(spec.batch)]
+
+@dataclass(frozen=True)
+class _Batches:
+    """Calibration images grouped into the model's batch (the last group wraps around to the first
+    images) in its layout, read one image at a time whenever iterated."""
+
+    singles: Images
+    batch: int
+    nhwc: bool
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        head: list[np.ndarray] = []  # the first images, to complete a last partial group
+        group: list[np.ndarray] = []
+        for image in self.singles:
+            if len(head) < self.batch:
+                head.append(image)
+            group.append(image)
+            if len(group) == self.batch:
+                yield self._joined(group)
+                group = []
+        if group:
+            yield self._joined(group + (head * self.batch)[: self.batch - len(group)])
+
+    def __len__(self) -> int:
+        return (len(self.singles) + self.batch - 1) // self.batch
+
+    def _joined(self, group: list[np.ndarray]) -> np.ndarray:
         batch = np.concatenate(group, axis=0).astype(np.float32)
-        batches.append(to_layout(batch, "NCHW", "NHWC") if layout == "nhwc" else batch)
-    return batches
+        return to_layout(batch, "NCHW", "NHWC") if self.nhwc else batch
+
+
+def _calibration_batches(ctx: ExportContext, spec: InputSpec, layout: str) -> _Batches:
+    return _Batches(ctx.calibration_batches(spec), spec.batch, layout == "nhwc")
 
 
 def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precision, options: TfliteOptions,
                     ctx: ExportContext) -> ExportOutput:
     """``NAME.tflite`` in ``ctx.workdir``: converted, quantised as ``precision`` asks, metadata, smoke-tested."""
-    calibration = _calibration_batches(ctx, spec, options.layout) if precision == Precision.INT8 else []
+    calibration = _calibration_batches(ctx, spec, options.layout) if precision == Precision.INT8 else None
     ctx.progress(f"litert-torch convert ({options.layout.upper()}, bicubic {options.bicubic})")
     content, info = convert_fp32(model, ctx.graph, options)
     fp32_graph = Graph(content)
@@ -47,7 +73,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
     if precision == Precision.FP16:
         ctx.progress("casting weights to fp16")
         content, details["fp16"] = quantize_fp16(content, options)
-    elif precision == Precision.INT8:
+    elif precision == Precision.INT8 and calibration is not None:
         if options.min_agreement is None:
             content, details["int8"] = quantize_int8(content, options, calibration, ctx.progress)
         else:
@@ -82,6 +108,8 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
     details["ops"] = final.op_counts()
     details["size_bytes"] = len(content)
     details["layer_map"] = tflite_layer_map(content, model).to_dict()
+    if precision == "int8":
+        details["peak_rss_mb"] = round(peak_rss_mb(), 1)  # the process's high-water mark, calibration included
     return ExportOutput(files=[path], converter=package_versions("litert-torch", "ai-edge-litert", "ai-edge-quantizer"),
                         inputs=inputs, outputs=outputs, notes=notes, details=details, failure=failure)
 
@@ -100,7 +128,7 @@ def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, optio
     from evit_deploy.tflite.accuracy import control_int8, split_holdout
 
     assert options.min_agreement is not None
-    singles = ctx.calibration_batches(spec)
+    singles = list(ctx.calibration_batches(spec))  # held in memory: split, and run again for every candidate
     if len(singles) < 2:
         raise UsageError("--min-agreement holds out part of the calibration images to measure agreement on: "
                          f"give at least 2 (got {len(singles)})")
@@ -108,7 +136,7 @@ def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, optio
     nhwc = options.layout == "nhwc"
     layout = [to_layout(x.astype(np.float32), "NCHW", "NHWC") if nhwc else x.astype(np.float32) for x in singles]
     ranged, held = split_holdout(layout, options.holdout)
-    plan = Int8Plan.of(fp32, options)
+    plan = int8_plan(fp32, options)
     ctx.progress(f"calibrating int8 ranges on {len(ranged)} image(s), {len(held)} held out for agreement")
     ranges = plan.calibrate(ranged, options.int8_ranges)
     class_axis = -1 if nhwc else 1  # the classes: last in NHWC logits (and in 2-D ones), second in NCHW
@@ -132,13 +160,14 @@ def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, optio
 
 
 def _smoke_test(path: Path, io: GraphIO, inputs: list[TensorInfo], outputs: list[TensorInfo],
-                calibration: list[np.ndarray]) -> tuple[list[TensorInfo], list[TensorInfo]]:
+                calibration: _Batches | None) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """Load and run once in the CPU interpreter: a model it rejects is no artifact."""
     runner = TfliteRunner(path, inputs=inputs, outputs=outputs)
     try:
         with runner:
-            if calibration:  # already in the artifact's layout
-                feed = {io.inputs[0].name: calibration[0]}
+            sample = next(iter(calibration), None) if calibration is not None else None
+            if sample is not None:  # already in the artifact's layout
+                feed = {io.inputs[0].name: sample}
             else:
                 feed = runner.prepare({i.name: np.zeros(i.shape, np.float32) for i in io.inputs})
             result = runner.infer(feed)

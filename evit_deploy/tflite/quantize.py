@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from evit_deploy.contracts import Images
+from evit_deploy.memory import require
 from evit_deploy.tflite.graph import (
     FLOAT16,
     QUANT_OPS,
@@ -80,60 +82,35 @@ def quantize_fp16(fp32: bytes, options: TfliteOptions) -> tuple[bytes, dict[str,
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Int8Plan:
-    """What int8 quantisation of one float graph decides before any image is seen: the float
-    islands (marked on the graph) and the recipe. ``quantize`` can then be called again with
-    more layers kept float, on the same calibrated ranges (accuracy control)."""
+    """What int8 keeps float and the ai-edge-quantizer recipe that says so, before calibration."""
 
     graph: Graph
-    marked: bytes
+    marked: bytes  # the fp32 model with the float ops' outputs renamed (FLOAT_MARK)
     recipe: list[dict[str, Any]]
     islands: list[list[int]]
     div_only: list[int]
     hardswish: list[int]
     head: list[int]
 
-    @classmethod
-    def of(cls, fp32: bytes, options: TfliteOptions) -> Int8Plan:
-        graph = Graph(fp32)
-        islands = graph.attention_islands() if "attention" in options.keep_float else []
-        float_ops: set[int] = {i for island in islands for i in island}
-        div_only = [op["index"] for op in graph.ops if op["type"] == "DIV" and op["index"] not in float_ops]
-        float_ops |= set(div_only)
-        hardswish = ([op["index"] for op in graph.ops if op["type"] == "HARD_SWISH"]
-                     if "hardswish" in options.keep_float else [])
-        float_ops |= set(hardswish)
-        head = graph.head_ops() if "head" in options.keep_float else []
-        float_ops |= set(head)
-        # Float ops are marked by a suffix on their output tensors' names (it also tells anyone
-        # inspecting the model which ops are float on purpose); one short regex then selects them.
-        # (One escaped regex per op scope made ai-edge-quantizer recompile ~600 regexes per op.)
-        marked = mark_ops(graph, float_ops, FLOAT_MARK)
-        recipe: list[dict[str, Any]] = [
-            {"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize",
-             "op_config": _aeq_config(8, 8, "INTEGER")},
-            {"regex": ".*", "operation": "INPUT", "algorithm_key": "no_quantize"},  # float I/O
-            {"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"},
-            {"regex": re.escape(FLOAT_MARK) + ";", "operation": "*", "algorithm_key": "no_quantize"},
-        ]
-        return cls(graph, marked, recipe, islands, div_only, hardswish, head)
-
-    def calibrate(self, calibration: list[np.ndarray], mode: str) -> dict[str, Any]:
-        """Every tensor's range over the calibration images (of the plan's own quantised ops:
-        ops kept float later keep their ranges, which their int8 consumers need)."""
+    def calibrate(self, calibration: Images, mode: str) -> dict[str, Any]:
+        """Every tensor's range over the calibration images (of the plan's own quantised ops: ops
+        kept float later by accuracy control keep their ranges, which their int8 readers need)."""
         from ai_edge_litert.interpreter import Interpreter
 
         with native_logs_quiet():
             signature = Interpreter(model_content=self.marked).get_signature_list()
         (key,) = list(signature)[:1]
         (input_name,) = signature[key]["inputs"][:1]
+        require(required_bytes(self.marked), "int8 calibration of this TFLite graph",
+                "calibrate at a lower --resolution, or free memory")
         with native_logs_quiet():
-            return _calibrate(self.marked, self.recipe, {key: [{input_name: x} for x in calibration]}, mode)
+            return _calibrate(self.marked, self.recipe, key, input_name, calibration, mode)
 
     def quantize(self, ranges: dict[str, Any], keep_float: Sequence[str] = ()) -> bytes:
-        """The int8 model; ``keep_float``: output tensor names of more ops to leave float (one
-        regex for all of them, per-op recipes of ai-edge-quantizer)."""
+        """The int8 model; ``keep_float``: output tensor names of more ops to leave float (one regex
+        for all of them: ai-edge-quantizer's per-op ``no_quantize`` recipe)."""
         with native_logs_quiet():
             from ai_edge_quantizer import quantizer
 
@@ -147,6 +124,7 @@ class Int8Plan:
         return bytes(result.quantized_model)
 
     def details(self, quantized: bytes, options: TfliteOptions, images: int) -> dict[str, Any]:
+        """The manifest's ``details.int8``: the scheme and what stayed float."""
         graph, done = self.graph, Graph(quantized)
         still_float = [op for op in done.ops if op["type"] not in QUANT_OPS and not op_is_int8(done, op)]
         return {
@@ -170,33 +148,84 @@ class Int8Plan:
         }
 
 
-def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: list[np.ndarray],
+def int8_plan(fp32: bytes, options: TfliteOptions) -> Int8Plan:
+    """The float islands of ``options.keep_float`` (DIV is always float), marked, and the recipe."""
+    graph = Graph(fp32)
+    islands = graph.attention_islands() if "attention" in options.keep_float else []
+    float_ops: set[int] = {i for island in islands for i in island}
+    div_only = [op["index"] for op in graph.ops if op["type"] == "DIV" and op["index"] not in float_ops]
+    float_ops |= set(div_only)
+    hardswish = [op["index"] for op in graph.ops if op["type"] == "HARD_SWISH"] if "hardswish" in options.keep_float else []
+    float_ops |= set(hardswish)
+    head = graph.head_ops() if "head" in options.keep_float else []
+    float_ops |= set(head)
+
+    # Float ops are marked by a suffix on their output tensors' names (it also tells anyone
+    # inspecting the model which ops are float on purpose); one short regex then selects them.
+    # (One escaped regex per op scope made ai-edge-quantizer recompile ~600 regexes per op.)
+    marked = mark_ops(graph, float_ops, FLOAT_MARK)
+    recipe: list[dict[str, Any]] = [
+        {"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize",
+         "op_config": _aeq_config(8, 8, "INTEGER")},
+        {"regex": ".*", "operation": "INPUT", "algorithm_key": "no_quantize"},  # float I/O
+        {"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"},
+        {"regex": re.escape(FLOAT_MARK) + ";", "operation": "*", "algorithm_key": "no_quantize"},
+    ]
+    return Int8Plan(graph, marked, recipe, islands, div_only, hardswish, head)
+
+
+def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: Images,
                   progress: Any) -> tuple[bytes, dict[str, Any]]:
     """Static int8 with the float islands of ``options.keep_float`` (DIV is always float)."""
-    plan = Int8Plan.of(fp32, options)
-    progress(f"calibrating int8 ranges on {len(calibration)} image(s)")
+    plan = int8_plan(fp32, options)
+    progress(f"calibrating int8 ranges on {len(calibration)} image(s), one at a time")
     ranges = plan.calibrate(calibration, options.int8_ranges)
     progress("quantizing")
     quantized = plan.quantize(ranges)
     return quantized, plan.details(quantized, options, len(calibration))
 
 
-def _calibrate(model: bytes, recipe: list[dict[str, Any]], data: dict[str, list[dict[str, np.ndarray]]],
-               mode: str) -> dict[str, Any]:
-    """Each tensor's int8 range over the calibration images.
+def _calibrate(model: bytes, recipe: list[dict[str, Any]], signature: str, input_name: str,
+               calibration: Images, mode: str) -> dict[str, Any]:
+    """Each tensor's int8 range over the calibration images, fed one image at a time.
 
     ai-edge-quantizer's own calibration folds the images' ranges into a moving average
     (smoothing 0.95, seeded by the first image): with tens of images the first one keeps ~20%
     of the weight and every range sits inside what the images reach, so the rarer large
     activations clip. ``min_max`` keeps the extremes instead: cls-B1 top-1 on unseen photos
     90% -> 95% (20 photos, seeded weights).
+
+    Memory (issue 14): the default calibrator keeps every tensor of the graph alive and copies
+    each into numpy (8 GB for seg-B1 at 1024x2048), and a call with every image holds them all
+    (it counts its dataset with ``len(list(...))``). The profiler-based calibrator tracks each
+    tensor's min and max inside LiteRT while it runs, so memory is one inference's; it is fed
+    one image per call (the state carries over). Its statistics arrive as float64 of shape (1,);
+    the default calibrator's are float32 with the tensor's rank (``keepdims``), and the updates
+    compute in that dtype, so each update is done in float32 and the result reshaped: the ranges,
+    and the quantized model, come out identical to the one-shot default calibration
+    (``tests/test_calibration_streaming.py``).
     """
     from ai_edge_quantizer import calibrator, recipe_manager
-    from ai_edge_quantizer.utils.qsv_utils import min_max_update
+    from ai_edge_quantizer.utils.qsv_utils import min_max_update, moving_average_update
 
     manager = recipe_manager.RecipeManager()
     manager.load_quantization_recipe(recipe)
-    update = {"qsv_update_func": min_max_update} if mode == "min_max" else {}
-    calib = calibrator.Calibrator(model, num_threads=max(1, os.cpu_count() or 1), **update)
-    calib.calibrate(data, manager)
-    return calib.get_model_qsvs()
+    update = min_max_update if mode == "min_max" else moving_average_update
+    calib = calibrator.Calibrator(model, num_threads=max(1, os.cpu_count() or 1),
+                                  mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
+                                  qsv_update_func=lambda old, new: update(_float32(old), _float32(new)))
+    for image in calibration:
+        calib.calibrate({signature: [{input_name: image}]}, manager)
+    ranks = {Graph.name_of(t): len(t.shape) for t in Graph(model).tensors}
+    return {name: {key: value.reshape((1,) * ranks.get(name, 1)) for key, value in _float32(qsv).items()}
+            for name, qsv in calib.get_model_qsvs().items()}
+
+
+def _float32(qsv: dict[str, Any]) -> dict[str, Any]:
+    return {key: np.asarray(value, dtype=np.float32) for key, value in qsv.items()}
+
+
+def required_bytes(model: bytes) -> int:
+    """Memory the calibrating interpreter needs: one inference's (the profiler-based calibrator keeps
+    no tensor beyond its use): the largest tensors live at once, and the model twice."""
+    return 4 * max(Graph(model).activation_sizes(), default=0) + 2 * len(model)
