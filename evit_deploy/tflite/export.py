@@ -137,8 +137,8 @@ def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, optio
     layout = [to_layout(x.astype(np.float32), "NCHW", "NHWC") if nhwc else x.astype(np.float32) for x in singles]
     ranged, held = split_holdout(layout, options.holdout)
     plan = int8_plan(fp32, options)
-    ctx.progress(f"calibrating int8 ranges on {len(ranged)} image(s), {len(held)} held out for agreement")
-    ranges = plan.calibrate(ranged, options.int8_ranges)
+    ctx.progress(f"accuracy control: {len(held)} calibration image(s) held out for agreement")
+    ranges = plan.calibrate(ranged, options.int8_ranges, ctx.progress)
     class_axis = -1 if nhwc else 1  # the classes: last in NHWC logits (and in 2-D ones), second in NCHW
     result, plain = control_int8(plan, ranges, model, target=options.min_agreement, ranking_images=ranged[:4],
                                  held_out=held, held_out_nchw=held_nchw, class_axis=class_axis,

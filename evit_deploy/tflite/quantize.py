@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,9 +94,11 @@ class Int8Plan:
     hardswish: list[int]
     head: list[int]
 
-    def calibrate(self, calibration: Images, mode: str) -> dict[str, Any]:
+    def calibrate(self, calibration: Images, mode: str,
+                  progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
         """Every tensor's range over the calibration images (of the plan's own quantised ops: ops
-        kept float later by accuracy control keep their ranges, which their int8 readers need)."""
+        kept float later by accuracy control keep their ranges, which their int8 readers need).
+        Refused in one line, before anything runs, when memory cannot hold one inference."""
         from ai_edge_litert.interpreter import Interpreter
 
         with native_logs_quiet():
@@ -105,6 +107,7 @@ class Int8Plan:
         (input_name,) = signature[key]["inputs"][:1]
         require(required_bytes(self.marked), "int8 calibration of this TFLite graph",
                 "calibrate at a lower --resolution, or free memory")
+        progress(f"calibrating int8 ranges on {len(calibration)} image(s), one at a time")
         with native_logs_quiet():
             return _calibrate(self.marked, self.recipe, key, input_name, calibration, mode)
 
@@ -178,8 +181,7 @@ def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: Images,
                   progress: Any) -> tuple[bytes, dict[str, Any]]:
     """Static int8 with the float islands of ``options.keep_float`` (DIV is always float)."""
     plan = int8_plan(fp32, options)
-    progress(f"calibrating int8 ranges on {len(calibration)} image(s), one at a time")
-    ranges = plan.calibrate(calibration, options.int8_ranges)
+    ranges = plan.calibrate(calibration, options.int8_ranges, progress)
     progress("quantizing")
     quantized = plan.quantize(ranges)
     return quantized, plan.details(quantized, options, len(calibration))
