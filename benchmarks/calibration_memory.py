@@ -66,7 +66,8 @@ def calibrate(impl: str, target: str, resolution: str, weights: Path, photos: Pa
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", impl, target, resolution, str(weights),
             str(photos), str(count)]
     result = measured(argv, env)
-    return {**result, **json.loads(result.pop("stdout").strip().splitlines()[-1])}
+    child_said = json.loads(result.pop("stdout").strip().splitlines()[-1])
+    return {**result, **child_said}
 
 
 def child(impl: str, target: str, resolution: str, weights: str, photos: str, count: int) -> None:

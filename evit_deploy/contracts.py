@@ -78,6 +78,9 @@ class ExportOutput:
     inputs: list[TensorInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # target-specific manifest section
+    # a check the export itself ran and failed (e.g. an unreachable --min-agreement): the files are
+    # still published, under a name that says so, and the export ends with this line, exit 1
+    failure: str | None = None
 
 
 @dataclass

@@ -167,6 +167,10 @@ def _weights_of(path: Path | None, model: Any) -> Path | None:
 
 
 Seed = Annotated[int, Field(ge=0)]
+LAYER_MODES = ("auto", "all")  # evit debug --layers
+# Relative L2 a healthy artifact of each precision stays under at every layer (seg-B1 and cls-B0,
+# seeded weights, photos; see tests/debug). Over it, something is wrong, or int8 is lossy there.
+DEBUG_THRESHOLDS = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.3}
 Threads = Annotated[int | None, Field(ge=1)]
 
 
@@ -445,5 +449,40 @@ class BenchmarkRequest(LabelledData):
         return self
 
 
-__all__ = ["BenchmarkRequest", "EvalRequest", "ExportRequest", "LabelledData", "ProfileRequest", "Request",
-           "Resolution", "VerifyRequest", "cli", "describe_error", "flag_of"]
+
+class DebugRequest(Request):
+    """``evit debug``: every layer of an artifact against its PyTorch module, by module path."""
+
+    command: ClassVar[str] = "debug"
+
+    artifact: Path = Field(description="An exported artifact (its .evit.json must be beside it).",
+                           json_schema_extra=cli(argument=True))
+    weights: Path | None = Field(None, description="Reference weights (default: those recorded at export).")
+    images: Path | None = Field(None, description="Folder of images (or a .npy) instead of random inputs.")
+    samples: int = Field(2, ge=1, description="Inputs to compare.")
+    layers: str = Field("auto", description="auto: the model's own layers and blocks, one per computation; all: "
+                                            "every mapped module, torch building blocks (BatchNorm, activations) "
+                                            "included.")
+    threshold: float | None = Field(None, gt=0, description="Relative L2 error over which a layer counts as divergent "
+                                    "(default per precision: "
+                                    + ", ".join(f"{k} {v:g}" for k, v in DEBUG_THRESHOLDS.items()) + ").")
+    alone: bool = Field(True, description="Also run each layer alone on the reference's inputs: the error it "
+                                          "adds by itself.")
+    seed: Seed = Field(0, description="Seed of the random inputs.")
+    threads: Threads = Field(None, description="Runtime threads.")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: str) -> str:
+        if value not in LAYER_MODES:
+            raise UsageError(f"--layers {value!r} is not known; use one of {', '.join(LAYER_MODES)}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _weights_of(value, info.data.get("artifact"))
+
+
+__all__ = ["BenchmarkRequest", "DebugRequest", "EvalRequest", "ExportRequest", "LabelledData", "ProfileRequest",
+           "Request", "Resolution", "VerifyRequest", "cli", "describe_error", "flag_of"]

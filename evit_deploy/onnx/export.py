@@ -18,6 +18,7 @@ import numpy as np
 from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import EvitError, RuntimeMissing, UsageError
+from evit_deploy.onnx.layer_map import onnx_layer_map, onnx_tensor_names
 from evit_deploy.onnx.options import INSTALL_HINT, OnnxOptions
 from evit_deploy.spec import GraphIO, InputSpec, TensorInfo
 from evit_deploy.toolchain import first_line, toolchain_error
@@ -177,6 +178,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
 
     ctx.progress(f"torch.onnx.export ({options.exporter}, opset {options.opset})")
     graph = export_onnx_graph(model, ctx.graph, options, ctx.workdir)
+    layer_map = onnx_layer_map(graph)  # before simplifying: onnxslim drops the provenance
     if options.simplify != "none":
         ctx.progress(f"simplifying with {options.simplify}")
         graph = simplify(graph, options.simplify)
@@ -197,6 +199,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     add_metadata(graph, spec, ctx, precision)
     path = ctx.workdir / f"{ctx.model_name}.onnx"
     final = check_and_save(graph, path)
+    details["layer_map"] = layer_map.restricted_to(onnx_tensor_names(final)).to_dict()
     return ExportOutput(
         files=[path],
         converter={"onnx": onnx.__version__, **package_versions("onnxscript", "onnxruntime", options.simplify)},

@@ -94,9 +94,12 @@ class TensorRTTarget(Target[TrtOptions]):
                 )
 
     def export(self, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, ctx: ExportContext) -> ExportOutput:
+        from evit_deploy.onnx.layer_map import onnx_file_layer_map
         from evit_deploy.trt.export import export_artifact
 
-        return export_artifact(model, spec, recipe, self.options(recipe), ctx)
+        output = export_artifact(model, spec, recipe, self.options(recipe), ctx)
+        output.details["layer_map"] = onnx_file_layer_map(output.files[0]).to_dict()  # for `evit debug`
+        return output
 
     def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
         """The typed ONNX's facts (an engine carries none evit can read without TensorRT)."""
