@@ -16,7 +16,10 @@ from typing_extensions import Self
 
 from evit_deploy.configs import Tolerances, parse_resolution
 from evit_deploy.errors import UsageError
+from evit_deploy.sam import read_prompt_file
 from evit_deploy.spec import Precision
+
+UNBOUNDED = 2**31  # an image size no prompt reaches: checks a prompt file's form before the images are known
 
 
 def _resolution(value: Any) -> Any:
@@ -216,6 +219,9 @@ class VerifyRequest(Request):
     weights: Path | None = Field(None, description="Reference weights (default: those recorded at export).")
     images: Path | None = Field(None, description="Folder of images (or a .npy) instead of random inputs.")
     samples: int | None = Field(None, ge=1, description="Inputs to compare (default 4, or every image).")
+    prompts: Path | None = Field(None, description="SAM: a JSON prompt file (points, labels, boxes in each image's "
+                                                   "pixels) instead of a generated grid of clicks and boxes.",
+                                 json_schema_extra=cli(metavar="FILE.json"))
     tolerances: Tolerances = Field(default_factory=Tolerances,
                                    description="Criteria overriding the recipe's (each is also a flag).")
     resolution: Resolution = Field(None, description="HxW to verify a dynamic artifact at.",
@@ -236,6 +242,14 @@ class VerifyRequest(Request):
     @classmethod
     def _weights(cls, value: Path | None) -> Path | None:
         return _existing_file(value, "--weights", "weights")
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, value: Path | None) -> Path | None:
+        """Read once here, so a malformed file is refused before any work (each image checks its bounds)."""
+        if _existing_file(value, "--prompts", "prompt") is not None:
+            read_prompt_file(value, (UNBOUNDED, UNBOUNDED))
+        return value
 
 
 class ProfileRequest(Request):
@@ -264,12 +278,11 @@ class ProfileRequest(Request):
     power: bool = Field(False, description="Jetson: sample module power (tegrastats) during the timed runs: "
                                            "mean W, mJ/image.")
     seed: Seed = Field(0, description="Seed of the random input.")
-
     @field_validator("weights")
     @classmethod
     def _weights(cls, value: Path | None) -> Path | None:
         return _existing_file(value, "--weights", "weights")
 
 
-__all__ = ["ExportRequest", "ProfileRequest", "Request", "Resolution", "VerifyRequest", "cli", "describe_error",
-           "flag_of"]
+__all__ = ["ExportRequest", "ProfileRequest", "Request", "Resolution", "VerifyRequest", "cli",
+           "describe_error", "flag_of"]

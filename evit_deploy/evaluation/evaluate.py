@@ -165,6 +165,10 @@ def evaluate(
 
     started = time.perf_counter()
     src = _open_source(source, resolution)
+    if src.card.task not in HEADLINE:
+        raise UsageError(f"{src.card.name} is a {src.card.task} model: eval scores classifiers and semantic "
+                         "segmentation on labelled data; check a SAM export against PyTorch with `evit verify` "
+                         "(mask IoU per prompt)")
     if src.handle is None and not is_local(device):
         raise UsageError(f"--device {device} runs artifacts; export {src.card.name} first, then evaluate the artifact")
     dataset = open_dataset(data, format=format, card=src.card, limit=limit, classes_file=classes)

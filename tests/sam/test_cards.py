@@ -163,3 +163,11 @@ def test_images_are_fed_as_the_official_predictor_feeds_them(reference_dir: Path
     assert image_sizes(spec, samples=1) == [(512, 512)]  # random inputs fill the square
     index = json.loads((folder / "sam_index.json").read_text())
     assert index["efficientvit-sam-l0"]["encoder"]["photo_shape"][:2] == [400, 600]
+
+
+def test_eval_sends_sam_to_verify(tmp_path: Path) -> None:
+    """eval scores class labels; a SAM model has none, and is told where its check lives."""
+    from evit_deploy.evaluation import evaluate
+
+    with pytest.raises(UsageError, match="efficientvit-sam-l0 is a sam model: eval scores classifiers .* `evit verify`"):
+        evaluate("efficientvit-sam-l0", tmp_path)
