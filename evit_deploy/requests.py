@@ -44,6 +44,19 @@ def _names(value: Any) -> Any:
     return value
 
 
+def _dims(value: Any) -> Any:
+    """``"num_prompts=16,num_points=4"`` -> {"num_prompts": 16, "num_points": 4} (a mapping passes as it is)."""
+    if not isinstance(value, str):
+        return value
+    dims: dict[str, Any] = {}
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        name, sep, size = part.partition("=")
+        if not sep or not name.strip() or not size.strip().isdigit():
+            raise UsageError(f"--dims {value!r}: give NAME=SIZE pairs, e.g. num_prompts=16,num_points=4")
+        dims[name.strip()] = int(size)
+    return dims
+
+
 def _path_text(value: Any) -> Any:
     """A path given as ``Path`` or text (an artifact, or a zoo name where the command takes one)."""
     return str(value) if isinstance(value, Path) else value
@@ -278,6 +291,13 @@ class ProfileRequest(Request):
     power: bool = Field(False, description="Jetson: sample module power (tegrastats) during the timed runs: "
                                            "mean W, mJ/image.")
     seed: Seed = Field(0, description="Seed of the random input.")
+    dims: Annotated[dict[str, Annotated[int, Field(ge=1)]], BeforeValidator(_dims)] = Field(
+        default_factory=dict, description="Sizes of a graph's named dynamic dims, e.g. num_prompts=16,num_points=4 "
+                                          "(SAM's decoder; a bundle is timed at its card's profile sizes).",
+        json_schema_extra=cli(metavar="NAME=SIZE[,NAME=SIZE]", as_type=str))
+    graph: str | None = Field(None, description="With --target torch: the graph of a several-graph model to time "
+                                                "(e.g. encoder, decoder; default: the first).")
+
     @field_validator("weights")
     @classmethod
     def _weights(cls, value: Path | None) -> Path | None:
