@@ -73,10 +73,21 @@ def segment(request: SegmentRequest) -> SegmentResult:
     image = read_image(request.image)
     prompt = _prompt(request)
     prompt.check(image.shape[:2])
+    for path, flag in ((request.out, "--out"), (request.overlay_path, "--overlay")):
+        _check_destination(path, flag)
     engine = open_engine(request)
     result = run_engine(engine, image, prompt, multimask=request.multimask)
     result.files = write_outputs(result, image, request.out, request.overlay_path)
     return result
+
+
+def _check_destination(path: Path, flag: str) -> None:
+    """Refused before any model runs: a destination below a file, or a folder where the PNG goes."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a .png file name")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"cannot write {path}: {blocker} is a file, not a folder")
 
 
 def _prompt(request: SegmentRequest) -> Prompt:
@@ -217,8 +228,9 @@ def write_outputs(result: SegmentResult, image: np.ndarray, mask_path: Path, ove
             partial.replace(path)
             written.append(path)
     except OSError as err:
-        for path in [*written, *(p.with_name(f".{p.name}.partial") for p in pictures)]:
-            path.unlink(missing_ok=True)
+        for leftover in [*written, *(p.with_name(f".{p.name}.partial") for p in pictures)]:
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
         for folder in sorted(set(created), key=lambda p: len(p.parts), reverse=True):
             with contextlib.suppress(OSError):
                 folder.rmdir()

@@ -139,11 +139,23 @@ def test_bad_input_is_one_line_and_writes_nothing(cli: Any, l0_bundle: Path, l0_
     assert {p.name for p in work.iterdir()} == {"notes.png"}
 
 
-def test_an_unwritable_destination_leaves_nothing_behind(cli: Any, l0_bundle: Path, sam_fixtures: Path,
-                                                        tmp_path: Path) -> None:
+def test_a_destination_below_a_file_is_refused_before_any_model_runs(cli: Any, l0_bundle: Path,
+                                                                     sam_fixtures: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     done = cli("segment", l0_bundle, sam_fixtures / "coffee.png", "--point", "270,200", "--out",
                tmp_path / "ok.png", "--overlay", blocker / "overlay.png")
-    assert done.code == 2 and "cannot write" in done.error_lines[0], done
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    expected = f"error: cannot write {blocker / 'overlay.png'}: {blocker} is a file, not a folder"
+    assert done.code == 2 and done.error_lines == [expected], done
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and "Traceback" not in done.stderr
+
+
+def test_a_write_that_fails_midway_leaves_nothing_behind(cli: Any, l0_bundle: Path, sam_fixtures: Path,
+                                                         tmp_path: Path) -> None:
+    """The mask is written, then the overlay's name is too long for the file system: the mask and every
+    partial file and created folder go again, and the failure is one line."""
+    overlay = tmp_path / "new" / ("o" * 300 + ".png")
+    done = cli("segment", l0_bundle, sam_fixtures / "coffee.png", "--point", "270,200", "--out",
+               tmp_path / "new" / "mask.png", "--overlay", overlay)
+    assert done.code == 2 and len(done.error_lines) == 1 and "cannot write" in done.error_lines[0], done
+    assert list(tmp_path.iterdir()) == [] and "Traceback" not in done.stderr
