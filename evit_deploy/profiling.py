@@ -108,6 +108,7 @@ class ProfileResult:
     host: dict[str, Any] = field(default_factory=dict)
     per_layer: list[LayerTiming] = field(default_factory=list)
     device: str = "cpu"
+    dims: dict[str, int] = field(default_factory=dict)  # sizes of the graph's named dims it was timed at
 
     @property
     def spread(self) -> Spread:

@@ -120,7 +120,9 @@ def profile_table(results: list[ProfileResult], title: str = "latency") -> Table
     table = Table(title=title)
     table.add_column("")
     for r in results:
-        table.add_column(f"{Path(r.artifact).name}\n{r.device} · {r.runner.get('backend', r.target)}", justify="right")
+        sizes = ("\n" + ", ".join(f"{dim} {size}" for dim, size in r.dims.items())) if r.dims else ""
+        table.add_column(f"{Path(r.artifact).name}{sizes}\n{r.device} · {r.runner.get('backend', r.target)}",
+                         justify="right")
     rows: list[tuple[str, Callable[[ProfileResult], str]]] = [
         ("batch × input", lambda r: "x".join(str(d) for d in r.input_shape)),
         ("threads", lambda r: str(r.threads or r.runner.get("threads") or "default")),

@@ -8,6 +8,7 @@ valid. A bad value is a ``UsageError`` whose line names the flag, the same for e
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -25,7 +26,10 @@ from typing_extensions import Self
 
 from evit_deploy.configs import Tolerances, parse_resolution
 from evit_deploy.errors import UsageError
+from evit_deploy.sam import POINT_LABELS, read_prompt_file
 from evit_deploy.spec import Precision
+
+UNBOUNDED = 2**31  # an image size no prompt reaches: checks a prompt file's form before the images are known
 
 
 def _resolution(value: Any) -> Any:
@@ -48,6 +52,19 @@ def _names(value: Any) -> Any:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()] or None
     return value
+
+
+def _dims(value: Any) -> Any:
+    """``"num_prompts=16,num_points=4"`` -> {"num_prompts": 16, "num_points": 4} (a mapping passes as it is)."""
+    if not isinstance(value, str):
+        return value
+    dims: dict[str, Any] = {}
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        name, sep, size = part.partition("=")
+        if not sep or not name.strip() or not size.strip().isdigit():
+            raise UsageError(f"--dims {value!r}: give NAME=SIZE pairs, e.g. num_prompts=16,num_points=4")
+        dims[name.strip()] = int(size)
+    return dims
 
 
 def _path_text(value: Any) -> Any:
@@ -247,6 +264,9 @@ class VerifyRequest(Request):
     weights: Path | None = Field(None, description="Reference weights (default: those recorded at export).")
     images: Path | None = Field(None, description="Folder of images (or a .npy) instead of random inputs.")
     samples: int | None = Field(None, ge=1, description="Inputs to compare (default 4, or every image).")
+    prompts: Path | None = Field(None, description="SAM: a JSON prompt file (points, labels, boxes in each image's "
+                                                   "pixels) instead of a generated grid of clicks and boxes.",
+                                 json_schema_extra=cli(metavar="FILE.json"))
     tolerances: Tolerances = Field(default_factory=Tolerances,
                                    description="Criteria overriding the recipe's (each is also a flag).")
     resolution: Resolution = Field(None, description="HxW to verify a dynamic artifact at.",
@@ -267,6 +287,111 @@ class VerifyRequest(Request):
     @classmethod
     def _weights(cls, value: Path | None) -> Path | None:
         return _existing_file(value, "--weights", "weights")
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, value: Path | None) -> Path | None:
+        """Read once here, so a malformed file is refused before any work (each image checks its bounds)."""
+        if _existing_file(value, "--prompts", "prompt") is not None:
+            read_prompt_file(value, (UNBOUNDED, UNBOUNDED))
+        return value
+
+
+def _numbers(value: Any, flag: str, form: str, example: str) -> tuple[float, ...]:
+    """``"270,200"`` (or a tuple of numbers) -> floats, finite; anything else one line naming the flag."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        numbers = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        numbers = ()
+    if not numbers or not all(math.isfinite(n) for n in numbers):
+        raise UsageError(f"{flag} {value!r} is not {form} (e.g. {example})")
+    return numbers
+
+
+def _points(value: Any) -> Any:
+    """``--point X,Y[,LABEL]`` each -> (x, y, label); the label defaults to 1 (a positive click)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise UsageError(f"--point takes X,Y or X,Y,LABEL (e.g. 270,200), got {value!r}")
+    points = []
+    for item in value:
+        numbers = _numbers(item, "--point", "X,Y or X,Y,LABEL", "270,200 or 400,120,0")
+        if len(numbers) not in (2, 3):
+            raise UsageError(f"--point {item!r} is not X,Y or X,Y,LABEL (e.g. 270,200 or 400,120,0)")
+        label = numbers[2] if len(numbers) == 3 else 1.0
+        if label != int(label) or int(label) not in POINT_LABELS:
+            raise UsageError(f"--point {item!r}: label {label:g} is not one of -1, 0, 1, 2, 3 "
+                             "(-1 padding, 0 negative, 1 positive, 2/3 box corners)")
+        points.append((numbers[0], numbers[1], int(label)))
+    return points
+
+
+def _box(value: Any) -> Any:
+    if value is None:
+        return None
+    numbers = _numbers(value, "--box", "X0,Y0,X1,Y1", "100,80,420,360")
+    if len(numbers) != 4:
+        raise UsageError(f"--box {value!r} is not X0,Y0,X1,Y1 (e.g. 100,80,420,360)")
+    return numbers
+
+
+class SegmentRequest(Request):
+    """``evit segment``: one SAM prompt (points and/or a box) on one photo -> a mask, an overlay, the scores."""
+
+    command: ClassVar[str] = "segment"
+
+    artifact: Annotated[str, BeforeValidator(_path_text)] = Field(
+        description="A SAM export: its bundle (MODEL.evit.json) or its encoder artifact; or a zoo model name, "
+                    "run in PyTorch (with --weights).", json_schema_extra=cli(argument=True))
+    image: Path = Field(description="The photo (any image PIL reads).", json_schema_extra=cli(argument=True))
+    points: Annotated[list[tuple[float, float, int]], BeforeValidator(_points)] = Field(
+        default_factory=list, description="A click in the photo's pixels, LABEL 1 positive (default) or 0 negative; "
+                                          "repeat for several.",
+        json_schema_extra=cli("--point", metavar="X,Y[,LABEL]", as_type=list))
+    box: Annotated[tuple[float, float, float, float] | None, BeforeValidator(_box)] = Field(
+        None, description="A box in the photo's pixels: top-left, then bottom-right corner.",
+        json_schema_extra=cli(metavar="X0,Y0,X1,Y1", as_type=str))
+    out: Path = Field(Path("mask.png"), description="The binary mask (PNG, 255 = object).")
+    overlay: Path | None = Field(None, description="The photo with the mask and the prompt drawn (PNG; default: "
+                                                   "OUT's name with .overlay.png).")
+    multimask: bool | None = Field(None, description="Choose among three candidate masks (default: for a single "
+                                                     "click, as the official predictor), else the one answer.",
+                                   json_schema_extra=cli("--multimask/--no-multimask"))
+    decoder: Path | None = Field(None, description="A decoder artifact to use with the encoder ARTIFACT (default: "
+                                                   "the one exported with it).")
+    weights: Path | None = Field(None, description="Weights for a zoo model name (PyTorch).")
+    seed: Seed = Field(0, description="Seed for random weights when a zoo model has no --weights.")
+    device: str = Field("cpu", description="cpu or cuda (where the runtime runs).")
+    threads: Threads = Field(None, description="Runtime threads.")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: Path) -> Path:
+        return _existing_file(value, "IMAGE", "image")  # type: ignore[return-value]
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: Path | None) -> Path | None:
+        return _existing_file(value, "--weights", "weights")
+
+    @field_validator("out", "overlay")
+    @classmethod
+    def _png(cls, value: Path | None, info: Any) -> Path | None:
+        if value is not None and value.suffix.lower() != ".png":
+            raise UsageError(f"--{info.field_name} {value}: give a .png file name")
+        return value
+
+    @model_validator(mode="after")
+    def _a_prompt(self) -> SegmentRequest:
+        if not self.points and self.box is None:
+            raise UsageError("segment needs a prompt: --point X,Y (repeat for several) and/or --box X0,Y0,X1,Y1")
+        return self
+
+    @property
+    def overlay_path(self) -> Path:
+        return self.overlay or self.out.with_name(f"{self.out.stem}.overlay.png")
 
 
 class ProfileRequest(Request):
@@ -295,6 +420,12 @@ class ProfileRequest(Request):
     power: bool = Field(False, description="Jetson: sample module power (tegrastats) during the timed runs: "
                                            "mean W, mJ/image.")
     seed: Seed = Field(0, description="Seed of the random input.")
+    dims: Annotated[dict[str, Annotated[int, Field(ge=1)]], BeforeValidator(_dims)] = Field(
+        default_factory=dict, description="Sizes of a graph's named dynamic dims, e.g. num_prompts=16,num_points=4 "
+                                          "(SAM's decoder; a bundle is timed at its card's profile sizes).",
+        json_schema_extra=cli(metavar="NAME=SIZE[,NAME=SIZE]", as_type=str))
+    graph: str | None = Field(None, description="With --target torch: the graph of a several-graph model to time "
+                                                "(e.g. encoder, decoder; default: the first).")
 
     @field_validator("weights")
     @classmethod
@@ -485,4 +616,4 @@ class DebugRequest(Request):
 
 
 __all__ = ["BenchmarkRequest", "DebugRequest", "EvalRequest", "ExportRequest", "LabelledData", "ProfileRequest",
-           "Request", "Resolution", "VerifyRequest", "cli", "describe_error", "flag_of"]
+           "Request", "Resolution", "SegmentRequest", "VerifyRequest", "cli", "describe_error", "flag_of"]

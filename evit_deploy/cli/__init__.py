@@ -59,7 +59,7 @@ def _worker(ctx: typer.Context) -> None:
 
 
 def _register() -> None:
-    from evit_deploy.cli import debug, export, profile, targets, verify
+    from evit_deploy.cli import debug, export, profile, segment, targets, verify
     from evit_deploy.cli import eval as eval_cli
     from evit_deploy.cli._common import target_options_help
 
@@ -69,6 +69,7 @@ def _register() -> None:
     app.command("profile")(profile.profile)
     app.command("eval")(eval_cli.eval_command)
     app.command("debug")(debug.debug)
+    app.command("segment")(segment.segment)
     app.command("targets")(targets.targets)
     app.command("_worker", hidden=True, add_help_option=False,
                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_worker)

@@ -49,6 +49,11 @@ def _option(name: str, field: FieldInfo) -> inspect.Parameter | None:
         return None
     kind, optional = _plain(field.annotation)
     kind = spec.get("as_type") or kind
+    if kind is list:  # a repeatable option (--point A --point B): the texts reach the request as a list
+        info = typer.Option(*(spec.get("flags") or ["--" + name.replace("_", "-")]), help=field.description or "",
+                            metavar=spec.get("metavar") or "TEXT", show_default=False)
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=Annotated[list[str] | None, info])
     if kind not in _METAVARS and kind is not bool:
         raise TypeError(f"request field {name!r} has no command-line form ({kind!r}); give it cli(as_type=...)")
     # Values reach the request as typed text, so its checks (and messages) are the API's too.

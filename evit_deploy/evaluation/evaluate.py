@@ -159,6 +159,10 @@ def evaluate(
     request = source if isinstance(source, EvalRequest) else EvalRequest.parse(source=source, data=data, **options)
     started = time.perf_counter()
     src = _open_source(request.source, request.resolution)
+    if src.card.task not in HEADLINE:
+        raise UsageError(f"{src.card.name} is a {src.card.task} model: eval scores classifiers and semantic "
+                         "segmentation on labelled data; check a SAM export against PyTorch with `evit verify` "
+                         "(mask IoU per prompt)")
     if src.handle is None and not is_local(request.device):
         raise UsageError(f"--device {request.device} runs artifacts; export {src.card.name} first, then evaluate the "
                          "artifact")
