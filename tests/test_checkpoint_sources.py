@@ -19,7 +19,7 @@ def hubs(reference_dir: Path) -> dict[str, str]:
     text = (reference_dir / "zoo_facts.md").read_text()
     found = dict(re.findall(r"^\| (cls|seg|SAM) \|.*\| `(https://\S+)<file>` \|$", text, re.MULTILINE))
     assert set(found) == {"cls", "seg", "SAM"}, found
-    return {"classification": found["cls"], "segmentation": found["seg"]}
+    return {"classification": found["cls"], "segmentation": found["seg"], "sam": found["SAM"]}
 
 
 @pytest.mark.parametrize("card", CARDS, ids=[c.name for c in CARDS])

@@ -78,7 +78,7 @@ class OnnxCapture(Capture):
         """A session like the artifact's own (threads, optimisation level); loaded by ``with``."""
         from evit_deploy.onnx.runner import OnnxRunner
 
-        return OnnxRunner(path, threads=self.runner.threads, graph_optimization=self.runner.graph_optimization)
+        return OnnxRunner(path, threads=self.runner.threads, session=self.runner.options)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._exposed is not None, "load() first"
