@@ -13,6 +13,14 @@ exporter versions, dynamic shapes and simplifiers (onnxslim, onnxsim):
   ``Transpose``, ``Slice``, ``Reshape``, ``Cast`` ...), up to the qkv split. A producer joins
   only if every consumer of its output is already in the island, so an island never swallows
   a tensor that is also used elsewhere.
+* **layernorm**: every LayerNorm, fused (``LayerNormalization``, what ``nn.LayerNorm`` exports
+  as) or written out (SAM's ``LayerNorm2d`` over the channel axis exports as ``ReduceMean`` ->
+  ``Sub`` -> ``Pow`` (or ``Mul`` by itself) -> ``ReduceMean`` -> ``Add`` eps -> ``Sqrt`` ->
+  ``Div`` (or ``Mul`` by a ``Reciprocal``), then the affine ``Mul``/``Add`` by constants). The
+  anchor is the normalising division: its numerator is ``x - mean(x)`` and its denominator the
+  root of the mean of that same tensor squared, plus a tiny constant. The squared deviations
+  pass fp16's 65504 once ``|x - mean| > 256``: an all-fp16 EfficientViT-SAM encoder overflows in
+  its final LayerNorm2d (official issue #142; #113: 0 mAP for an fp16 SAM-L2 engine).
 * **resize**: every ``Resize`` (the seg head's bicubic upsampling runs in fp32 in the official
   code, architecture.md 2.4 / 10.3).
 * **no-fp16**: any node computing on activations whose operator has no fp16 form (or an
@@ -28,7 +36,7 @@ import onnx
 
 from ._graph import DATA_INPUTS, FLOAT, NEVER_CAST, GraphIndex, formal, param_allows, schema
 
-__all__ = ["Island", "find_fp32_islands", "islands_summary"]
+__all__ = ["ISLAND_KINDS", "Island", "find_fp32_islands", "islands_summary", "select_islands"]
 
 # Ops that only select, reshape or retype values: an attention path may pass through them.
 _PASS = frozenset({"Slice", "Split", "Gather", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
@@ -37,6 +45,8 @@ _SELECT = frozenset({"Slice", "Split", "Gather", "ReduceSum"})
 # Ops the island may grow over, backwards from its matmuls (the qkv split, kernel, pad of ones).
 _GROW = _PASS | {"Relu", "Pad", "MatMul"}
 _TINY = 1e-3  # an eps larger than this is no eps
+ISLAND_KINDS = ("attention", "layernorm", "resize")
+"""The kinds a recipe may keep in fp32 (``keep_fp32``); ``no-fp16`` islands are never a choice."""
 _MAX_DEPTH = 32
 
 
@@ -44,10 +54,10 @@ _MAX_DEPTH = 32
 class Island:
     """A set of nodes that keep computing in fp32 inside an otherwise fp16 graph."""
 
-    kind: str  # "attention" | "resize" | "no-fp16"
+    kind: str  # "attention" | "layernorm" | "resize" | "no-fp16"
     nodes: list[str]  # node names, in graph order
     reason: str  # why it stays fp32, for manifests and build plans
-    eps: float | None = None  # attention: the normaliser's eps found in the graph (None: none)
+    eps: float | None = None  # attention, layernorm: the normaliser's eps found in the graph (None: none)
 
 
 def find_fp32_islands(model: onnx.ModelProto) -> list[Island]:
@@ -69,6 +79,15 @@ def find_fp32_islands(model: onnx.ModelProto) -> list[Island]:
         members, eps, quadratic = found
         claimed.update(id(n) for n in members)
         islands.append(_make_attention(ix, node, members, eps, quadratic))
+
+    for node in ix.nodes:
+        if id(node) in claimed:
+            continue
+        found_norm = _layernorm(ix, node)
+        if found_norm is not None:
+            norm_members, norm_eps, form = found_norm
+            claimed.update(id(n) for n in norm_members)
+            islands.append(_make_layernorm(ix, norm_members, norm_eps, form))
 
     for node in ix.nodes:
         if node.op_type == "Resize" and id(node) not in claimed:
@@ -94,13 +113,19 @@ def find_fp32_islands(model: onnx.ModelProto) -> list[Island]:
     return [island for _, island in islands]
 
 
+def select_islands(model: onnx.ModelProto, keep: list[str]) -> list[Island]:
+    """The islands of the kinds in ``keep``, plus every ``no-fp16`` island: an operator with no fp16
+    form stays fp32 whatever the recipe says."""
+    return [i for i in find_fp32_islands(model) if i.kind in keep or i.kind == "no-fp16"]
+
+
 def islands_summary(islands: list[Island]) -> list[dict]:
     """Plain dicts (JSON-ready) describing what stays fp32 and why, for manifests and TRT plans."""
     out = []
     for island in islands:
         entry = asdict(island)
         entry["nodes"] = list(island.nodes)
-        if island.kind != "attention":
+        if island.kind not in ("attention", "layernorm"):
             entry.pop("eps")
         out.append(entry)
     return out
@@ -244,6 +269,108 @@ def _make_attention(ix, div, members, eps, quadratic) -> tuple[int, Island]:
     )
     island = Island(kind="attention", nodes=[ix.name(n) for n in ordered], reason=reason, eps=eps)
     return ix.position(ordered[0]), island
+
+
+# --------------------------------------------------------------------------------------------
+# layernorm
+
+
+def _layernorm(ix: GraphIndex, node: onnx.NodeProto):
+    """(member nodes, eps, form) if ``node`` is a ``LayerNormalization`` or the normalising
+    division of a written-out LayerNorm (module doc), else None."""
+    if node.op_type == "LayerNormalization":
+        eps = float(_attr(node, "epsilon", 1e-5))
+        axis = int(_attr(node, "axis", -1))
+        return [node], eps, f"LayerNormalization over axis {axis} (fused)"
+    reciprocal: list[onnx.NodeProto] = []
+    if node.op_type == "Div":
+        centred, root = node.input[0], node.input[1]
+    elif node.op_type == "Mul":  # x * Reciprocal(sqrt(...)), as simplifiers sometimes write it
+        reciprocal = [p for t in node.input if (p := ix.producer.get(t)) is not None and p.op_type == "Reciprocal"]
+        if len(reciprocal) != 1:
+            return None
+        centred = next(t for t in node.input if t != reciprocal[0].output[0])
+        root = reciprocal[0].input[0]
+    else:
+        return None
+    sub = ix.producer.get(centred)
+    mean = ix.producer.get(sub.input[1]) if sub is not None and sub.op_type == "Sub" else None
+    if mean is None or mean.op_type != "ReduceMean" or mean.input[0] != sub.input[0]:
+        return None
+    sqrt = ix.producer.get(root)
+    add = ix.producer.get(sqrt.input[0]) if sqrt is not None and sqrt.op_type == "Sqrt" else None
+    if add is None or add.op_type != "Add":
+        return None
+    eps, variance = _tiny_constant(ix, add.input[1]), add.input[0]
+    if eps is None:
+        eps, variance = _tiny_constant(ix, add.input[0]), add.input[1]
+    var = ix.producer.get(variance)
+    square = ix.producer.get(var.input[0]) if var is not None and var.op_type == "ReduceMean" else None
+    if square is None or not _squares(ix, square, centred) or eps is None:
+        return None
+    axes = _axes(ix, mean)
+    if axes is None or axes != _axes(ix, var):
+        return None  # both means over the same, known axes
+    members = [mean, sub, square, var, add, sqrt, *reciprocal, node, *_affine(ix, node)]
+    found = {id(n): n for n in members}
+    _add_constant_feeders(ix, found)
+    return list(found.values()), eps, f"LayerNorm over axes {list(axes)} written out (ReduceMean/Sub/Pow/Sqrt/Div)"
+
+
+def _axes(ix: GraphIndex, reduce: onnx.NodeProto) -> tuple[int, ...] | None:
+    """A ``ReduceMean``'s axes: its constant second input (opset 18+) or attribute (before)."""
+    if len(reduce.input) > 1 and reduce.input[1]:
+        value = ix.constant_value(reduce.input[1])
+        return None if value is None else tuple(int(a) for a in value.reshape(-1))
+    attribute = _attr(reduce, "axes", None)
+    return None if attribute is None else tuple(int(a) for a in attribute)
+
+
+def _squares(ix: GraphIndex, node: onnx.NodeProto, tensor: str) -> bool:
+    """``node`` computes ``tensor ** 2`` (``Pow`` by the constant 2, or ``Mul`` of it by itself)."""
+    if node.op_type == "Mul":
+        return list(node.input) == [tensor, tensor]
+    if node.op_type != "Pow" or node.input[0] != tensor:
+        return False
+    exponent, _ = ix.constant_through_casts(node.input[1])
+    return exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2.0
+
+
+def _affine(ix: GraphIndex, norm: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """The ``* weight + bias`` by constants right after the normalisation (when it is its only reader)."""
+    chain: list[onnx.NodeProto] = []
+    tensor = norm.output[0]
+    for op in ("Mul", "Add"):
+        readers = ix.consumers_of(tensor)
+        if len(readers) != 1 or ix.is_graph_output(tensor) or readers[0].op_type != op:
+            break
+        other = [t for t in readers[0].input if t != tensor]
+        if len(other) != 1 or not _constant(ix, other[0]):
+            break
+        chain.append(readers[0])
+        tensor = readers[0].output[0]
+    return chain
+
+
+def _constant(ix: GraphIndex, tensor: str) -> bool:
+    """``tensor`` is a constant, possibly re-typed (``Cast``/``CastLike``/``Identity``); no value read."""
+    for _ in range(8):
+        if ix.is_constant(tensor):
+            return True
+        node = ix.producer.get(tensor)
+        if node is None or node.op_type not in ("Identity", "Cast", "CastLike"):
+            return False
+        tensor = node.input[0]
+    return False
+
+
+def _make_layernorm(ix: GraphIndex, members: list[onnx.NodeProto], eps: float, form: str) -> tuple[int, Island]:
+    ordered = sorted(members, key=ix.position)
+    reason = (f"{form}: the squared deviations from the mean and their mean pass fp16's 65504 once "
+              f"|x - mean| > 256 (official EfficientViT-SAM issue #142: an all-fp16 encoder overflows in its "
+              f"LayerNorms); eps={eps:g}")
+    return ix.position(ordered[0]), Island(kind="layernorm", nodes=[ix.name(n) for n in ordered], reason=reason,
+                                           eps=eps)
 
 
 # --------------------------------------------------------------------------------------------

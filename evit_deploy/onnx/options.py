@@ -19,7 +19,8 @@ class OnnxOptions(TargetOptions):
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     simplify: Literal["onnxslim", "onnxsim", "none"] = "none"
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"  # ORT, at load time
-    keep_fp32: list[Literal["attention", "resize"]] = Field(default_factory=lambda: ["attention", "resize"])
+    keep_fp32: list[Literal["attention", "layernorm", "resize"]] = Field(
+        default_factory=lambda: ["attention", "layernorm", "resize"])
 
     @model_validator(mode="after")
     def _opset_in_range(self) -> OnnxOptions:

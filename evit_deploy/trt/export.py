@@ -31,6 +31,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     """Typed ONNX + plan + trtexec script (+ engine and its layer information unless plan-only) in ``ctx.workdir``."""
     import onnx
 
+    from evit_deploy.graph import select_islands
     from evit_deploy.trt import typed
 
     if not ctx.image_graph and recipe.dynamic:
@@ -44,7 +45,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     if options.simplify != "none":
         graph = simplify(graph, options.simplify)
     typed.name_all_nodes(graph)  # the names the plan, trtexec and TensorRT's layers share
-    islands = typed.select_islands(graph, options.keep_fp32) if precision != "fp32" else []
+    islands = select_islands(graph, options.keep_fp32) if precision != "fp32" else []
     notes: list[str] = []
     details: dict[str, Any] = {}
 
