@@ -27,6 +27,11 @@ DATA_INPUTS: dict[str, tuple[int, ...]] = {
 # Resize's roi and scales (casting scales to fp16 makes an invalid model; roi must stay exact).
 NEVER_CAST: dict[str, frozenset[int]] = {"Resize": frozenset({1, 2}), "Upsample": frozenset({1})}
 
+# Float inputs with a type parameter of their own that must still follow another input's type:
+# ONNX lets Pow's exponent (T1) differ from its base (T), TensorRT's elementwise layers do not
+# (a strongly typed fp16 Pow with an fp32 exponent would be a mixed-type layer).
+FOLLOWS: dict[str, dict[int, int]] = {"Pow": {1: 0}}
+
 
 def node_names(model: onnx.ModelProto) -> list[str]:
     """A unique, deterministic name for every node of the main graph, in graph order.
