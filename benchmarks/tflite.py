@@ -65,7 +65,7 @@ def export_tflite(weights: Path | None, out: Path, resolution: tuple[int, int], 
     for name, (precision, extra) in jobs.items():
         print(f"exporting {name}", flush=True)
         if precision == "int8":
-            extra = {**extra, "calibration": {"source": calib, "samples": samples}}
+            extra = {**extra, "calib": calib, "calib_samples": samples}
         result = api.export(MODEL, target="tflite", config=f"tflite-{precision}", weights=weights,
                             out=out / name, resolution=resolution, **extra)
         artifacts[name] = result.artifact

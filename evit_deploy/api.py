@@ -26,8 +26,9 @@ from evit_deploy.parity import BundleReport, ParityReport
 from evit_deploy.pipeline.export import ExportResult, export_here
 from evit_deploy.pipeline.profile import profile_here
 from evit_deploy.pipeline.verify import verify_runner
-from evit_deploy.profiling import ProfileResult
+from evit_deploy.profiling import ProfileResult, warn_oversubscribed
 from evit_deploy.requests import ExportRequest, ProfileRequest, VerifyRequest
+from evit_deploy.targets.base import get_target
 
 Progress = Callable[[str], None]
 Tick = Callable[[int, int], None]
@@ -62,7 +63,7 @@ def _export_for_device(request: ExportRequest, progress: Progress) -> ExportResu
     if request.config is None:
         request = request.replace(target=request.target or entry.default_target,
                                   precision=request.precision or entry.default_precision)
-    if request.target is not None and request.target.lower() in ("trt", "tensorrt"):
+    if request.target is not None and get_target(request.target).builds_on_device:
         from evit_deploy.remote.export import export_on_device
 
         return export_on_device(request, inventory=inventory, progress=progress)
@@ -94,6 +95,7 @@ def artifact_runner(handle: ArtifactHandle, device: str, *, threads: int | None 
                     inventory: str | Path | None = None, progress: Progress = _quiet) -> Runner:
     """A runner for the artifact here (``cpu``/``cuda``) or on an inventory device (connected, not loaded)."""
     if is_local(device):
+        warn_oversubscribed(threads)
         return handle.runner(device=device, threads=threads)
     from evit_deploy.remote.flows import remote_runner
 

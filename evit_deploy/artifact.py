@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from evit_deploy.contracts import Runner
+from evit_deploy.contracts import ArtifactFacts, Runner
 from evit_deploy.errors import RuntimeMissing, UsageError
-from evit_deploy.manifest import Manifest, load_manifest
+from evit_deploy.manifest import Manifest, load_manifest, manifest_path_for
 from evit_deploy.spec import InputSpec
 from evit_deploy.targets.base import Target, get_target
 
@@ -48,7 +48,52 @@ class ArtifactHandle:
 
 
 def open_artifact(path: str | Path) -> ArtifactHandle:
-    """Load and check an artifact's manifest (refusing incomplete or modified ones)."""
+    """Load and check an artifact's manifest (refusing incomplete, modified or contradicted ones)."""
     artifact = Path(path)
     manifest = load_manifest(artifact)
-    return ArtifactHandle(artifact, manifest, get_target(manifest.target))
+    handle = ArtifactHandle(artifact, manifest, get_target(manifest.target))
+    contradictions = _contradictions(manifest, handle.target.facts(manifest, artifact))
+    if contradictions:
+        raise UsageError(f"{manifest_path_for(artifact).name} contradicts {artifact.name}: "
+                         f"{'; '.join(contradictions)}; the manifest was edited after export: re-export the artifact")
+    return handle
+
+
+def _contradictions(manifest: Manifest, facts: ArtifactFacts) -> list[str]:
+    """Each place the manifest disagrees with the zoo card it names or with the artifact itself."""
+    from evit_deploy import zoo
+
+    found = []
+    card = zoo.get_card(manifest.model)
+    if card.task != manifest.task:
+        found.append(f"model {manifest.model} is a {card.task} model, the manifest says task {manifest.task}")
+    if facts.task is not None and facts.task != manifest.task:
+        found.append(f"task says {manifest.task}, the artifact was exported for {facts.task}")
+    if facts.precision is not None and facts.precision != manifest.precision:
+        found.append(f"precision says {manifest.precision}, the artifact is {facts.precision}")
+    declared = [_static(t.shape) for t in manifest.inputs]
+    actual = [_static(t.shape) for t in facts.inputs]
+    if actual and declared and not all(_agree(a, d) for a, d in zip(actual, declared)):
+        found.append(f"inputs say {declared}, the artifact takes {actual}")
+    spec = manifest.input
+    if manifest.graph is None and manifest.inputs and not spec.dynamic:
+        first = manifest.inputs[0]
+        shape = _in_layout(spec.shape, first.layout)
+        if not _agree(_static(first.shape), list(shape)):
+            found.append(f"input says {spec.batch}x3x{spec.height}x{spec.width}, the artifact takes "
+                         f"{'x'.join(str(d) for d in first.shape)} ({first.layout})")
+    return found
+
+
+def _static(shape: tuple[int | None, ...]) -> list[int | None]:
+    return [d if isinstance(d, int) and d > 0 else None for d in shape]
+
+
+def _agree(a: list[int | None], b: list[int | None]) -> bool:
+    """Same rank, and the same size wherever both are fixed."""
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def _in_layout(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    """An NCHW shape in ``layout``."""
+    return (shape[0], shape[2], shape[3], shape[1]) if layout == "NHWC" and len(shape) == 4 else shape

@@ -72,6 +72,16 @@ class ExportOutput:
 
 
 @dataclass
+class ArtifactFacts:
+    """What an artifact says about itself (its embedded metadata, its own tensors), to hold against
+    its manifest: a manifest edited after export must not steer verify or profile."""
+
+    task: str | None = None
+    precision: str | None = None
+    inputs: list[TensorInfo] = field(default_factory=list)
+
+
+@dataclass
 class LayerTiming:
     """One row of a per-operator profile."""
 

@@ -34,3 +34,15 @@ def package_versions(*packages: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return found
+
+
+def first_version(*packages: str) -> str | None:
+    """The version of the first of ``packages`` installed (one runtime ships under several names)."""
+    from importlib import metadata
+
+    for package in packages:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return None

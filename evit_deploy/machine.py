@@ -17,9 +17,10 @@ import platform
 import re
 import shutil
 import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from evit_deploy.dependencies import first_version
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 RUNTIME_PACKAGES = {  # what `evit devices check` reports, per runtime
@@ -125,17 +126,8 @@ def clocks_locked(sys_root: str = "/sys") -> bool | None:
     return True
 
 
-def package_version(*names: str) -> str | None:
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def tensorrt_version() -> str | None:
-    found = package_version(*RUNTIME_PACKAGES["tensorrt"])
+    found = first_version(*RUNTIME_PACKAGES["tensorrt"])
     if found:
         return found
     for package in ("tensorrt", "libnvinfer10", "libnvinfer8"):
@@ -216,6 +208,6 @@ def system_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_mb": memory_mb(),
         "gpus": gpus(),
-        "runtimes": {name: package_version(*packages) for name, packages in RUNTIME_PACKAGES.items()}
+        "runtimes": {name: first_version(*packages) for name, packages in RUNTIME_PACKAGES.items()}
         | ({"tensorrt": tensorrt_version()} if is_jetson() else {}),
     }

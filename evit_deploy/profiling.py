@@ -11,6 +11,7 @@ import platform
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -65,6 +66,15 @@ class ProfileResult:
         data = asdict(self)
         data["per_layer"] = [asdict(layer) for layer in self.per_layer]
         return data
+
+
+def warn_oversubscribed(threads: int | None) -> None:
+    """More runtime threads than cores only makes them wait for each other: say so (it still runs)."""
+    cores = os.cpu_count()
+    if threads and cores and threads > cores:
+        warnings.warn(f"--threads {threads} is more than the {cores} CPU core(s) here: the runtime's threads will "
+                      "wait for each other and every figure will be slower than with --threads "
+                      f"{cores} or fewer", UserWarning, stacklevel=2)
 
 
 def rss_mb() -> float:

@@ -34,11 +34,12 @@ def nvidia() -> tuple[list[str], str | None]:
 
 
 def macos() -> tuple[list[str], str | None]:
-    from evit_deploy.machine import cpu_model, package_version
-    from evit_deploy.targets.coreml import macos_runtime_missing
+    from evit_deploy.coreml.tools import macos_runtime_missing
+    from evit_deploy.dependencies import first_version
+    from evit_deploy.machine import cpu_model
 
     version = platform.mac_ver()[0]
-    line = (f"macOS {version}, {cpu_model()}; coremltools {package_version('coremltools') or 'not installed'}"
+    line = (f"macOS {version}, {cpu_model()}; coremltools {first_version('coremltools') or 'not installed'}"
             if version else f"macOS: no ({platform.system()})")
     return [line], macos_runtime_missing()
 

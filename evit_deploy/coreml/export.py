@@ -14,7 +14,7 @@ from evit_deploy.coreml.precision import ISLAND_RISK, island_selector, program_p
 from evit_deploy.coreml.rewrite import normalising_wrapper, replace_tanh_gelu
 from evit_deploy.coreml.tools import import_coremltools, quiet_coremltools
 from evit_deploy.errors import CheckFailed, UsageError
-from evit_deploy.spec import InputSpec, TensorInfo
+from evit_deploy.spec import InputSpec, Precision, TensorInfo
 from evit_deploy.toolchain import first_line, toolchain_error
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def describe_io(spec: InputSpec, ctx: ExportContext, image: bool) -> tuple[str, 
 # --------------------------------------------------------------------------- the target
 
 
-def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, options: CoreMLOptions,
+def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precision, options: CoreMLOptions,
                     ctx: ExportContext) -> ExportOutput:
     """``NAME.mlpackage`` in ``ctx.workdir``: rewritten, converted, compressed if asked, re-read and checked."""
     import torch
@@ -85,7 +85,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     with torch.no_grad():
         program = torch.export.export(module, examples).run_decompositions({})
     kept: dict[str, list[str]] = {}
-    if precision == "fp16":
+    if precision == Precision.FP16:
         with quiet_coremltools():
             selector, kept = island_selector(list(options.keep_fp32))
             compute = ct.transform.FP16ComputePrecision(op_selector=selector)
@@ -108,7 +108,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
         if options.compress != "none":
             ctx.progress(f"compressing weights ({options.compress})")
             mlmodel, details["compression"] = compress(ct, mlmodel, options.compress, options.level)
-    if precision == "fp16":
+    if precision == Precision.FP16:
         details["fp32_islands"] = {kind: len(names) for kind, names in kept.items()}
 
     source, output = describe_io(spec, ctx, options.image_input)
@@ -142,7 +142,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
     saved = load_program(path)
     details.update(specification_version=saved.specification_version, opset=saved.opset,
                    ops=saved.op_counts())
-    if precision == "fp16":
+    if precision == Precision.FP16:
         mix = program_precision(saved, kept)
         details["compute_precision"] = mix
         for kind, types in mix["islands"].items():

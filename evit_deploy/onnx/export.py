@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evit_deploy.contracts import ExportContext, ExportOutput
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import EvitError, RuntimeMissing, UsageError
 from evit_deploy.onnx.options import INSTALL_HINT, OnnxOptions
 from evit_deploy.spec import GraphIO, InputSpec, TensorInfo
-from evit_deploy.toolchain import toolchain_error
+from evit_deploy.toolchain import first_line, toolchain_error
 
 if TYPE_CHECKING:
     import onnx
@@ -189,3 +189,17 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
         notes=notes,
         details=details,
     )
+
+
+def read_facts(path: Path) -> ArtifactFacts:
+    """The task, precision and inputs an exported ONNX carries (its weights are not read)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError and others: the file is no ONNX
+        raise UsageError(f"{path.name}: not an ONNX model ({first_line(err)}); re-export it") from None
+    props = {p.key: p.value for p in graph.metadata_props}
+    initializers = {t.name for t in graph.graph.initializer}
+    inputs = [t for t in tensor_infos(graph, "input") if t.name not in initializers]
+    return ArtifactFacts(task=props.get("evit.task"), precision=props.get("evit.precision"), inputs=inputs)

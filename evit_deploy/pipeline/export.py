@@ -26,6 +26,7 @@ from evit_deploy.manifest import (
     size_of,
     staging_dir,
 )
+from evit_deploy.memory import check_card_fits
 from evit_deploy.pipeline.graphs import export_graphs, named_dims, selected
 from evit_deploy.requests import ExportRequest
 from evit_deploy.spec import InputSpec, Precision
@@ -79,8 +80,10 @@ def prepare(request: ExportRequest) -> PreparedExport:
     reason = target.available()
     if reason is not None:
         raise RuntimeMissing(f"target {target.name!r} cannot export here: {reason}")
-    return PreparedExport(request, card, recipe, target, card.input_spec(recipe.resolution, recipe.batch,
-                                                                         recipe.dynamic))
+    spec = card.input_spec(recipe.resolution, recipe.batch, recipe.dynamic)
+    if not card.graphs:  # a several-graph model's sizes are fixed by its card
+        check_card_fits(card, spec.shape)
+    return PreparedExport(request, card, recipe, target, spec)
 
 
 def export_here(request: ExportRequest, *, progress: Progress = lambda message: None) -> ExportResult:

@@ -5,6 +5,7 @@ code, with the device's clocks and power sampled around the timed runs when aske
 """
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 from evit_deploy.artifact import open_artifact
 from evit_deploy.data import input_batches
 from evit_deploy.errors import RuntimeMissing, UsageError
-from evit_deploy.profiling import ProfileResult, measure
+from evit_deploy.profiling import ProfileResult, measure, warn_oversubscribed
 from evit_deploy.requests import ProfileRequest
 from evit_deploy.spec import Precision, TensorInfo
 
@@ -23,6 +24,7 @@ Tick = Callable[[int, int], None]
 
 def profile_here(request: ProfileRequest, *, on_iteration: Tick = lambda done, total: None) -> ProfileResult:
     """Time ``request.artifact`` (or, with ``target='torch'``, the zoo model) on this machine."""
+    warn_oversubscribed(request.threads)
     if request.target == "torch":
         return _profile_torch(request, on_iteration)
     if request.target is not None:
@@ -40,6 +42,11 @@ def profile_here(request: ProfileRequest, *, on_iteration: Tick = lambda done, t
     if reason is not None:
         raise RuntimeMissing(f"cannot profile {path.name} here: {reason}")
     spec = handle.run_spec(request.resolution, request.batch)
+    if (request.resolution or request.batch) and not handle.manifest.graph and importlib.util.find_spec("torch"):
+        from evit_deploy import zoo
+        from evit_deploy.memory import check_card_fits
+
+        check_card_fits(zoo.get_card(handle.manifest.model), spec.shape)  # devices without torch skip this
     feed = (_graph_feed(handle.manifest.inputs, request.seed) if handle.manifest.graph
             else {spec.name: next(iter(input_batches(spec, samples=1, seed=request.seed)))})
 

@@ -16,6 +16,7 @@ from evit_deploy.contracts import Runner
 from evit_deploy.data import list_images
 from evit_deploy.errors import UsageError
 from evit_deploy.manifest import ParityRecord, manifest_path_for, write_json_atomic
+from evit_deploy.memory import check_card_fits
 from evit_deploy.parity import Comparator, ParityReport
 from evit_deploy.pipeline.feeds import graph_feeds, graph_inputs, graph_module
 from evit_deploy.pipeline.reference import reference_model
@@ -42,6 +43,8 @@ def verify_runner(handle: ArtifactHandle, artifact_runner: Runner, request: Veri
     source = request.images
     samples = request.samples or (4 if source is None else len(list_images(source)))
     spec = handle.run_spec(request.resolution)
+    if request.resolution is not None and graph is None:
+        check_card_fits(card, spec.shape)
     criteria = manifest.recipe.resolved_tolerances(artifact_runner.tolerance_profile).model_dump()
     criteria.update(request.tolerances.model_dump(exclude_none=True))
     tol = Tolerances.model_validate(criteria)
@@ -82,12 +85,14 @@ def verify_runner(handle: ArtifactHandle, artifact_runner: Runner, request: Veri
         notes=notes + manifest.notes,
     )
     if request.record:
-        record_parity(handle, report)
+        problem = record_parity(handle, report)
+        if problem:
+            report.notes.append(f"the result is not recorded in the manifest: {problem}")
     return report
 
 
-def record_parity(handle: ArtifactHandle, report: ParityReport) -> None:
-    """Keep the latest verify result in the manifest (the manifest itself is not hashed)."""
+def record_parity(handle: ArtifactHandle, report: ParityReport) -> str | None:
+    """Keep the latest verify result in the manifest (the manifest itself is not hashed); why not, if not."""
     record = ParityRecord(
         passed=report.passed,
         verified=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -100,7 +105,9 @@ def record_parity(handle: ArtifactHandle, report: ParityReport) -> None:
         failed=[c.name for c in report.failures],
     )
     updated = handle.manifest.model_copy(update={"parity": record})
+    path = manifest_path_for(Path(handle.path))
     try:
-        write_json_atomic(manifest_path_for(Path(handle.path)), updated.model_dump(mode="json"))
-    except OSError:
-        pass  # a read-only artifact folder still verifies; the result is in the report
+        write_json_atomic(path, updated.model_dump(mode="json"))
+    except OSError as err:  # a read-only artifact folder still verifies; the result is in the report
+        return f"cannot write {path.name} in {path.parent} ({err.strerror or err})"
+    return None

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, cast
 
 from evit_deploy.configs import validate_options
-from evit_deploy.contracts import ExportContext, ExportOutput, Runner, TargetOptions
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner, TargetOptions
 from evit_deploy.errors import UsageError
-from evit_deploy.spec import InputSpec
+from evit_deploy.spec import InputSpec, Precision
 
 if TYPE_CHECKING:  # torch stays out of runner imports: devices run artifacts without it
     import torch
@@ -37,10 +37,11 @@ class Target(ABC, Generic[OptionsT]):
 
     name: ClassVar[str]
     extensions: ClassVar[tuple[str, ...]]
-    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    precisions: ClassVar[tuple[Precision, ...]] = (Precision.FP32,)
     options_model: ClassVar[type[TargetOptions]] = TargetOptions
     description: ClassVar[str] = ""
-    requires: ClassVar[str] = ""  # what to install or have, for the README/`evit targets` table
+    requires: ClassVar[str] = ""
+    builds_on_device: ClassVar[bool] = False  # with export --device: the artifact is made on the device itself  # what to install or have, for the README/`evit targets` table
 
     @abstractmethod
     def available(self) -> str | None:
@@ -65,6 +66,10 @@ class Target(ABC, Generic[OptionsT]):
     @abstractmethod
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         """A Runner for an exported artifact (not yet loaded)."""
+
+    def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
+        """What the artifact itself says (embedded metadata, its inputs), to hold against its manifest."""
+        return ArtifactFacts()
 
     def options(self, recipe: Recipe) -> OptionsT:
         """The recipe's target options, validated against ``options_model`` (UsageError naming the field)."""

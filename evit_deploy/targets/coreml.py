@@ -38,11 +38,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evit_deploy.contracts import ExportContext, ExportOutput, Runner
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner
 from evit_deploy.coreml.options import COMPRESSION_MIN, CoreMLOptions, device_compute_units
 from evit_deploy.coreml.tools import INSTALL_HINT, coremltools_missing, macos_runtime_missing
 from evit_deploy.errors import UsageError
-from evit_deploy.spec import InputSpec
+from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.targets.base import Target, register
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def _mil_forced() -> bool:
 class CoreMLTarget(Target[CoreMLOptions]):
     name = "coreml"
     extensions = (".mlpackage",)
-    precisions = ("fp32", "fp16")
+    precisions = (Precision.FP32, Precision.FP16)
     options_model = CoreMLOptions
     description = "Core ML ML program (.mlpackage) for iPhone, iPad and Mac; checked on Linux by a MIL interpreter"
     requires = INSTALL_HINT
@@ -100,6 +100,11 @@ class CoreMLTarget(Target[CoreMLOptions]):
         from evit_deploy.coreml.export import export_artifact
 
         return export_artifact(model, spec, recipe.precision, self.options(recipe), ctx)
+
+    def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
+        from evit_deploy.coreml.metadata import read_facts
+
+        return read_facts(path)
 
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.coreml.runner import CoreMLRunner, MilRunner

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evit_deploy.contracts import ExportContext, ExportOutput, Runner
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner
 from evit_deploy.dependencies import missing_modules
 from evit_deploy.onnx.options import INSTALL_HINT, OnnxOptions
-from evit_deploy.spec import InputSpec
+from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.targets.base import Target, register
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class OnnxTarget(Target[OnnxOptions]):
     name = "onnx"
     extensions = (".onnx",)
-    precisions = ("fp32", "fp16")
+    precisions = (Precision.FP32, Precision.FP16)
     options_model = OnnxOptions
     description = "ONNX graph, run with ONNX Runtime (any platform)"
     requires = INSTALL_HINT
@@ -39,6 +39,11 @@ class OnnxTarget(Target[OnnxOptions]):
         from evit_deploy.onnx.export import export_artifact
 
         return export_artifact(model, spec, recipe.precision, self.options(recipe), ctx)
+
+    def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
+        from evit_deploy.onnx.export import read_facts
+
+        return read_facts(path)
 
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.onnx.runner import OnnxRunner

@@ -25,9 +25,9 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evit_deploy.contracts import ExportContext, ExportOutput, Runner
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner
 from evit_deploy.errors import RuntimeMissing, UsageError
-from evit_deploy.spec import InputSpec
+from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.targets.base import Target, register
 from evit_deploy.trt.options import TrtOptions, check_dims, check_options
 
@@ -50,7 +50,8 @@ def _kind(device: str) -> str:
 class TensorRTTarget(Target[TrtOptions]):
     name = "trt"
     extensions = (".engine", ".plan")
-    precisions = ("fp32", "fp16", "int8")
+    precisions = (Precision.FP32, Precision.FP16, Precision.INT8)
+    builds_on_device = True  # an engine runs only on the GPU and TensorRT it was built with
     options_model = TrtOptions
     description = "TensorRT: typed ONNX + build plan + trtexec script; the engine on an NVIDIA GPU"
     requires = f"plan: {ONNX_HINT}; engine: pip install 'evit-deploy[tensorrt]' + an NVIDIA GPU"
@@ -89,6 +90,13 @@ class TensorRTTarget(Target[TrtOptions]):
 
         return export_artifact(model, spec, recipe, self.options(recipe), ctx)
 
+    def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
+        """The typed ONNX's facts (an engine carries none evit can read without TensorRT)."""
+        from evit_deploy.onnx.export import read_facts
+
+        onnx_path = path if path.suffix == ".onnx" else self._file(manifest, path, ".onnx")
+        return read_facts(onnx_path) if onnx_path is not None else ArtifactFacts()
+
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         """``cuda``: the engine (primary after a GPU or device build, else beside the typed ONNX);
         ``cpu``: the typed ONNX on ONNX Runtime."""
@@ -107,7 +115,7 @@ class TensorRTTarget(Target[TrtOptions]):
         onnx_path = path if path.suffix == ".onnx" else self._file(manifest, path, ".onnx")
         if onnx_path is None:
             raise UsageError(f"{path.name}: its manifest lists no typed ONNX to run on the CPU; run it with --device cuda")
-        if manifest.precision != "fp16":
+        if manifest.precision != Precision.FP16:
             from evit_deploy.onnx.runner import OnnxRunner
 
             return OnnxRunner(onnx_path, device="cpu", threads=threads)

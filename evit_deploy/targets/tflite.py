@@ -45,9 +45,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evit_deploy.contracts import ExportContext, ExportOutput, Runner
+from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner
 from evit_deploy.errors import UsageError
-from evit_deploy.spec import InputSpec
+from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.targets.base import Target, register
 from evit_deploy.tflite.options import INSTALL_HINT, TfliteOptions, missing
 
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 class TfliteTarget(Target[TfliteOptions]):
     name = "tflite"
     extensions = (".tflite",)
-    precisions = ("fp32", "fp16", "int8")
+    precisions = (Precision.FP32, Precision.FP16, Precision.INT8)
     options_model = TfliteOptions
     description = "TFLite flatbuffer, run with LiteRT (XNNPACK) on Android/ARM/x86 CPUs"
     requires = INSTALL_HINT
@@ -83,6 +83,11 @@ class TfliteTarget(Target[TfliteOptions]):
         from evit_deploy.tflite.export import export_artifact
 
         return export_artifact(model, spec, recipe.precision, self.options(recipe), ctx)
+
+    def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
+        from evit_deploy.tflite.metadata import read_facts
+
+        return read_facts(path)
 
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.tflite.runner import TfliteRunner

@@ -9,7 +9,7 @@ import numpy as np
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import CheckFailed, UsageError
-from evit_deploy.spec import GraphIO, InputSpec, TensorInfo, to_layout
+from evit_deploy.spec import GraphIO, InputSpec, Precision, TensorInfo, to_layout
 from evit_deploy.tflite.convert import convert_fp32
 from evit_deploy.tflite.graph import Graph
 from evit_deploy.tflite.metadata import add_metadata
@@ -32,19 +32,19 @@ def _calibration_batches(ctx: ExportContext, spec: InputSpec, layout: str) -> li
     return batches
 
 
-def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, options: TfliteOptions,
+def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precision, options: TfliteOptions,
                     ctx: ExportContext) -> ExportOutput:
     """``NAME.tflite`` in ``ctx.workdir``: converted, quantised as ``precision`` asks, metadata, smoke-tested."""
-    calibration = _calibration_batches(ctx, spec, options.layout) if precision == "int8" else []
+    calibration = _calibration_batches(ctx, spec, options.layout) if precision == Precision.INT8 else []
     ctx.progress(f"litert-torch convert ({options.layout.upper()}, bicubic {options.bicubic})")
     content, info = convert_fp32(model, ctx.graph, options)
     fp32_graph = Graph(content)
     details: dict[str, Any] = {"layout": options.layout.upper(), "fp32_ops": fp32_graph.op_counts(), **info}
     notes: list[str] = []
-    if precision == "fp16":
+    if precision == Precision.FP16:
         ctx.progress("casting weights to fp16")
         content, details["fp16"] = quantize_fp16(content, options)
-    elif precision == "int8":
+    elif precision == Precision.INT8:
         content, details["int8"] = quantize_int8(content, options, calibration, ctx.progress)
         fo = details["int8"]["float_ops"]
         head = f", the classifier head ({sum(fo['head']['ops'].values())} op(s))" if fo["head"] else ""

@@ -7,6 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from evit_deploy.contracts import ArtifactFacts
+from evit_deploy.errors import UsageError
+from evit_deploy.spec import TensorInfo
+
 
 def add_metadata(content: bytes, entries: dict[str, Any]) -> bytes:
     """Attach ``entries`` as JSON under the flatbuffer metadata name ``evit`` (apps read it)."""
@@ -35,3 +39,21 @@ def read_metadata(path: Path) -> dict[str, Any]:
         if name == "evit":
             return json.loads(bytes(model.buffers[entry.buffer].data).decode())
     return {}
+
+
+def read_facts(path: Path) -> ArtifactFacts:
+    """The task, precision and inputs a .tflite written by evit carries."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    try:
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+        subgraph = model.subgraphs[0]
+        inputs = []
+        for index in subgraph.inputs:
+            tensor = subgraph.tensors[index]
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+            inputs.append(TensorInfo(name, tuple(int(d) for d in tensor.shape)))
+        meta = read_metadata(path)
+    except Exception as err:  # noqa: BLE001 - a flatbuffer that does not parse is no TFLite model
+        raise UsageError(f"{path.name}: not a TFLite model ({type(err).__name__}); re-export it") from None
+    return ArtifactFacts(task=meta.get("task"), precision=meta.get("precision"), inputs=inputs)

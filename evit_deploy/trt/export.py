@@ -16,7 +16,7 @@ from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
 from evit_deploy.onnx.export import add_metadata, check_and_save, export_onnx_graph, simplify, tensor_infos
 from evit_deploy.onnx.options import OnnxOptions
-from evit_deploy.spec import InputSpec
+from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.trt.options import Profile, TrtOptions, resolve_profiles
 
 if TYPE_CHECKING:
@@ -42,15 +42,15 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     if options.simplify != "none":
         graph = simplify(graph, options.simplify)
     typed.name_all_nodes(graph)  # the names the plan, trtexec and TensorRT's layers share
-    islands = select_islands(graph, options.keep_fp32) if precision != "fp32" else []
+    islands = select_islands(graph, options.keep_fp32) if precision != Precision.FP32 else []
     notes: list[str] = []
     details: dict[str, Any] = {}
 
     # the graph TensorRT builds
     int8_info = None
-    if precision == "int8":
+    if precision == Precision.INT8:
         build, int8_info = _int8(graph, spec, recipe, options, islands, ctx)
-    elif precision == "fp16" and options.typing_mode == "strong":
+    elif precision == Precision.FP16 and options.typing_mode == "strong":
         ctx.progress("fp16 with fp32 islands behind Casts")
         build = typed.to_fp16(graph, islands)
     else:
@@ -58,10 +58,10 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
 
     # what fp16 will compute, checked for overflow at the export shape and --max-shape
     overflow = None
-    if precision == "fp16" and options.overflow_check:
+    if precision == Precision.FP16 and options.overflow_check:
         simulated = build if options.typing_mode == "strong" else typed.to_fp16(graph, islands)
         overflow = _overflow(simulated, spec, profiles, options, ctx)
-    elif precision == "fp16":
+    elif precision == Precision.FP16:
         notes.append("fp16 overflow check skipped (overflow_check: false)")
 
     add_metadata(build, spec, ctx, precision)
@@ -183,10 +183,10 @@ def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], profiles:
     summary = [p.Island(**i) for i in islands_summary(islands)]
     outputs = typed.float_outputs(final, {n for island in summary for n in island.nodes})
     expected = p.expectations(summary, typed.node_ops(final), outputs)
-    outside = typed.fp32_outside_islands(final, islands) if recipe.precision == "fp16" and \
+    outside = typed.fp32_outside_islands(final, islands) if recipe.precision == Precision.FP16 and \
         options.typing_mode == "strong" else []
     precisions, output_types = ({}, {})
-    if options.typing_mode == "weak" and recipe.precision != "fp32":
+    if options.typing_mode == "weak" and recipe.precision != Precision.FP32:
         precisions, output_types = p.weak_typing_constraints(expected, typed.output_counts(final))
     name = ctx.model_name
     plan = p.BuildPlan(
@@ -200,12 +200,12 @@ def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], profiles:
         workspace_gib=options.workspace, dla_core=options.dla_core,
         builder_optimization_level=options.builder_opt_level,
         timing_cache=options.timing_cache.name if options.timing_cache else None,
-        tf32=recipe.precision != "fp32",
+        tf32=recipe.precision != Precision.FP32,
         islands=summary, fp32_outside_islands=[p.Fp32Outside(**o) for o in outside], expected_layers=expected,
         island_tensors=[t for e in expected for t in e.outputs],
         layer_precisions=precisions, layer_output_types=output_types, int8=int8_info, overflow=overflow,
     )
-    if recipe.precision == "fp32":
+    if recipe.precision == Precision.FP32:
         plan.notes.append("fp32: no islands; TF32 is off so fp32 means fp32 (--noTF32)")
     if options.typing_mode == "weak":
         plan.notes.append("weak typing: the engine's island precisions are requested, not guaranteed; "

@@ -10,9 +10,9 @@ Nothing here needs a GPU, torch or TensorRT.
 """
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
+from evit_deploy.dependencies import first_version
 from evit_deploy.errors import RuntimeMissing
 
 # The oldest Linux driver each CUDA major runs on (minor-version compatibility).
@@ -36,26 +36,17 @@ def import_tensorrt() -> Any:
     return trt
 
 
-def _version(*names: str) -> str | None:
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def tensorrt_wheel_cuda() -> int | None:
     """The CUDA major of the installed TensorRT wheel; None for JetPack's system bindings or none."""
     for major in sorted({cuda for _, cuda in EXTRAS}):
-        if _version(f"tensorrt-cu{major}", f"tensorrt_cu{major}_libs"):
+        if first_version(f"tensorrt-cu{major}", f"tensorrt_cu{major}_libs"):
             return major
     return None
 
 
 def bindings_version() -> str | None:
     """cuda-python's version (its bindings carry the CUDA major they were made for)."""
-    return _version("cuda-bindings", "cuda-python")
+    return first_version("cuda-bindings", "cuda-python")
 
 
 def mismatch(trt_cuda: int | None, bindings: str | None, driver: int | None) -> str | None:
@@ -115,7 +106,7 @@ def gpu_name() -> str:
 
 def describe() -> dict[str, Any]:
     """What ``make test-hardware`` prints first: the TensorRT/CUDA stack found here (no GPU needed)."""
-    found: dict[str, Any] = {"tensorrt": _version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-lean"),
+    found: dict[str, Any] = {"tensorrt": first_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-lean"),
                              "tensorrt_wheel_cuda": tensorrt_wheel_cuda(), "cuda_python": bindings_version(),
                              "driver_cuda": None, "gpu": "", "problem": cuda_unavailable()}
     try:
