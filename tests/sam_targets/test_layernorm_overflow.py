@@ -93,9 +93,12 @@ def test_only_the_layernorm_island_keeps_the_masks(loud_fp32_encoder, loud_model
             return 0.0
         return min(r.min_iou for r in results)
 
-    assert worst_iou(["attention", "layernorm", "resize"]) >= 0.99
-    for kinds in (["attention", "resize"], []):
-        assert worst_iou(kinds) < 0.5, kinds  # visibly worse: masks lost, or no finite embeddings at all
+    worst = {", ".join(kinds) or "none": worst_iou(kinds) for kinds in (["attention", "layernorm", "resize"],
+                                                                       ["attention", "resize"], [])}
+    print(f"loud LayerNorm weights, worst mask IoU by fp32 islands: {worst}")
+    kept, *lost = worst.values()
+    assert kept >= 0.99
+    assert all(iou < 0.5 for iou in lost), worst  # visibly worse: masks lost, or no finite embeddings at all
 
 
 @pytest.mark.slow

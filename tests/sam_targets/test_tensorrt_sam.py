@@ -50,6 +50,11 @@ def kinds(plan: BuildPlan) -> dict[str, int]:
 
 def assert_all_agree(results: list[Agreement], iou: float) -> None:
     worst = min(results, key=lambda r: r.min_iou)
+    print(f"{len(results)} photo(s): worst mask IoU {worst.min_iou:.4f} ({worst.photo}), mean "
+          f"{np.mean([r.mean_iou for r in results]):.4f}, IoU-prediction error <= "
+          f"{max(r.iou_error for r in results):.2e}, best-mask agreement "
+          f"{np.mean([r.best_agreement for r in results]):.3f}, embeddings rel. error <= "
+          f"{max(r.embeddings_rel or 0.0 for r in results):.2e}")
     assert worst.min_iou >= iou, worst
     assert all(r.best_agreement == 1.0 for r in results), results
 
