@@ -302,7 +302,23 @@ def load_weights(model: torch.nn.Module, weights: str | Path | Mapping[str, Any]
         message = _mismatch_message(source, name, sd, expected, missing, unexpected, mismatched, layout)
         hint = guess(sd) if guess is not None else None
         raise UsageError(message + (f"; {hint}" if hint else ""))
+    _refuse_nonfinite(sd, source)
     model.load_state_dict(sd, strict=True)
+
+
+def _refuse_nonfinite(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """A NaN or Inf weight (a diverged run, a bad conversion) makes every output NaN; an export of it
+    would pass every structural check and fail only at verify, as ``nonfinite``. Name the first."""
+    import torch
+
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        first = sd[bad[0]]
+        nan, inf = int(torch.isnan(first).sum()), int(torch.isinf(first).sum())
+        what = " and ".join(f"{n} {label}" for n, label in ((nan, "NaN"), (inf, "Inf")) if n)
+        others = f" ({len(bad) - 1} more tensor(s) too)" if len(bad) > 1 else ""
+        raise UsageError(f"{source}: tensor {bad[0]!r} holds {what} of its {first.numel()} values{others}; "
+                         "evit refuses non-finite weights: use a checkpoint from before the run diverged")
 
 
 def _names(keys: list[str]) -> str:

@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evit_deploy._resources import data_dir
 from evit_deploy.errors import UsageError
 from evit_deploy.spec import Precision
+from evit_deploy.textfile import load_yaml
 
 
 class Tolerances(BaseModel):
@@ -143,10 +143,7 @@ def load_recipe(config: str | Path | None = None, overrides: dict[str, Any] | No
     if config is not None:
         path = recipe_path(config)
         origin = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise UsageError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        loaded = load_yaml(path, "recipe")
         if not isinstance(loaded, dict):
             raise UsageError(f"{path}: a recipe is a YAML mapping of fields (target, precision, ...)")
         data.update(loaded)

@@ -7,10 +7,10 @@ imports torch or a runtime: a device runs artifacts with numpy and its runtime a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -31,6 +31,14 @@ class TargetOptions(BaseModel):
 CALIBRATION_NEEDED = "int8 needs calibration images: pass --calib DIR (a folder of representative images)"
 
 
+class Images(Protocol):
+    """Calibration inputs: NCHW batches, re-iterable and counted, read lazily (never all in memory)."""
+
+    def __iter__(self) -> Iterator[np.ndarray]: ...
+
+    def __len__(self) -> int: ...
+
+
 @dataclass
 class ExportContext:
     """What a target's export needs besides the module: where to write, what to report."""
@@ -40,7 +48,7 @@ class ExportContext:
     classes: list[str]
     workdir: Path  # a private staging folder; the caller moves results into place
     graph: GraphIO  # the tensors to export: names, sizes, dynamic dims
-    calibration: Callable[[InputSpec], list[np.ndarray]] | None = None
+    calibration: Callable[[InputSpec], Images] | None = None
     progress: Callable[[str], None] = lambda message: None
 
     @property
@@ -49,8 +57,9 @@ class ExportContext:
         return len(self.graph.inputs) == 1 and len(self.graph.inputs[0].shape) == 4 and \
             self.graph.inputs[0].shape[1] == 3
 
-    def calibration_batches(self, spec: InputSpec) -> list[np.ndarray]:
-        """The calibration images preprocessed for ``spec``'s size, one (1, 3, H, W) array each."""
+    def calibration_batches(self, spec: InputSpec) -> Images:
+        """The calibration images preprocessed for ``spec``'s size, one (1, 3, H, W) array each, read
+        lazily as they are iterated."""
         if self.calibration is None:
             raise UsageError(CALIBRATION_NEEDED)
         images = self.calibration(spec.with_resolution(spec.height, spec.width, batch=1))

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evit_deploy.errors import UsageError
+from evit_deploy.textfile import load_yaml
 
 PresetName = Literal["jetson-orin", "jetson-orin-nano", "gpu-server", "mac", "raspberry-pi", "local"]
 LOCAL_DEVICES = ("cpu", "cuda", "gpu")
@@ -40,6 +41,24 @@ _HOST = re.compile(r"^[A-Za-z0-9_.%:\[\]-]+$")  # names, IPv4, IPv6 (bracketed o
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SSH_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+# ``ssh_options`` evit passes to ssh as ``-o Key=Value``: options that shape the connection,
+# authentication and host-key checking, nothing else (ssh_config(5) keywords, case-insensitive).
+SSH_OPTIONS_ALLOWED = frozenset(k.lower() for k in (
+    "AddressFamily", "BindAddress", "BindInterface", "CASignatureAlgorithms", "CertificateFile", "CheckHostIP",
+    "Ciphers", "Compression", "ConnectionAttempts", "ConnectTimeout", "ControlMaster", "ControlPath",
+    "ControlPersist", "FingerprintHash", "GlobalKnownHostsFile", "GSSAPIAuthentication", "HashKnownHosts",
+    "HostKeyAlgorithms", "HostKeyAlias", "Hostname", "IdentitiesOnly", "IdentityAgent", "IdentityFile", "IPQoS",
+    "KexAlgorithms", "LogLevel", "MACs", "NoHostAuthenticationForLocalhost", "Port", "PreferredAuthentications",
+    "ProxyJump", "PubkeyAcceptedAlgorithms", "PubkeyAuthentication", "RekeyLimit", "RequiredRSASize",
+    "RevokedHostKeys", "ServerAliveCountMax", "ServerAliveInterval", "StrictHostKeyChecking", "TCPKeepAlive",
+    "UpdateHostKeys", "User", "UserKnownHostsFile", "VerifyHostKeyDNS",
+))
+# Refused by name with the reason: each runs a command or loads code on *this* machine whenever evit
+# connects (or, for Match/Include, pulls in directives that can).
+SSH_OPTIONS_LOCAL_CODE = {k.lower(): k for k in (
+    "ProxyCommand", "LocalCommand", "PermitLocalCommand", "KnownHostsCommand", "Match", "Include",
+    "PKCS11Provider", "SecurityKeyProvider", "XAuthLocation",
+)}
 
 
 class Preset(BaseModel):
@@ -134,9 +153,21 @@ class Device(BaseModel):
     @field_validator("ssh_options")
     @classmethod
     def _ssh_options(cls, value: dict[str, Any]) -> dict[str, str]:
+        """Only options of ``SSH_OPTIONS_ALLOWED``: an inventory is often shared (a team file, a README
+        snippet, ``$EVIT_DEVICES`` in CI), and an inline ``ProxyCommand`` would run on this machine at
+        every connection. What ssh itself should do beyond that belongs in the ssh configuration."""
         for key, option in value.items():
-            if not _SSH_KEY.match(key) or "\n" in str(option):
+            if not _SSH_KEY.match(str(key)) or any(not c.isprintable() for c in str(option)):
                 raise ValueError(f"{key!r}: an ssh option is a word (e.g. UserKnownHostsFile) with a one-line value")
+            if key.lower() in SSH_OPTIONS_LOCAL_CODE:
+                raise ValueError(
+                    f"{key} runs a command or loads code on this machine whenever evit connects, so evit refuses "
+                    "it here; if you need it, put it under a Host alias in ~/.ssh/config (or the file named by "
+                    "ssh_config) and use that alias as host")
+            if key.lower() not in SSH_OPTIONS_ALLOWED:
+                raise ValueError(
+                    f"{key} is not an option evit passes to ssh (only connection, authentication and host-key "
+                    "options: see SECURITY.md); put it in ~/.ssh/config if ssh needs it for this host")
         return {k: str(v) for k, v in value.items()}
 
     @model_validator(mode="after")
@@ -214,14 +245,7 @@ def load_inventory(explicit: str | Path | None = None) -> Inventory:
         return Inventory()
     if not path.is_file():
         raise UsageError(f"{path}: inventory not found (from {how}); create it or point {how} at devices.yaml")
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UsageError(f"{path}: not readable YAML ({first})") from None
-    return parse_inventory(data, str(path))
+    return parse_inventory(load_yaml(path, "inventory") or {}, str(path))
 
 
 def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
@@ -234,7 +258,8 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
     if isinstance(raw, list):
         entries = [(str(e.get("name")) if isinstance(e, dict) else "?", e) for e in raw]
     elif isinstance(raw, dict):
-        entries = [(str(name), {**(e or {}), "name": name}) for name, e in raw.items()]
+        entries = [(str(name), {**(e or {}), "name": name} if isinstance(e, dict) or e is None else e)
+                   for name, e in raw.items()]
     else:
         raise UsageError(f"{source}: 'devices' must map names to entries")
     devices: dict[str, Device] = {}
@@ -250,7 +275,8 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
         except ValidationError as err:
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "entry"
-            raise UsageError(f"{source}: device {name!r}: {field}: {first['msg']}") from None
+            message = first["msg"].removeprefix("Value error, ")
+            raise UsageError(f"{source}: device {name!r}: {field}: {message}") from None
         if device.name in devices:
             raise UsageError(f"{source}: device {device.name!r} is defined twice")
         devices[device.name] = device

@@ -1,5 +1,7 @@
-"""Will one inference fit in memory? Asked before anything is built, so a typo in ``--resolution``
-(100000x100000: a 120 GB input alone) is one line, not an out-of-memory kill or a traceback.
+"""Will the work fit in memory? Asked before anything is built, so a typo in ``--resolution``
+(100000x100000: a 120 GB input alone) or a calibration that outgrows the machine is one line,
+not an out-of-memory kill (exit 137, no message, maybe other people's processes with it) or a
+traceback.
 
 The estimate runs the model on PyTorch's meta device (shapes only, nothing allocated) and sums
 what a forward pass holds at its worst: the input, the weights, and the largest activations a
@@ -102,3 +104,10 @@ def check_fits(need: MemoryNeed, what: str) -> None:
 
 def _gb(size: int) -> str:
     return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
+
+
+def require(needed: int, what: str, hint: str) -> None:
+    """Refuse ``what`` in one line when it needs more than the memory available now."""
+    available = available_bytes()
+    if available is not None and needed > available:
+        raise UsageError(f"{what} needs about {_gb(needed)} of memory but {_gb(available)} are available; {hint}")

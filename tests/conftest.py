@@ -65,7 +65,10 @@ class CliResult:
 
 @pytest.fixture
 def cli():
-    """Run ``evit ARGS`` in-process; returns exit code, stdout and stderr separately."""
+    """Run ``evit ARGS`` in-process; returns exit code, stdout and stderr separately.
+
+    A run that prints a traceback fails the test unless it passed ``--debug``: users see one
+    line per error, never a traceback (issue 14)."""
     from typer.testing import CliRunner
 
     from evit_deploy.cli import app
@@ -73,7 +76,10 @@ def cli():
     runner = CliRunner()
 
     def invoke(*args: object) -> CliResult:
-        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        argv = [str(a) for a in args]
+        result = runner.invoke(app, argv, catch_exceptions=False)
+        if "--debug" not in argv and "Traceback (most recent call last)" in result.stdout + result.stderr:
+            pytest.fail(f"`evit {' '.join(argv)}` printed a traceback without --debug:\n{result.stderr[-4000:]}")
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return invoke
@@ -232,3 +238,29 @@ def loud_attention():
         return out
 
     return scale_qk
+
+
+@pytest.fixture(scope="session")
+def small_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete small artifact (cls-B0 ONNX at 64x64, random weights), exported once a session.
+    Tests that edit it work on ``copy_artifact(small_onnx, tmp_path)``."""
+    import warnings
+
+    from evit_deploy import api
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights, on purpose
+        return api.export("efficientvit-b0-r224", target="onnx", resolution=(64, 64),
+                          out=tmp_path_factory.mktemp("small-onnx")).artifact
+
+
+@pytest.fixture
+def copy_artifact():
+    """``copy_artifact(artifact, folder)`` -> the artifact copied with its manifest into ``folder``."""
+    import shutil
+
+    def copy(artifact: Path, folder: Path) -> Path:
+        shutil.copytree(artifact.parent, folder, dirs_exist_ok=True)
+        return folder / artifact.name
+
+    return copy

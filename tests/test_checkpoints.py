@@ -287,3 +287,29 @@ def test_fine_tuned_head_is_named(seeded) -> None:
     sd["head.op_list.3.linear.bias"] = torch.zeros(10)
     expect_usage_error(lambda: create_model("efficientvit-b0-r224", sd), "2 shape-mismatched",
                        "it looks like efficientvit-b0-r224 fine-tuned for 10 classes (the card has 1000)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite weights (issue 14 item 13)
+
+@pytest.mark.filterwarnings("ignore:efficientvit-b0-r224 has random weights")
+@pytest.mark.parametrize("poison", ["nan", "inf", "-inf"])
+def test_export_refuses_nonfinite_weights_naming_the_first(poison: str, tmp_path: Path, cli) -> None:
+    from evit_deploy import zoo
+
+    sd = zoo.create_model("efficientvit-b0-r224", None, seed=0).state_dict()
+    names = [k for k, v in sd.items() if v.is_floating_point()]
+    first, later = names[3], names[-1]
+    sd[first].view(-1)[:2] = float(poison)
+    sd[later].view(-1)[0] = float("nan")
+    weights = tmp_path / "bad.pt"
+    torch.save(sd, weights)
+    out = tmp_path / "out"
+    result = cli("export", "efficientvit-b0-r224", "--weights", weights, "--resolution", "64x64", "--out", out)
+    assert result.code == 2, result
+    (line,) = result.error_lines
+    label = "NaN" if poison == "nan" else "Inf"
+    assert line == (f"error: {weights}: tensor {first!r} holds 2 {label} of its {sd[first].numel()} values "
+                    "(1 more tensor(s) too); evit refuses non-finite weights: use a checkpoint from before "
+                    "the run diverged"), line
+    assert not out.exists() or not any(out.iterdir())

@@ -13,7 +13,7 @@ from typing import Any
 from evit_deploy.bundle import Bundle, bundle_path, write_bundle
 from evit_deploy.configs import Recipe, load_recipe
 from evit_deploy.contracts import CALIBRATION_NEEDED, ExportContext, ExportOutput
-from evit_deploy.data import input_batches, list_images
+from evit_deploy.data import CalibrationImages, list_images
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.manifest import (
     MANIFEST_SUFFIX,
@@ -206,15 +206,10 @@ def _check_calibration(recipe: Recipe) -> None:
         list_images(calib.source, minimum=calib.samples if int8 else 1)
 
 
-def _calibration_source(recipe: Recipe) -> Callable[[InputSpec], list[Any]] | None:
+def _calibration_source(recipe: Recipe) -> Callable[[InputSpec], CalibrationImages] | None:
     calib = recipe.calibration
     if calib.source is None:
         return None
     source = calib.source
     samples = min(calib.samples, len(list_images(source)))
-
-    def batches(spec: InputSpec) -> list[Any]:
-        one = spec.with_resolution(spec.height, spec.width, batch=1)
-        return list(input_batches(one, samples=samples, seed=0, source=source))
-
-    return batches
+    return lambda spec: CalibrationImages(source, spec.with_resolution(spec.height, spec.width, batch=1), samples)

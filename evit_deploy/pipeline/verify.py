@@ -13,7 +13,7 @@ from pathlib import Path
 from evit_deploy.artifact import ArtifactHandle
 from evit_deploy.configs import Tolerances
 from evit_deploy.contracts import Runner
-from evit_deploy.data import list_images
+from evit_deploy.data import count_inputs
 from evit_deploy.errors import UsageError
 from evit_deploy.manifest import ParityRecord, manifest_path_for, write_json_atomic
 from evit_deploy.memory import check_card_fits
@@ -41,7 +41,7 @@ def verify_runner(handle: ArtifactHandle, artifact_runner: Runner, request: Veri
     card = zoo.get_card(manifest.model)
     graph = card.graph(manifest.graph) if manifest.graph else None
     source = request.images
-    samples = request.samples or (4 if source is None else len(list_images(source)))
+    samples = request.samples or (4 if source is None else count_inputs(source))
     spec = handle.run_spec(request.resolution)
     if request.resolution is not None and graph is None:
         check_card_fits(card, spec.shape)

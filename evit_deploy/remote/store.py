@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from evit_deploy.manifest import Manifest, manifest_path_for
+from evit_deploy.manifest import Manifest, confined, manifest_path_for
 
 
 def artifact_key(manifest: Manifest) -> str:
@@ -48,12 +48,16 @@ def expectation(artifact: Path, manifest: Manifest) -> dict[str, Any]:
 
 
 def pack(artifact: Path, names: list[str]) -> Path:
-    """A tar (in a temporary file) of the named artifact files and the manifest, manifest last."""
+    """A tar (in a temporary file) of the named artifact files and the manifest, manifest last.
+
+    Every name is confined to the artifact's folder first (``manifest.confined``): the names come
+    from a manifest, and nothing outside the artifact may travel to a device."""
     manifest_file = manifest_path_for(artifact)
+    paths = [confined(artifact.parent, name, manifest_file) for name in names]
     with tempfile.NamedTemporaryFile(prefix="evit-upload-", suffix=".tar", delete=False) as handle, \
             tarfile.open(fileobj=handle, mode="w") as tar:
-        for name in names:
-            tar.add(str(artifact.parent / name), arcname=name, filter=_plain)
+        for name, path in zip(names, paths):
+            tar.add(str(path), arcname=name, filter=_plain)
         data = manifest_file.read_bytes()
         info = tarfile.TarInfo(manifest_file.name)
         info.size = len(data)

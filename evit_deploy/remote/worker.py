@@ -82,11 +82,11 @@ def _runtimes(names: list[str] | None, device: str) -> dict[str, str | None]:
 
 def probe(directory: Path, expect: dict[str, Any]) -> dict[str, Any]:
     """Is the artifact already here, byte for byte? And is its manifest the current one?"""
-    from evit_deploy.manifest import sha256_path
+    from evit_deploy.manifest import confined, sha256_path
 
     missing = []
     for name, digest, size in expect.get("files", []):
-        path = directory / name
+        path = confined(directory, name, "the probe")
         if not path.exists() or (path.is_file() and path.stat().st_size != size) or sha256_path(path) != digest:
             missing.append(name)
     manifest = directory / expect.get("manifest", "")

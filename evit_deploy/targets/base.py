@@ -71,9 +71,10 @@ class Target(ABC, Generic[OptionsT]):
         """What the artifact itself says (embedded metadata, its inputs), to hold against its manifest."""
         return ArtifactFacts()
 
-    def options(self, recipe: Recipe) -> OptionsT:
-        """The recipe's target options, validated against ``options_model`` (UsageError naming the field)."""
-        return cast(OptionsT, validate_options(recipe, self.options_model))
+    def options(self, recipe: Recipe, origin: str = "recipe") -> OptionsT:
+        """The recipe's target options, validated against ``options_model`` (UsageError naming the field
+        and ``origin``: a recipe file, or the manifest an artifact was recorded with)."""
+        return cast(OptionsT, validate_options(recipe, self.options_model, origin))
 
     def check_recipe(self, recipe: Recipe) -> None:
         """Refuse recipe combinations this target cannot honour (raise UsageError)."""

@@ -109,7 +109,7 @@ class CoreMLTarget(Target[CoreMLOptions]):
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.coreml.runner import CoreMLRunner, MilRunner
 
-        options = CoreMLOptions.model_validate(manifest.recipe.options)
+        options = self.options(manifest.recipe, f"{path.name}'s manifest")
         units = device_compute_units(device) or options.compute_units
         spec = manifest.input
         if not _mil_forced() and macos_runtime_missing() is None:

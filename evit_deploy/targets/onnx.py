@@ -48,5 +48,5 @@ class OnnxTarget(Target[OnnxOptions]):
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.onnx.runner import OnnxRunner
 
-        options = OnnxOptions.model_validate(manifest.recipe.options)
+        options = self.options(manifest.recipe, f"{path.name}'s manifest")
         return OnnxRunner(path, device=device, threads=threads, graph_optimization=options.graph_optimization)

@@ -1,14 +1,17 @@
 """The TFLite export: convert, quantise, attach metadata, and prove LiteRT runs the result."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evit_deploy.contracts import ExportContext, ExportOutput
+from evit_deploy.contracts import ExportContext, ExportOutput, Images
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import CheckFailed, UsageError
+from evit_deploy.profiling import peak_rss_mb
 from evit_deploy.spec import GraphIO, InputSpec, Precision, TensorInfo, to_layout
 from evit_deploy.tflite.convert import convert_fp32
 from evit_deploy.tflite.graph import Graph
@@ -21,21 +24,45 @@ from evit_deploy.toolchain import toolchain_error
 if TYPE_CHECKING:
     import torch
 
-def _calibration_batches(ctx: ExportContext, spec: InputSpec, layout: str) -> list[np.ndarray]:
-    """The calibration images grouped into the artifact's batch size, in its layout."""
-    singles = ctx.calibration_batches(spec)
-    batches = []
-    for start in range(0, len(singles), spec.batch):
-        group = [singles[(start + b) % len(singles)] for b in range(spec.batch)]
+
+@dataclass(frozen=True)
+class _Batches:
+    """Calibration images grouped into the model's batch (the last group wraps around to the first
+    images) in its layout, read one image at a time whenever iterated."""
+
+    singles: Images
+    batch: int
+    nhwc: bool
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        head: list[np.ndarray] = []  # the first images, to complete a last partial group
+        group: list[np.ndarray] = []
+        for image in self.singles:
+            if len(head) < self.batch:
+                head.append(image)
+            group.append(image)
+            if len(group) == self.batch:
+                yield self._joined(group)
+                group = []
+        if group:
+            yield self._joined(group + (head * self.batch)[: self.batch - len(group)])
+
+    def __len__(self) -> int:
+        return (len(self.singles) + self.batch - 1) // self.batch
+
+    def _joined(self, group: list[np.ndarray]) -> np.ndarray:
         batch = np.concatenate(group, axis=0).astype(np.float32)
-        batches.append(to_layout(batch, "NCHW", "NHWC") if layout == "nhwc" else batch)
-    return batches
+        return to_layout(batch, "NCHW", "NHWC") if self.nhwc else batch
+
+
+def _calibration_batches(ctx: ExportContext, spec: InputSpec, layout: str) -> _Batches:
+    return _Batches(ctx.calibration_batches(spec), spec.batch, layout == "nhwc")
 
 
 def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precision, options: TfliteOptions,
                     ctx: ExportContext) -> ExportOutput:
     """``NAME.tflite`` in ``ctx.workdir``: converted, quantised as ``precision`` asks, metadata, smoke-tested."""
-    calibration = _calibration_batches(ctx, spec, options.layout) if precision == Precision.INT8 else []
+    calibration = _calibration_batches(ctx, spec, options.layout) if precision == Precision.INT8 else None
     ctx.progress(f"litert-torch convert ({options.layout.upper()}, bicubic {options.bicubic})")
     content, info = convert_fp32(model, ctx.graph, options)
     fp32_graph = Graph(content)
@@ -44,7 +71,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
     if precision == Precision.FP16:
         ctx.progress("casting weights to fp16")
         content, details["fp16"] = quantize_fp16(content, options)
-    elif precision == Precision.INT8:
+    elif precision == Precision.INT8 and calibration is not None:
         content, details["int8"] = quantize_int8(content, options, calibration, ctx.progress)
         fo = details["int8"]["float_ops"]
         head = f", the classifier head ({sum(fo['head']['ops'].values())} op(s))" if fo["head"] else ""
@@ -73,17 +100,20 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
     final = Graph(content)
     details["ops"] = final.op_counts()
     details["size_bytes"] = len(content)
+    if precision == "int8":
+        details["peak_rss_mb"] = round(peak_rss_mb(), 1)  # the process's high-water mark, calibration included
     return ExportOutput(files=[path], converter=package_versions("litert-torch", "ai-edge-litert", "ai-edge-quantizer"),
                         inputs=inputs, outputs=outputs, notes=notes, details=details)
 
 def _smoke_test(path: Path, io: GraphIO, inputs: list[TensorInfo], outputs: list[TensorInfo],
-                calibration: list[np.ndarray]) -> tuple[list[TensorInfo], list[TensorInfo]]:
+                calibration: _Batches | None) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """Load and run once in the CPU interpreter: a model it rejects is no artifact."""
     runner = TfliteRunner(path, inputs=inputs, outputs=outputs)
     try:
         with runner:
-            if calibration:  # already in the artifact's layout
-                feed = {io.inputs[0].name: calibration[0]}
+            sample = next(iter(calibration), None) if calibration is not None else None
+            if sample is not None:  # already in the artifact's layout
+                feed = {io.inputs[0].name: sample}
             else:
                 feed = runner.prepare({i.name: np.zeros(i.shape, np.float32) for i in io.inputs})
             result = runner.infer(feed)

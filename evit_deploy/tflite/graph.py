@@ -53,8 +53,18 @@ class Graph:
                 self.consumers.setdefault(t, []).append(op["index"])
 
     def tensor_name(self, index: int) -> str:
-        name = self.tensors[index].name
+        return self.name_of(self.tensors[index])
+
+    @staticmethod
+    def name_of(tensor: Any) -> str:
+        name = tensor.name
         return name.decode() if isinstance(name, bytes) else (name or "")
+
+    def activation_sizes(self) -> list[int]:
+        """Bytes of each tensor an op writes, for one input."""
+        itemsize = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1}  # FLOAT32, FLOAT16, INT32, UINT8, INT64, BOOL, ...
+        return [int(np.prod(self.tensors[t].shape, dtype=np.int64)) * itemsize.get(int(self.tensors[t].type), 4)
+                for t in self.producer]
 
     def op_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(op["type"] for op in self.ops).items(), key=lambda kv: (-kv[1], kv[0])))

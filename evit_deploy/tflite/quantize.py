@@ -4,10 +4,13 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from evit_deploy.contracts import Images
+from evit_deploy.memory import require
 from evit_deploy.tflite.graph import (
     FLOAT16,
     QUANT_OPS,
@@ -78,14 +81,21 @@ def quantize_fp16(fp32: bytes, options: TfliteOptions) -> tuple[bytes, dict[str,
     }
 
 
-def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: list[np.ndarray],
-                  progress: Any) -> tuple[bytes, dict[str, Any]]:
-    """Static int8 with the float islands of ``options.keep_float`` (DIV is always float)."""
-    from ai_edge_litert.interpreter import Interpreter
+@dataclass(frozen=True)
+class Int8Plan:
+    """What int8 keeps float and the ai-edge-quantizer recipe that says so, before calibration."""
 
-    with native_logs_quiet():
-        from ai_edge_quantizer import quantizer
+    graph: Graph
+    marked: bytes  # the fp32 model with the float ops' outputs renamed (FLOAT_MARK)
+    recipe: list[dict[str, Any]]
+    islands: list[list[int]]
+    div_only: list[int]
+    hardswish: list[int]
+    head: list[int]
 
+
+def int8_plan(fp32: bytes, options: TfliteOptions) -> Int8Plan:
+    """The float islands of ``options.keep_float`` (DIV is always float), marked, and the recipe."""
     graph = Graph(fp32)
     islands = graph.attention_islands() if "attention" in options.keep_float else []
     float_ops: set[int] = {i for island in islands for i in island}
@@ -107,15 +117,30 @@ def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: list[np.ndar
         {"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"},
         {"regex": re.escape(FLOAT_MARK) + ";", "operation": "*", "algorithm_key": "no_quantize"},
     ]
+    return Int8Plan(graph, marked, recipe, islands, div_only, hardswish, head)
 
+
+def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: Images,
+                  progress: Any) -> tuple[bytes, dict[str, Any]]:
+    """Static int8 with the float islands of ``options.keep_float`` (DIV is always float)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with native_logs_quiet():
+        from ai_edge_quantizer import quantizer
+
+    plan = int8_plan(fp32, options)
+    graph, marked, recipe = plan.graph, plan.marked, plan.recipe
+    islands, div_only, hardswish, head = plan.islands, plan.div_only, plan.hardswish, plan.head
     with native_logs_quiet():
         qt = quantizer.Quantizer(bytearray(marked), recipe)
         signature = Interpreter(model_content=marked).get_signature_list()
     (key,) = list(signature)[:1]
     (input_name,) = signature[key]["inputs"][:1]
-    progress(f"calibrating int8 ranges on {len(calibration)} image(s)")
+    require(required_bytes(marked), "int8 calibration of this TFLite graph",
+            "calibrate at a lower --resolution, or free memory")
+    progress(f"calibrating int8 ranges on {len(calibration)} image(s), one at a time")
     with native_logs_quiet():
-        ranges = _calibrate(marked, recipe, {key: [{input_name: x} for x in calibration]}, options.int8_ranges)
+        ranges = _calibrate(marked, recipe, key, input_name, calibration, options.int8_ranges)
         progress("quantizing")
         result = qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False)
     quantized = Graph(result.quantized_model)
@@ -142,22 +167,47 @@ def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: list[np.ndar
     return bytes(result.quantized_model), details
 
 
-def _calibrate(model: bytes, recipe: list[dict[str, Any]], data: dict[str, list[dict[str, np.ndarray]]],
-               mode: str) -> dict[str, Any]:
-    """Each tensor's int8 range over the calibration images.
+def _calibrate(model: bytes, recipe: list[dict[str, Any]], signature: str, input_name: str,
+               calibration: Images, mode: str) -> dict[str, Any]:
+    """Each tensor's int8 range over the calibration images, fed one image at a time.
 
     ai-edge-quantizer's own calibration folds the images' ranges into a moving average
     (smoothing 0.95, seeded by the first image): with tens of images the first one keeps ~20%
     of the weight and every range sits inside what the images reach, so the rarer large
     activations clip. ``min_max`` keeps the extremes instead: cls-B1 top-1 on unseen photos
     90% -> 95% (20 photos, seeded weights).
+
+    Memory (issue 14): the default calibrator keeps every tensor of the graph alive and copies
+    each into numpy (8 GB for seg-B1 at 1024x2048), and a call with every image holds them all
+    (it counts its dataset with ``len(list(...))``). The profiler-based calibrator tracks each
+    tensor's min and max inside LiteRT while it runs, so memory is one inference's; it is fed
+    one image per call (the state carries over). Its statistics arrive as float64 of shape (1,);
+    the default calibrator's are float32 with the tensor's rank (``keepdims``), and the updates
+    compute in that dtype, so each update is done in float32 and the result reshaped: the ranges,
+    and the quantized model, come out identical to the one-shot default calibration
+    (``tests/test_calibration_streaming.py``).
     """
     from ai_edge_quantizer import calibrator, recipe_manager
-    from ai_edge_quantizer.utils.qsv_utils import min_max_update
+    from ai_edge_quantizer.utils.qsv_utils import min_max_update, moving_average_update
 
     manager = recipe_manager.RecipeManager()
     manager.load_quantization_recipe(recipe)
-    update = {"qsv_update_func": min_max_update} if mode == "min_max" else {}
-    calib = calibrator.Calibrator(model, num_threads=max(1, os.cpu_count() or 1), **update)
-    calib.calibrate(data, manager)
-    return calib.get_model_qsvs()
+    update = min_max_update if mode == "min_max" else moving_average_update
+    calib = calibrator.Calibrator(model, num_threads=max(1, os.cpu_count() or 1),
+                                  mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED,
+                                  qsv_update_func=lambda old, new: update(_float32(old), _float32(new)))
+    for image in calibration:
+        calib.calibrate({signature: [{input_name: image}]}, manager)
+    ranks = {Graph.name_of(t): len(t.shape) for t in Graph(model).tensors}
+    return {name: {key: value.reshape((1,) * ranks.get(name, 1)) for key, value in _float32(qsv).items()}
+            for name, qsv in calib.get_model_qsvs().items()}
+
+
+def _float32(qsv: dict[str, Any]) -> dict[str, Any]:
+    return {key: np.asarray(value, dtype=np.float32) for key, value in qsv.items()}
+
+
+def required_bytes(model: bytes) -> int:
+    """Memory the calibrating interpreter needs: one inference's (the profiler-based calibrator keeps
+    no tensor beyond its use): the largest tensors live at once, and the model twice."""
+    return 4 * max(Graph(model).activation_sizes(), default=0) + 2 * len(model)

@@ -7,6 +7,7 @@ chosen TensorRT major, and (unless ``--plan-only``) built with ``evit_deploy.trt
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,10 +15,13 @@ import numpy as np
 
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
+from evit_deploy.errors import ToolchainError
 from evit_deploy.onnx.export import add_metadata, check_and_save, export_onnx_graph, simplify, tensor_infos
+from evit_deploy.onnx.opset import opset_of, to_opset_17
 from evit_deploy.onnx.options import OnnxOptions
+from evit_deploy.profiling import peak_rss_mb
 from evit_deploy.spec import InputSpec, Precision
-from evit_deploy.trt.options import Profile, TrtOptions, resolve_profiles
+from evit_deploy.trt.options import EXPORTER_OPSET, PARSER_OPSET, Profile, TrtOptions, resolve_profiles
 
 if TYPE_CHECKING:
     import onnx
@@ -36,11 +40,16 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
 
     profiles = resolve_profiles(options, spec, ctx.graph, ctx.image_graph)
     precision = recipe.precision
-    ctx.progress(f"torch.onnx.export (dynamo, opset {options.opset})")
-    graph = export_onnx_graph(model, ctx.graph, OnnxOptions(opset=options.opset, simplify=options.simplify),
+    opset = options.onnx_opset
+    ctx.progress(f"torch.onnx.export (dynamo, opset {opset})")
+    graph = export_onnx_graph(model, ctx.graph, OnnxOptions(opset=max(opset, EXPORTER_OPSET),
+                                                            simplify=options.simplify),
                               ctx.workdir)
     if options.simplify != "none":
         graph = simplify(graph, options.simplify)
+    if opset_of(graph) > opset:  # TensorRT 8.x: the exporter's 18 written down to the parser's 17
+        ctx.progress(f"writing the graph for opset {opset}")
+        graph = to_opset_17(graph)
     typed.name_all_nodes(graph)  # the names the plan, trtexec and TensorRT's layers share
     islands = select_islands(graph, options.keep_fp32) if precision != Precision.FP32 else []
     notes: list[str] = []
@@ -65,8 +74,11 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
         notes.append("fp16 overflow check skipped (overflow_check: false)")
 
     add_metadata(build, spec, ctx, precision)
+    if opset_of(build) != opset:
+        raise ToolchainError(f"the typed ONNX came out at opset {opset_of(build)}, not the {opset} its TensorRT "
+                             f"{options.trt_version} parser was planned for")
     onnx_path = ctx.workdir / f"{ctx.model_name}.onnx"
-    final = check_and_save(build, onnx_path)
+    final = check_and_save(build, onnx_path)  # onnx.checker at the graph's own opset: every op must exist there
     plan = _plan(final, onnx_path, islands, profiles, recipe, options, ctx, int8_info, overflow)
     plan_path = ctx.workdir / f"{ctx.model_name}.trt-plan.json"
     plan.save(plan_path)
@@ -77,6 +89,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     script_path.chmod(0o755)
     files = [onnx_path, plan_path, script_path]
     details["plan"] = plan.summary()
+    details["opset"] = opset
     details["fp32_islands"] = [i.model_dump() for i in plan.islands]
     if overflow is not None:
         details["overflow"] = overflow
@@ -98,6 +111,8 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
         files += [engine_path, ctx.workdir / plan.layer_info]
         details["engine"] = report
         notes += report["notes"]
+    if precision == "int8":
+        details["peak_rss_mb"] = round(peak_rss_mb(), 1)  # the process's high-water mark, calibration included
     converter = {"onnx": onnx.__version__, **package_versions("onnxscript", "onnxruntime", "tensorrt")}
     return ExportOutput(files=files, converter=converter, inputs=tensor_infos(final, "input"),
                         outputs=tensor_infos(final, "output"), notes=notes, details=details)
@@ -165,7 +180,7 @@ def _overflow_feeds(spec: InputSpec, profiles: dict[str, Profile], options: TrtO
     for where, h, w in sizes:
         at = spec.with_resolution(h, w, batch=1)
         if ctx.calibration is not None:
-            yield where, [{image: x} for x in ctx.calibration_batches(at)[: options.overflow_samples]], \
+            yield where, [{image: x} for x in islice(ctx.calibration_batches(at), options.overflow_samples)], \
                 "calibration images"
         else:
             yield where, [{image: random_batch(at, 0, i)} for i in range(options.overflow_samples)], \
@@ -192,7 +207,8 @@ def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], profiles:
     plan = p.BuildPlan(
         model=ctx.model_name, task=ctx.task, precision=recipe.precision, trt_version=options.trt_version,
         trt_major=options.major, typing=options.typing_mode, platform=options.platform,
-        onnx=onnx_path.name, onnx_sha256=sha256_path(onnx_path), engine=f"{name}.engine",
+        onnx=onnx_path.name, onnx_sha256=sha256_path(onnx_path), opset=opset_of(final),
+        parser_opset=PARSER_OPSET[options.trt_version], engine=f"{name}.engine",
         layer_info=f"{name}.layers.json", input_name=ctx.graph.inputs[0].name,
         output_names=[o.name for o in final.graph.output],
         static_shape=None if profiles else list(ctx.graph.inputs[0].shape),

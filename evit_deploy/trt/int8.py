@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     import onnx
 
 CACHE_ENV = "EVIT_CALIB_CACHE"
-METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 def cache_dir() -> Path:
@@ -70,31 +69,9 @@ def cache_key(material: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over a list of NCHW batches."""
-
-    def __init__(self, name: str, batches: list[np.ndarray]) -> None:
-        self.name = name
-        self.batches = batches
-        self._it: Iterator[np.ndarray] = iter(batches)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._it, None)
-        return None if batch is None else {self.name: np.ascontiguousarray(batch, dtype=np.float32)}
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def rewind(self) -> None:
-        self._it = iter(self.batches)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._it = iter(self.batches[start_index:end_index])
-
-
 def quantize_qdq(
     model: onnx.ModelProto,
-    calibration: list[np.ndarray] | None,
+    calibration: Iterable[np.ndarray] | None,
     *,
     input_name: str,
     exclude: list[str],
@@ -105,11 +82,16 @@ def quantize_qdq(
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The Q/DQ model and what the manifest/plan record about its calibration.
 
-    ``calibration`` may be None only when the cache already holds the ranges for
-    ``key_material`` (it is computed lazily by the caller otherwise).
-    """
+    ``calibration`` is re-iterable (images are read from disk one at a time, twice for the
+    histogram methods: ``evit_deploy.trt.calibrate``); it may be None only when the cache already
+    holds the ranges for ``key_material``. Before calibrating, the memory one image's tensors
+    need is checked against what the machine has."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from evit_deploy.memory import require
+    from evit_deploy.trt.calibrate import METHODS, required_bytes, stream_ranges
 
     material = {**key_material, "method": method, "op_types": sorted(op_types), "format": "qdq-int8-symmetric"}
     key = cache_key(material)
@@ -123,17 +105,26 @@ def quantize_qdq(
     hit = cache.is_file()
     if not hit and calibration is None:
         raise ValueError("no cached ranges and no calibration data")
-    progress("int8: reusing cached calibration ranges" if hit else f"int8: calibrating on {len(calibration or [])} image(s)")
     known = {n.name for n in model.graph.node}
     excluded = [n for n in exclude if n in known]
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's "consider pre-processing" chatter
-    # onnxruntime's calibrators print their progress: keep stdout machine-readable (--json, -q)
+    if hit:
+        progress("int8: reusing cached calibration ranges")
+    else:
+        require(required_bytes(model, list(op_types), method), f"int8 calibration ({method}) of this graph",
+                "calibrate at a lower --resolution, use --calib-method minmax, or free memory")
+        progress(f"int8: calibrating on {len(calibration or [])} image(s), one at a time")  # type: ignore[arg-type]
+        # onnxruntime's calibrators print their progress: keep stdout machine-readable (--json, -q)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ranges = stream_ranges(model, calibration or [], input_name=input_name, op_types=list(op_types),
+                                   method=method, progress=progress)
+        save_tensors_data(ranges, cache)
     with tempfile.TemporaryDirectory(prefix="evit-int8-") as tmp, contextlib.redirect_stdout(io.StringIO()):
         out = Path(tmp) / "int8.onnx"
         quantize_static(
             model,
             str(out),
-            None if hit else _Reader(input_name, list(calibration or [])),
+            None,  # the ranges are in the cache (computed above, or by an earlier export)
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(op_types),
             per_channel=True,
@@ -158,6 +149,7 @@ def quantize_qdq(
         "method": method,
         "op_types": list(op_types),
         "samples": key_material.get("samples"),
+        "calibration": "streamed: one image at a time (histogram methods: a range pass, then a count pass)",
         "excluded_nodes": len(excluded),
         "quantize_nodes": ops.count("QuantizeLinear"),
         "dequantize_nodes": ops.count("DequantizeLinear"),

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 # The TensorRT releases a plan can target. JetPack 5 ships 8.5, JetPack 6.0 ships 8.6,
 # JetPack 6.1/6.2 ship 10.3; datacenter wheels are 10.x and 11.x.
 TRT_VERSIONS = ("8.5", "8.6", "10", "11")
+# The highest ONNX opset each target's parser takes, per onnx-tensorrt's docs/operators.md of its
+# releases: 8.5 and 8.6 "up to Opset 17"; 10.0 "opset 9 to opset 20" (later 10.x go higher, but a
+# plan for "10" must parse on JetPack 6.1/6.2's 10.3); 11.x 24 (11.5 added opset 25).
+PARSER_OPSET = {"8.5": 17, "8.6": 17, "10": 20, "11": 24}
+EXPORTER_OPSET = 18  # what torch's dynamo exporter writes natively (it raises anything lower to 18)
+MAX_EXPORT_OPSET = 23  # torch 2.13's dynamo exporter (torch.onnx._constants.ONNX_MAX_OPSET)
 Typing = Literal["strong", "weak"]
 _DIM_ENTRY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\d+):(\d+):(\d+)\s*$")
 
@@ -55,7 +61,7 @@ class TrtOptions(TargetOptions):
     plan_only: bool = False
     keep_fp32: list[Literal["attention", "layernorm", "resize"]] = Field(
         default_factory=lambda: ["attention", "layernorm", "resize"])
-    opset: int = Field(18, ge=17)
+    opset: int | None = Field(None, ge=17)  # None: the exporter's 18, or the parser's ceiling below it (17 on 8.x)
     simplify: Literal["onnxslim", "onnxsim", "none"] = "none"
     calib_method: Literal["minmax", "entropy", "percentile"] = "percentile"
     quantize_ops: list[str] = Field(default_factory=lambda: ["Conv"])  # op types that get Q/DQ in int8
@@ -110,6 +116,11 @@ class TrtOptions(TargetOptions):
     @property
     def major(self) -> int:
         return int(self.trt_version.split(".")[0])
+
+    @property
+    def onnx_opset(self) -> int:
+        """The opset the typed ONNX is written in."""
+        return self.opset if self.opset is not None else min(EXPORTER_OPSET, PARSER_OPSET[self.trt_version])
 
     @property
     def typing_mode(self) -> Typing:
@@ -177,6 +188,11 @@ def check_options(options: TrtOptions, recipe: Recipe) -> None:
                              "platform; use --config trt-fp16-orin (or --platform jetson) or drop --dla-core")
         if recipe.precision == "fp32":
             raise UsageError("--dla-core: DLA runs fp16 or int8 only; use --precision fp16 or int8")
+    parser = PARSER_OPSET[options.trt_version]
+    if options.opset is not None and options.opset > min(parser, MAX_EXPORT_OPSET):
+        raise UsageError(f"--opset {options.opset}: TensorRT {options.trt_version}'s ONNX parser takes opsets up to "
+                         f"{parser} and torch's exporter writes up to {MAX_EXPORT_OPSET}; drop --opset "
+                         f"(evit writes {min(EXPORTER_OPSET, parser)}) or choose another --trt-version")
     if options.builder_opt_level is not None and options.trt_version == "8.5":
         raise UsageError("--builder-opt-level arrived in TensorRT 8.6; drop it for --trt-version 8.5")
     if options.timing_cache is not None and options.timing_cache.is_dir():

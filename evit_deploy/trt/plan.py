@@ -68,6 +68,8 @@ class BuildPlan(_Model):
     platform: str = "generic"
     onnx: str  # file name, beside the plan
     onnx_sha256: str
+    opset: int | None = None  # the ONNX's opset (plans before issue 14: not recorded)
+    parser_opset: int | None = None  # the highest opset the target TensorRT's ONNX parser takes
     engine: str
     layer_info: str  # where a build writes the engine inspector's JSON
     input_name: str = "input"
@@ -134,6 +136,7 @@ class BuildPlan(_Model):
         """The manifest's view of the plan (the full plan is the JSON file)."""
         return {
             "trt_version": self.trt_version, "typing": self.typing, "platform": self.platform,
+            "opset": self.opset, "parser_opset": self.parser_opset,
             "static_shape": self.static_shape, "profiles": self.profiles, "workspace_gib": self.workspace_gib,
             "dla_core": self.dla_core, "builder_optimization_level": self.builder_optimization_level,
             "islands": len(self.islands), "fp32_layers_planned": len(self.expected_layers),
@@ -215,18 +218,30 @@ def trtexec_argv(plan: BuildPlan) -> list[str]:
     return argv
 
 
+def _comment(text: str) -> str:
+    """``text`` fit for a ``#`` line: a newline or other control character in a name would end the
+    comment and start a command, so every non-printable character is written as its escape."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def script(plan: BuildPlan, plan_file: str) -> str:
-    """``NAME.trtexec.sh``: build on the device, then check the engine's layer precisions."""
+    """``NAME.trtexec.sh``: build on the device, then check the engine's layer precisions.
+
+    Every name that reaches the script (file names come from ``--name``) is single-quoted with
+    ``shlex.quote`` or sits in a comment, never in double quotes, where ``$(...)`` and backticks
+    would run; messages go through ``printf '%s'``, which interprets nothing in its argument."""
     argv = [a if i else '"$TRTEXEC"' for i, a in enumerate(trtexec_argv(plan))]
     command = " \\\n    ".join(a if i == 0 else shlex.quote(a) for i, a in enumerate(argv))
     typing = ("strongly typed: precisions come from the ONNX's types" if plan.typing == "strong"
               else "weak typing: --fp16 plus per-layer fp32 for the islands")
+    check = ["python3", "-m", "evit_deploy.trt.inspect", plan_file, plan.layer_info]
+    built = f"built {plan.engine}; check its layer precisions with:"
     return f"""#!/usr/bin/env bash
-# Build {plan.engine} from {plan.onnx} with TensorRT {plan.trt_version} ({typing}).
+# Build {_comment(plan.engine)} from {_comment(plan.onnx)} with TensorRT {plan.trt_version} ({typing}).
 # Written by `evit export --target trt`; run it on the machine that will run the engine
 # (engines are specific to the GPU and the TensorRT version). TRTEXEC overrides the binary.
 set -euo pipefail
-cd "$(dirname "$0")"
+cd -- "$(dirname -- "$0")"
 TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}"
 
 {command}
@@ -234,9 +249,9 @@ TRTEXEC="${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)
 # The engine must run every planned fp32 island layer in fp32 (TensorRT may ignore per-layer
 # requests inside fused layers): check the layer information trtexec just exported.
 if python3 -c "import evit_deploy" 2>/dev/null; then
-    python3 -m evit_deploy.trt.inspect {shlex.quote(plan_file)} {shlex.quote(plan.layer_info)}
+    {shlex.join(check)}
 else
-    echo "built {plan.engine}; check its layer precisions with:" >&2
-    echo "  python3 -m evit_deploy.trt.inspect {plan_file} {plan.layer_info}" >&2
+    printf '%s\\n' {shlex.quote(built)} >&2
+    printf '%s\\n' {shlex.quote("  " + shlex.join(check))} >&2
 fi
 """

@@ -205,3 +205,29 @@ def test_encoder_exports_with_dynamic_batch(l0: EfficientViTSam, reference_dir: 
     assert np.isfinite(got).all() and _relative_error(got, expected) <= 1e-4
     official = np.load(fixtures / "efficientvit_sam_l0.encoder.output.npy")
     assert float(np.abs(got[:1] - official).max()) <= 1e-4 * float(np.abs(official).max())
+
+
+def test_decoder_written_for_opset_17_still_matches_eager(l0: EfficientViTSam, tmp_path: Path) -> None:
+    """TensorRT 8.x parses opsets up to 17. The decoder exported at 18 (as evit's TensorRT export
+    asks; the exporter's default opset writes GELU as opset 20's Gelu) and written back to 17
+    (``onnx.opset.to_opset_17``) passes the checker at 17, holds no op newer than 17 (its GELU is
+    the Erf form) and computes what eager PyTorch computes."""
+    from collections import Counter
+
+    from evit_deploy.onnx.opset import to_opset_17
+
+    graph = SamDecoderGraph(l0).eval()
+    path = tmp_path / "decoder18.onnx"
+    torch.onnx.export(graph, graph.example_inputs(), str(path), dynamo=True, opset_version=18,
+                      dynamic_shapes=graph.dynamic_shapes(), input_names=list(graph.input_names),
+                      output_names=list(graph.output_names))
+    model = onnx.load(str(path))
+    changed = Counter(n.op_type for n in model.graph.node if onnx.defs.get_schema(n.op_type, 18).since_version == 18)
+    written = to_opset_17(model)
+    assert [o.version for o in written.opset_import if o.domain == ""] == [17] and written.ir_version == 8
+    onnx.checker.check_model(_strict_inference(written), full_check=True)
+    assert all(onnx.defs.get_schema(n.op_type, 17) for n in written.graph.node)
+    assert "Gelu" not in {n.op_type for n in written.graph.node}
+    onnx.save(written, str(path.with_name("decoder17.onnx")))
+    _matches_eager(graph, path.with_name("decoder17.onnx"), [(1, 1), (3, 5), (16, 4)])
+    print("opset-18 forms rewritten:", dict(changed))

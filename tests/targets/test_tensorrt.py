@@ -451,3 +451,19 @@ def test_no_island_graph_breaks_at_deployment_resolutions(seg_fp32_dynamic, test
     naive = scan_fp16(to_full_fp16(fp32), x)
     assert islands.ok and not naive.ok
     assert naive.first_bad.op in ("MatMul", "Div", "Add", "Slice")  # it starts in an attention block
+
+
+def test_legacy_onnx_is_opset_17_and_verifies_on_ort(cli, seg_legacy, test_photos):
+    """TensorRT 8.5/8.6's parser stops at opset 17 (issue 14): the legacy recipe's ONNX is written at
+    17 (IR 8), passes the checker there, says so in the plan and manifest, and still tracks PyTorch."""
+    import onnx
+
+    model = onnx.load(str(seg_legacy))
+    assert [o.version for o in model.opset_import if o.domain == ""] == [17] and model.ir_version == 8
+    onnx.checker.check_model(model, full_check=True)
+    plan = load_plan(seg_legacy)
+    assert (plan.opset, plan.parser_opset) == (17, 17)
+    manifest = json.loads(seg_legacy.with_name(f"{SEG}.evit.json").read_text())
+    assert manifest["details"]["opset"] == 17 and manifest["details"]["plan"]["opset"] == 17
+    _code, report = verify_json(cli, seg_legacy, "--images", test_photos, "--max-rel", "0.05")
+    assert report["outputs"]["logits"]["nonfinite"] == 0 and report["task"]["pixel_agreement"] >= 0.995, report

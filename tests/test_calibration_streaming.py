@@ -1,0 +1,204 @@
+"""int8 calibration one image at a time gives exactly the ranges of today's one-shot calibration.
+
+Issue 14: seg-B1 int8 at 512x1024 with 64 photos was OOM-killed (24 GB): both calibrators held
+every image (and onnxruntime's histogram calibrators every intermediate tensor of every image).
+The streamed calibrations must not change the int8 numbers: each is compared here, range by
+range and bit for bit, with the one-shot calibration it replaces, on real photos and seeded
+(trained-looking) weights.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evit_deploy.data import CalibrationImages
+from evit_deploy.spec import InputSpec
+
+SEG = "efficientvit-seg-b0-cityscapes"
+SPEC = InputSpec(batch=1, height=64, width=128, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@pytest.fixture(scope="module")
+def seg_model(seeded_checkpoint):
+    from evit_deploy import zoo
+
+    return zoo.create_model(SEG, seeded_checkpoint("efficientvit_seg_b0_cityscapes"))
+
+
+@pytest.fixture(scope="module")
+def images(calib_photos) -> CalibrationImages:
+    return CalibrationImages(calib_photos, SPEC, 6)
+
+
+# ------------------------------------------------------------------------------ TensorRT Q/DQ (ORT)
+
+
+class _ListReader:
+    """Today's reader: every batch in a list, handed to quantize_static's calibrator at once."""
+
+    def __init__(self, batches: list[np.ndarray]) -> None:
+        self.batches, self.index = batches, 0
+
+    def get_next(self):
+        if self.index == len(self.batches):
+            return None
+        self.index += 1
+        return {"input": self.batches[self.index - 1]}
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+@pytest.fixture(scope="module")
+def seg_onnx(seg_model, tmp_path_factory):
+    pytest.importorskip("onnxruntime", reason="pip install 'evit-deploy[onnx]'")
+    from evit_deploy.onnx.export import export_onnx_graph
+    from evit_deploy.onnx.options import OnnxOptions
+
+    return export_onnx_graph(seg_model, SPEC, OnnxOptions(), tmp_path_factory.mktemp("onnx"))
+
+
+@pytest.mark.parametrize("method,budget", [("percentile", None), ("percentile", 2**20), ("minmax", None),
+                                           ("entropy", 2**20)], ids=["percentile", "percentile-1MiB-runs",
+                                                                     "minmax", "entropy-1MiB-runs"])
+def test_streamed_qdq_ranges_equal_the_one_shot_ones(seg_onnx, images, tmp_path, method, budget):
+    """``budget``: a histogram-pass run outputs at most that many bytes (1 MiB: dozens of runs per image)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from evit_deploy.trt.calibrate import METHODS, stream_ranges
+
+    streamed = stream_ranges(copy.deepcopy(seg_onnx), images, input_name="input", op_types=["Conv"], method=method,
+                             **({"budget": budget} if budget else {}))
+    cache = tmp_path / "one-shot.json"
+    quantize_static(copy.deepcopy(seg_onnx), str(tmp_path / "q.onnx"), _ListReader(list(images)),
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"], per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, METHODS[method]),
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, calibration_cache_path=str(cache))
+    one_shot = load_tensors_data(cache)
+    assert streamed.calibration_method == one_shot.calibration_method
+    assert set(streamed.data) == set(one_shot.data) and len(streamed.data) > 50
+    for name, expected in one_shot.data.items():
+        got = streamed.data[name]
+        assert np.array_equal(got.range_value, expected.range_value), (name, got.range_value, expected.range_value)
+
+
+def test_a_calibration_that_cannot_fit_is_refused_before_it_starts(seg_onnx, images, monkeypatch, cli, tmp_path,
+                                                                   calib_photos):
+    """``MemAvailable`` read as 1 MiB: the export stops at once with one line and writes nothing."""
+    from evit_deploy import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
+    out = tmp_path / "out"
+    result = cli("export", SEG, "--target", "trt", "--plan-only", "--precision", "int8", "--resolution", "64x128",
+                 "--calib", calib_photos, "--calib-samples", 3, "--out", out)
+    assert result.code == 2, result
+    (line,) = result.error_lines
+    assert line.startswith("error: int8 calibration (percentile) of this graph needs about ") and \
+        "GiB of memory but 0.0 GiB are available; calibrate at a lower --resolution" in line, line
+    assert not list(out.glob("*.onnx"))
+
+
+def test_required_bytes_grows_with_the_pixels(seg_model, tmp_path):
+    from evit_deploy.onnx.export import export_onnx_graph
+    from evit_deploy.onnx.options import OnnxOptions
+    from evit_deploy.trt.calibrate import required_bytes
+
+    small = export_onnx_graph(seg_model, SPEC, OnnxOptions(), tmp_path)
+    large = export_onnx_graph(seg_model, SPEC.with_resolution(128, 256), OnnxOptions(), tmp_path)
+    need = {m: (required_bytes(small, ["Conv"], m), required_bytes(large, ["Conv"], m)) for m in ("percentile", "minmax")}
+    weights = sum(int(np.prod(i.dims)) * 4 for i in small.graph.initializer)
+    for lo, hi in need.values():  # activations scale with the pixels (x4), the weights do not
+        assert (hi - 2 * weights) == pytest.approx(4 * (lo - 2 * weights), rel=0.02)
+    assert need["percentile"][1] > need["minmax"][1]
+
+
+# ------------------------------------------------------------------------------ TFLite (ai-edge-quantizer)
+
+
+@pytest.fixture(scope="module")
+def seg_tflite(seg_model):
+    pytest.importorskip("ai_edge_quantizer", reason="pip install 'evit-deploy[tflite]'")
+    from evit_deploy.tflite.convert import convert_fp32
+    from evit_deploy.tflite.options import TfliteOptions
+    from evit_deploy.tflite.quantize import int8_plan
+
+    options = TfliteOptions()
+    content, _ = convert_fp32(seg_model, SPEC, options)
+    return options, int8_plan(content, options), content
+
+
+@pytest.mark.parametrize("mode", ["min_max", "moving_average"])
+def test_streamed_tflite_int8_equals_the_one_shot_one(seg_tflite, images, mode):
+    """The profiler-based calibrator fed image by image gives the int8 model, byte for byte, that the
+    default (all tensors kept) calibrator gave with every image in one call."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import calibrator, quantizer, recipe_manager
+    from ai_edge_quantizer.utils.qsv_utils import min_max_update
+
+    from evit_deploy.tflite.export import _Batches
+    from evit_deploy.tflite.quantize import _calibrate
+
+    options, plan, _ = seg_tflite
+    batches = _Batches(images, 1, nhwc=options.layout == "nhwc")  # what the export feeds its calibration
+    signature = Interpreter(model_content=plan.marked).get_signature_list()
+    (key,) = list(signature)[:1]
+    (name,) = signature[key]["inputs"][:1]
+    streamed = _calibrate(plan.marked, plan.recipe, key, name, batches, mode)
+    # the calibration it replaces: the default calibrator, every image in one list, one call
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(plan.recipe)
+    update = {"qsv_update_func": min_max_update} if mode == "min_max" else {}
+    one_shot = calibrator.Calibrator(plan.marked, num_threads=2, **update)
+    one_shot.calibrate({key: [{name: x} for x in batches]}, manager)
+    expected = one_shot.get_model_qsvs()
+    assert set(expected) <= set(streamed) and len(expected) > 50
+    for tensor, qsv in expected.items():
+        for field in ("min", "max"):
+            got = streamed[tensor][field]
+            assert got.dtype == qsv[field].dtype and np.array_equal(got, qsv[field]), (tensor, field, got, qsv[field])
+
+    def quantized(ranges):
+        return bytes(quantizer.Quantizer(bytearray(plan.marked), plan.recipe)
+                     .quantize(ranges, enable_progress_bar=False, enable_progress_report=False).quantized_model)
+
+    assert quantized(streamed) == quantized(expected)
+
+
+def test_a_tflite_calibration_that_cannot_fit_is_refused_before_it_starts(seg_tflite, images, monkeypatch):
+    from evit_deploy import memory
+    from evit_deploy.errors import UsageError
+    from evit_deploy.tflite.export import _Batches
+    from evit_deploy.tflite.quantize import quantize_int8
+
+    options, _, content = seg_tflite
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
+    started = []
+    batches = _Batches(images, 1, nhwc=options.layout == "nhwc")
+    with pytest.raises(UsageError, match=r"^int8 calibration of this TFLite graph needs about .* GiB of memory but "
+                                         r"0\.0 GiB are available; calibrate at a lower --resolution"):
+        quantize_int8(content, options, batches, started.append)
+    assert not any("calibrating" in m for m in started)
+
+
+def test_tflite_batches_wrap_around_like_before(images):
+    """Batch 4 over 6 images: the last group completes itself from the first images, as the list
+    version did (``singles[(start + b) % n]``)."""
+    from evit_deploy.tflite.export import _Batches
+
+    singles = list(images)
+    groups = list(_Batches(images, 4, nhwc=False))
+    assert len(groups) == len(_Batches(images, 4, nhwc=False)) == 2
+    order = [0, 1, 2, 3, 4, 5, 0, 1]
+    assert np.array_equal(np.concatenate(groups), np.concatenate([singles[i] for i in order]))
+
+
+def test_images_are_read_lazily(images):
+    """Iterating twice reads the files twice: nothing is held between passes."""
+    first, second = next(iter(images)), next(iter(images))
+    assert np.array_equal(first, second) and first is not second and len(images) == 6
+    assert isinstance(images.source, Path)
