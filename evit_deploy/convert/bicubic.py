@@ -24,11 +24,15 @@ Public API (kept stable: the TFLite and Core ML targets both use it):
 * ``replace_bicubic_upsampling(model) -> model``: swaps every bicubic, integer-factor
   ``UpSampleLayer`` **in place** and returns the same model (copy it first with
   ``copy.deepcopy`` if the original must stay untouched); ``bicubic_upsample_layers(model)``
-  lists what would be swapped.
+  lists what would be swapped. Given example inputs (``examples=``), both also take the resizes
+  to a fixed size (EfficientViT-SAM's neck resizes every scale to 64x64): at those input sizes
+  each is an integer-factor resize (or, to its own size, the identity: every tap but the
+  centre has weight 0), which holds for a static export at exactly those sizes.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,39 +127,66 @@ class BicubicUpsample(nn.Module):
                 "exact rewrite of bicubic (align_corners=False)")
 
 
-def _is_rewritable(module: nn.Module) -> bool:
+def _bicubic(module: nn.Module) -> bool:
     from evit_deploy.nn.layers import UpSampleLayer
 
-    return (
-        isinstance(module, UpSampleLayer)
-        and module.mode == "bicubic"
-        and not module.align_corners
-        and module.size is None
-        and module.factor is not None
-        and int(module.factor) == module.factor
-        and module.factor >= 2
-    )
+    return isinstance(module, UpSampleLayer) and module.mode == "bicubic" and not module.align_corners
 
 
-def bicubic_upsample_layers(model: nn.Module) -> list[str]:
+def _factors(model: nn.Module, examples: tuple[torch.Tensor, ...] | None) -> dict[str, int]:
+    """Layer name -> integer factor, for every bicubic resize the rewrite can take: those given a
+    factor, and (with ``examples``) those given a size that is an integer multiple of their input
+    at the examples' sizes, found by one forward pass."""
+    factors = {name: int(m.factor) for name, m in model.named_modules()
+               if _bicubic(m) and m.size is None and m.factor is not None and int(m.factor) == m.factor
+               and m.factor >= 2}
+    sized = {name: m for name, m in model.named_modules() if _bicubic(m) and m.size is not None}
+    if not sized or examples is None:
+        return factors
+    seen: dict[str, tuple[int, int]] = {}
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:  # None: the inputs stay as they are
+            seen.setdefault(name, tuple(args[0].shape[-2:]))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in sized.items()]
+    try:
+        with torch.no_grad():
+            model(*examples)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, module in sized.items():
+        if name not in seen:
+            continue
+        (h, w), (out_h, out_w) = seen[name], module.size
+        if out_h % h == 0 and out_w % w == 0 and out_h // h == out_w // w:
+            factors[name] = out_h // h
+    order = [name for name, _ in model.named_modules()]
+    return {name: factors[name] for name in order if name in factors}
+
+
+def bicubic_upsample_layers(model: nn.Module, examples: tuple[torch.Tensor, ...] | None = None) -> list[str]:
     """Qualified names of the ``UpSampleLayer``s ``replace_bicubic_upsampling`` would swap."""
-    return [name for name, module in model.named_modules() if _is_rewritable(module)]
+    return list(_factors(model, examples))
 
 
-def replace_bicubic_upsampling(model: nn.Module) -> nn.Module:
+def replace_bicubic_upsampling(model: nn.Module, examples: tuple[torch.Tensor, ...] | None = None) -> nn.Module:
     """Swap every integer-factor bicubic ``UpSampleLayer`` for a ``BicubicUpsample``, in place.
 
-    Returns ``model`` itself (modified). Resizes to a fixed ``size``, ``align_corners=True`` and
-    non-integer factors are left alone: call ``bicubic_upsample_layers`` first to see what will
-    change. The channel count of each resize is read from the layer before it in its container
-    (the seg heads' ``OpSequential([ConvLayer, UpSampleLayer])``); where there is none, the
+    Returns ``model`` itself (modified). ``align_corners=True``, non-integer factors and (without
+    ``examples``) resizes to a fixed ``size`` are left alone: call ``bicubic_upsample_layers``
+    first to see what will change. A sized resize to its input's own size becomes ``nn.Identity``.
+    The channel count of each resize is read from the layer before it in its container (the seg
+    heads' ``OpSequential([ConvLayer, UpSampleLayer])``); where there is none, the
     channel-agnostic form is used (same values, weights tiled at run time).
     """
-    for name in bicubic_upsample_layers(model):
+    for name, factor in _factors(model, examples).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        old = parent.get_submodule(child)
-        new = BicubicUpsample(int(old.factor), _channels_before(parent, child)).to(_device_of(model))
+        new = (BicubicUpsample(factor, _channels_before(parent, child)).to(_device_of(model)) if factor > 1
+               else nn.Identity())
         if isinstance(parent, (nn.Sequential, nn.ModuleList)) and child.isdigit():
             parent[int(child)] = new
         else:

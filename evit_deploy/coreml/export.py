@@ -11,7 +11,7 @@ from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.coreml.compress import compress
 from evit_deploy.coreml.layer_map import mil_layer_map
 from evit_deploy.coreml.options import COMPUTE_UNITS, CoreMLOptions
-from evit_deploy.coreml.precision import island_selector, program_precision
+from evit_deploy.coreml.precision import ISLAND_RISK, island_selector, program_precision
 from evit_deploy.coreml.rewrite import normalising_wrapper, replace_tanh_gelu
 from evit_deploy.coreml.tools import import_coremltools, quiet_coremltools
 from evit_deploy.errors import CheckFailed, UsageError
@@ -56,9 +56,10 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
                                "compute_units": options.compute_units, "frontend": "torch.export"}
 
     module = copy.deepcopy(model).eval()
-    rewritten = bicubic_upsample_layers(module)
+    examples = tuple(torch.zeros(i.shape) for i in ctx.graph.inputs)  # static: sized resizes are factors here
+    rewritten = bicubic_upsample_layers(module, examples)
     if rewritten:
-        replace_bicubic_upsampling(module)
+        replace_bicubic_upsampling(module, examples)
         details["bicubic_rewrite"] = rewritten
         notes.append(f"{len(rewritten)} bicubic upsampling(s) rewritten as edge pad + depthwise 5x5 conv + pixel "
                      "shuffle (exact; coremltools has no bicubic resize)")
@@ -83,9 +84,8 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
 
     ctx.progress("torch.export")
     with torch.no_grad():
-        examples = tuple(torch.zeros(i.shape) for i in io.inputs)
         program = torch.export.export(module, examples).run_decompositions({})
-    kept: dict[str, int] = {}
+    kept: dict[str, list[str]] = {}
     if precision == Precision.FP16:
         with quiet_coremltools():
             selector, kept = island_selector(list(options.keep_fp32))
@@ -110,7 +110,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
             ctx.progress(f"compressing weights ({options.compress})")
             mlmodel, details["compression"] = compress(ct, mlmodel, options.compress, options.level)
     if precision == Precision.FP16:
-        details["fp32_islands"] = kept
+        details["fp32_islands"] = {kind: len(names) for kind, names in kept.items()}
 
     source, output = describe_io(spec, ctx, options.image_input)
     input_name = "image" if options.image_input else io.inputs[0].name
@@ -145,14 +145,13 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
     details.update(specification_version=saved.specification_version, opset=saved.opset,
                    ops=saved.op_counts())
     if precision == Precision.FP16:
-        mix = program_precision(saved)
+        mix = program_precision(saved, kept)
         details["compute_precision"] = mix
-        if "attention" in options.keep_fp32 and mix["attention_ops"]["fp16"]:
-            raise CheckFailed(
-                f"coremltools put {mix['attention_ops']['fp16']} attention op(s) (matmul/real_div) in fp16 despite "
-                "the fp32 request; LiteMLA overflows fp16 on trained weights, so no artifact was written"
-            )
-        notes.append(f"fp16 with fp32 islands ({', '.join(f'{k}: {v} ops' for k, v in kept.items())}); "
+        for kind, types in mix["islands"].items():
+            if types["fp16"]:
+                raise CheckFailed(f"coremltools put {types['fp16']} op(s) of the {kind} island in fp16 despite the fp32 "
+                                  f"request ({ISLAND_RISK[kind]}), so no artifact was written")
+        notes.append(f"fp16 with fp32 islands ({', '.join(f'{k}: {len(v)} ops' for k, v in kept.items())}); "
                      f"{mix['fp16_ops']} fp16 / {mix['fp32_ops']} fp32 ops")
     missing = unknown_ops(saved)
     if missing:

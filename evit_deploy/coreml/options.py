@@ -55,8 +55,8 @@ class CoreMLOptions(TargetOptions):
     deployment_target: str = "iOS17"
     image_input: bool = False
     compress: Literal["none", "palettize4", "palettize6", "palettize8", "int8"] = "none"
-    keep_fp32: list[Literal["attention", "upsample"]] = Field(  # fp32 islands under fp16
-        default_factory=lambda: ["attention", "upsample"])
+    keep_fp32: list[Literal["attention", "layernorm", "upsample"]] = Field(  # fp32 islands under fp16
+        default_factory=lambda: ["attention", "layernorm", "upsample"])
 
     @field_validator("compute_units", mode="before")
     @classmethod

@@ -27,6 +27,11 @@ DATA_INPUTS: dict[str, tuple[int, ...]] = {
 # Resize's roi and scales (casting scales to fp16 makes an invalid model; roi must stay exact).
 NEVER_CAST: dict[str, frozenset[int]] = {"Resize": frozenset({1, 2}), "Upsample": frozenset({1})}
 
+# Float inputs with a type parameter of their own that must still follow another input's type:
+# ONNX lets Pow's exponent (T1) differ from its base (T), TensorRT's elementwise layers do not
+# (a strongly typed fp16 Pow with an fp32 exponent would be a mixed-type layer).
+FOLLOWS: dict[str, dict[int, int]] = {"Pow": {1: 0}}
+
 
 def node_names(model: onnx.ModelProto) -> list[str]:
     """A unique, deterministic name for every node of the main graph, in graph order.
@@ -280,3 +285,43 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         elif init.name not in existing:
             light.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     return light
+
+
+TINY = 1e-3  # an eps larger than this is no eps
+
+
+def tiny_constant(ix: GraphIndex, tensor: str) -> float | None:
+    """The value of a constant no larger than ``TINY`` anywhere (an eps), else None."""
+    value, _ = ix.constant_through_casts(tensor)
+    if value is None or value.dtype.kind != "f" or value.size == 0:
+        return None
+    if not np.all(np.abs(value) <= TINY):
+        return None
+    return float(value.reshape(-1)[0])
+
+
+def attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def add_constant_feeders(ix: GraphIndex, members: dict[int, onnx.NodeProto]) -> None:
+    """Re-typing chains of constants read only by the island (``CastLike(eps, x)``, the pad
+    value) join it, so they keep fp32 too."""
+    for node in list(members.values()):
+        for tensor in node.input:
+            value, chain = ix.constant_through_casts(tensor) if tensor else (None, [])
+            if value is None:
+                continue
+            for link in chain:  # from the reader back to the constant
+                if id(link) in members or not all(only_consumed_by(ix, o, members) for o in link.output):
+                    break
+                members[id(link)] = link
+
+
+def only_consumed_by(ix: GraphIndex, tensor: str, members: dict[int, onnx.NodeProto]) -> bool:
+    if ix.is_graph_output(tensor):
+        return False
+    return all(id(c) in members for c in ix.consumers_of(tensor))

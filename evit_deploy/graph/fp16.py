@@ -42,6 +42,7 @@ from ._graph import (
     FLOAT,
     FLOAT16,
     FLOAT_TYPES,
+    FOLLOWS,
     NEVER_CAST,
     GraphIndex,
     fold_constant_identities,
@@ -194,6 +195,9 @@ def _fp16_plan(ix: GraphIndex, node: onnx.NodeProto, derived: set[str]) -> _Plan
             want.append(None)  # e.g. Shape's input: any float type will do
         else:
             want.append(ix.elem_type(t))  # fixed-type, never-cast, or no fp16 form: as it was
+    for i, leader in FOLLOWS.get(node.op_type, {}).items():  # e.g. Pow's exponent takes its base's type
+        if i in params and params[i] in convertible and leader < len(want) and want[leader] == FLOAT16:
+            want[i] = FLOAT16
 
     outs: list[int | None] = []
     cast_to = None

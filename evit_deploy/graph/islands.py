@@ -13,6 +13,14 @@ exporter versions, dynamic shapes and simplifiers (onnxslim, onnxsim):
   ``Transpose``, ``Slice``, ``Reshape``, ``Cast`` ...), up to the qkv split. A producer joins
   only if every consumer of its output is already in the island, so an island never swallows
   a tensor that is also used elsewhere.
+* **layernorm**: every LayerNorm, fused (``LayerNormalization``, what ``nn.LayerNorm`` exports
+  as) or written out (SAM's ``LayerNorm2d`` over the channel axis exports as ``ReduceMean`` ->
+  ``Sub`` -> ``Pow`` (or ``Mul`` by itself) -> ``ReduceMean`` -> ``Add`` eps -> ``Sqrt`` ->
+  ``Div`` (or ``Mul`` by a ``Reciprocal``), then the affine ``Mul``/``Add`` by constants). The
+  anchor is the normalising division: its numerator is ``x - mean(x)`` and its denominator the
+  root of the mean of that same tensor squared, plus a tiny constant. The squared deviations
+  pass fp16's 65504 once ``|x - mean| > 256``: an all-fp16 EfficientViT-SAM encoder overflows in
+  its final LayerNorm2d (official issue #142; #113: 0 mAP for an fp16 SAM-L2 engine).
 * **resize**: every ``Resize`` (the seg head's bicubic upsampling runs in fp32 in the official
   code, architecture.md 2.4 / 10.3), and the same upsampling in its exact conv form
   (``evit_deploy.convert.bicubic``): a ``DepthToSpace`` fed by a depthwise-multiplier ``Conv``
@@ -30,9 +38,22 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
-from ._graph import DATA_INPUTS, FLOAT, NEVER_CAST, GraphIndex, formal, param_allows, schema
+from ._graph import (
+    DATA_INPUTS,
+    FLOAT,
+    NEVER_CAST,
+    GraphIndex,
+    add_constant_feeders,
+    attr,
+    formal,
+    only_consumed_by,
+    param_allows,
+    schema,
+    tiny_constant,
+)
+from .layernorm import find_layernorm
 
-__all__ = ["Island", "find_fp32_islands", "islands_summary"]
+__all__ = ["ISLAND_KINDS", "Island", "find_fp32_islands", "islands_summary", "select_islands"]
 
 # Ops that only select, reshape or retype values: an attention path may pass through them.
 _PASS = frozenset({"Slice", "Split", "Gather", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
@@ -40,10 +61,11 @@ _PASS = frozenset({"Slice", "Split", "Gather", "Reshape", "Transpose", "Squeeze"
 _SELECT = frozenset({"Slice", "Split", "Gather", "ReduceSum"})
 # Ops the island may grow over, backwards from its matmuls (the qkv split, kernel, pad of ones).
 _GROW = _PASS | {"Relu", "Pad", "MatMul"}
-_TINY = 1e-3  # an eps larger than this is no eps
 _EDGE_PAD = frozenset({"Slice", "Concat", "Pad"})  # how the exact upsampling's edge padding is written
 _UPSAMPLE_FP32 = ("the official UpSampleLayer casts its input to fp32 and returns fp32 (autocast disabled); "
                   "kept fp32, entered and left by Casts")
+ISLAND_KINDS = ("attention", "layernorm", "resize")
+"""The kinds a recipe may keep in fp32 (``keep_fp32``); ``no-fp16`` islands are never a choice."""
 _MAX_DEPTH = 32
 
 
@@ -51,10 +73,10 @@ _MAX_DEPTH = 32
 class Island:
     """A set of nodes that keep computing in fp32 inside an otherwise fp16 graph."""
 
-    kind: str  # "attention" | "resize" | "no-fp16"
+    kind: str  # "attention" | "layernorm" | "resize" | "no-fp16"
     nodes: list[str]  # node names, in graph order
     reason: str  # why it stays fp32, for manifests and build plans
-    eps: float | None = None  # attention: the normaliser's eps found in the graph (None: none)
+    eps: float | None = None  # attention, layernorm: the normaliser's eps found in the graph (None: none)
 
 
 def find_fp32_islands(model: onnx.ModelProto) -> list[Island]:
@@ -78,9 +100,18 @@ def find_fp32_islands(model: onnx.ModelProto) -> list[Island]:
         islands.append(_make_attention(ix, node, members, eps, quadratic))
 
     for node in ix.nodes:
+        if id(node) in claimed:
+            continue
+        found_norm = find_layernorm(ix, node)
+        if found_norm is not None:
+            norm_members, norm_eps, form = found_norm
+            claimed.update(id(n) for n in norm_members)
+            islands.append(_make_layernorm(ix, norm_members, norm_eps, form))
+
+    for node in ix.nodes:
         if node.op_type == "Resize" and id(node) not in claimed:
             claimed.add(id(node))
-            mode = _attr(node, "mode", b"nearest").decode()
+            mode = attr(node, "mode", b"nearest").decode()
             islands.append((ix.position(node), Island(
                 kind="resize",
                 nodes=[ix.name(node)],
@@ -111,13 +142,19 @@ def find_fp32_islands(model: onnx.ModelProto) -> list[Island]:
     return [island for _, island in islands]
 
 
+def select_islands(model: onnx.ModelProto, keep: list[str]) -> list[Island]:
+    """The islands of the kinds in ``keep``, plus every ``no-fp16`` island: an operator with no fp16
+    form stays fp32 whatever the recipe says."""
+    return [i for i in find_fp32_islands(model) if i.kind in keep or i.kind == "no-fp16"]
+
+
 def islands_summary(islands: list[Island]) -> list[dict]:
     """Plain dicts (JSON-ready) describing what stays fp32 and why, for manifests and TRT plans."""
     out = []
     for island in islands:
         entry = asdict(island)
         entry["nodes"] = list(island.nodes)
-        if island.kind != "attention":
+        if island.kind not in ("attention", "layernorm"):
             entry.pop("eps")
         out.append(entry)
     return out
@@ -142,7 +179,7 @@ def _attention_island(ix: GraphIndex, div: onnx.NodeProto):
     for n in forward:
         members[id(n)] = n
     _grow_backwards(ix, members)
-    _add_constant_feeders(ix, members)
+    add_constant_feeders(ix, members)
     quadratic = bool(forward)
     return list(members.values()), eps, quadratic
 
@@ -169,7 +206,7 @@ def _trace_to_matmul(ix: GraphIndex, tensor: str, normaliser: bool):
         elif normaliser and op == "Add" and not seen_add:
             seen_add = True
             a, b = node.input[0], node.input[1]
-            tiny_b, tiny_a = _tiny_constant(ix, b), _tiny_constant(ix, a)
+            tiny_b, tiny_a = tiny_constant(ix, b), tiny_constant(ix, a)
             if tiny_b is not None:
                 eps, tensor = tiny_b, a
             elif tiny_a is not None:
@@ -180,15 +217,6 @@ def _trace_to_matmul(ix: GraphIndex, tensor: str, normaliser: bool):
             return None
         path.append(node)
     return None
-
-
-def _tiny_constant(ix: GraphIndex, tensor: str) -> float | None:
-    value, _ = ix.constant_through_casts(tensor)
-    if value is None or value.dtype.kind != "f" or value.size == 0:
-        return None
-    if not np.all(np.abs(value) <= _TINY):
-        return None
-    return float(value.reshape(-1)[0])
 
 
 def _forward_matmul(ix: GraphIndex, div: onnx.NodeProto) -> list[onnx.NodeProto]:
@@ -219,29 +247,9 @@ def _grow_backwards(ix: GraphIndex, members: dict[int, onnx.NodeProto]) -> None:
                 prod = ix.producer.get(node.input[i])
                 if prod is None or id(prod) in members or prod.op_type not in _GROW:
                     continue
-                if all(_only_consumed_by(ix, out, members) for out in prod.output if out):
+                if all(only_consumed_by(ix, out, members) for out in prod.output if out):
                     members[id(prod)] = prod
                     changed = True
-
-
-def _add_constant_feeders(ix: GraphIndex, members: dict[int, onnx.NodeProto]) -> None:
-    """Re-typing chains of constants read only by the island (``CastLike(eps, x)``, the pad
-    value) join it, so they keep fp32 too."""
-    for node in list(members.values()):
-        for tensor in node.input:
-            value, chain = ix.constant_through_casts(tensor) if tensor else (None, [])
-            if value is None:
-                continue
-            for link in chain:  # from the reader back to the constant
-                if id(link) in members or not all(_only_consumed_by(ix, o, members) for o in link.output):
-                    break
-                members[id(link)] = link
-
-
-def _only_consumed_by(ix: GraphIndex, tensor: str, members: dict[int, onnx.NodeProto]) -> bool:
-    if ix.is_graph_output(tensor):
-        return False
-    return all(id(c) in members for c in ix.consumers_of(tensor))
 
 
 def _make_attention(ix, div, members, eps, quadratic) -> tuple[int, Island]:
@@ -273,7 +281,7 @@ def _exact_upsampling(ix: GraphIndex, d2s: onnx.NodeProto) -> list[onnx.NodeProt
     if conv is None or conv.op_type != "Conv" or len(conv.input) > 2:
         return None
     weight = ix.constant_value(conv.input[1])
-    groups, factor = _attr(conv, "group", 1), _attr(d2s, "blocksize", 0)
+    groups, factor = attr(conv, "group", 1), attr(d2s, "blocksize", 0)
     if weight is None or weight.ndim != 4 or weight.shape[1] != 1 or groups < 1 or factor < 2:
         return None
     if weight.shape[0] != groups * factor * factor:
@@ -283,7 +291,7 @@ def _exact_upsampling(ix: GraphIndex, d2s: onnx.NodeProto) -> list[onnx.NodeProt
     pad = ix.producer.get(conv.input[0])
     if pad is None or pad.op_type not in ("Concat", "Pad"):
         return None
-    if pad.op_type == "Pad" and _attr(pad, "mode", b"constant") != b"edge":
+    if pad.op_type == "Pad" and attr(pad, "mode", b"constant") != b"edge":
         return None
     members = {id(n): n for n in (d2s, conv)}
     _grow_edge_padding(ix, pad, members)
@@ -298,7 +306,7 @@ def _grow_edge_padding(ix: GraphIndex, pad: onnx.NodeProto, members: dict[int, o
     while changed:
         changed = False
         for node in list(frontier.values()):
-            if id(node) in members or not all(_only_consumed_by(ix, o, members) for o in node.output if o):
+            if id(node) in members or not all(only_consumed_by(ix, o, members) for o in node.output if o):
                 continue
             members[id(node)] = node
             changed = True
@@ -307,6 +315,18 @@ def _grow_edge_padding(ix: GraphIndex, pad: onnx.NodeProto, members: dict[int, o
                 producer = ix.producer.get(node.input[i])
                 if producer is not None and producer.op_type in _EDGE_PAD:
                     frontier.setdefault(id(producer), producer)
+
+
+# layernorm
+
+
+def _make_layernorm(ix: GraphIndex, members: list[onnx.NodeProto], eps: float, form: str) -> tuple[int, Island]:
+    ordered = sorted(members, key=ix.position)
+    reason = (f"{form}: the squared deviations from the mean and their mean pass fp16's 65504 once "
+              f"|x - mean| > 256 (official EfficientViT-SAM issue #142: an all-fp16 encoder overflows in its "
+              f"LayerNorms); eps={eps:g}")
+    return ix.position(ordered[0]), Island(kind="layernorm", nodes=[ix.name(n) for n in ordered], reason=reason,
+                                           eps=eps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,10 +347,3 @@ def _no_fp16_reason(ix: GraphIndex, node: onnx.NodeProto, derived: set[str]) -> 
         if param is not None and not param_allows(sch, param.type_str, "float16"):
             return f"{node.op_type} input {param.name!r} has no fp16 form in opset {ix.opset}; left in fp32"
     return None
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default

@@ -59,11 +59,18 @@ class LayerNorm2d(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - torch.mean(x, dim=1, keepdim=True)
-        out = centred / torch.sqrt(torch.square(centred).mean(dim=1, keepdim=True) + self.eps)
-        if self.elementwise_affine:
-            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return out
+        return layer_norm_2d(x, self.weight if self.elementwise_affine else None,
+                             self.bias if self.elementwise_affine else None, self.eps)
+
+
+def layer_norm_2d(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """``LayerNorm2d``'s arithmetic. A function of its own so that converters tracing source lines
+    (Core ML's fp16 island selector, ``evit_deploy.coreml.precision``) can name it."""
+    centred = x - torch.mean(x, dim=1, keepdim=True)
+    out = centred / torch.sqrt(torch.square(centred).mean(dim=1, keepdim=True) + eps)
+    if weight is not None and bias is not None:
+        out = out * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+    return out
 
 
 def build_norm(name: str | None, num_features: int) -> nn.Module | None:

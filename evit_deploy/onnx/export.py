@@ -161,11 +161,10 @@ def tensor_infos(graph: onnx.ModelProto, which: str) -> list[TensorInfo]:
 
 
 def to_fp16(graph: onnx.ModelProto, keep_fp32: list[str]) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
-    """fp16 weights and activations, with LiteMLA attention and resizes kept in fp32."""
-    from evit_deploy.graph import find_fp32_islands, islands_summary, to_mixed_fp16
+    """fp16 weights and activations, with the islands of the ``keep_fp32`` kinds kept in fp32."""
+    from evit_deploy.graph import islands_summary, select_islands, to_mixed_fp16
 
-    # "no-fp16" islands (ops without an fp16 form) are not a choice: they always stay fp32.
-    islands = [i for i in find_fp32_islands(graph) if i.kind in keep_fp32 or i.kind == "no-fp16"]
+    islands = select_islands(graph, keep_fp32)
     return to_mixed_fp16(graph, islands), islands_summary(islands)
 
 
@@ -191,7 +190,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
         notes.append(f"{len(rewritten)} bicubic upsampling(s) exported as edge pad + depthwise conv + pixel "
                      "shuffle (exact; ONNX Runtime's cubic Resize is slow on CPU)")
     if precision == "fp16":
-        ctx.progress("converting to fp16 with fp32 attention/resize islands")
+        ctx.progress(f"converting to fp16 with fp32 {'/'.join(options.keep_fp32) or 'no'} islands")
         graph, islands = to_fp16(graph, options.keep_fp32)
         details["fp32_islands"] = islands
         notes.append(f"{len(islands)} fp32 island(s) kept in the fp16 graph: " +

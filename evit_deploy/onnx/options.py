@@ -31,7 +31,8 @@ class OnnxOptions(TargetOptions):
     # (evit_deploy.convert.bicubic, ~1e-7 from F.interpolate); ORT's cubic Resize is a slow
     # single-threaded kernel (about a third of seg-B1's time at 512x1024). "resize": keep the Resize.
     bicubic: Literal["exact", "resize"] = "exact"
-    keep_fp32: list[Literal["attention", "resize"]] = Field(default_factory=lambda: ["attention", "resize"])
+    keep_fp32: list[Literal["attention", "layernorm", "resize"]] = Field(
+        default_factory=lambda: ["attention", "layernorm", "resize"])
     # ONNX Runtime session, at load time. "all" adds the NCHWc convolutions (2.2x over "extended"
     # on seg-B1). Spinning keeps idle pool threads polling between operators: it saves a wake-up per
     # operator on an idle machine, and on a busy one takes the CPU the other threads need (seg-B1,

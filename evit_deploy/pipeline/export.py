@@ -27,7 +27,7 @@ from evit_deploy.manifest import (
     staging_dir,
 )
 from evit_deploy.memory import check_card_fits
-from evit_deploy.pipeline.graphs import export_graphs, selected
+from evit_deploy.pipeline.graphs import export_graphs, named_dims, selected
 from evit_deploy.requests import ExportRequest
 from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.targets.base import Target, get_target
@@ -68,6 +68,7 @@ def prepare(request: ExportRequest) -> PreparedExport:
     recipe = recipe.model_copy(update={"options": target_options, "model_options": model_options})
     target = get_target(recipe.target)
     target.check_recipe(recipe)
+    target.check_dims(recipe, named_dims(card, request.graphs))
     # the manifest records the options as made: validated, typed, defaults filled in
     recipe = recipe.model_copy(update={"options": target.options(recipe).model_dump(mode="json")})
     _check_calibration(recipe)

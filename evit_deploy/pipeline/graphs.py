@@ -46,6 +46,14 @@ def selected(card: ModelCard, graphs: list[str] | None) -> list[GraphCard]:
     return [g for g in card.graphs if not graphs or g.name in graphs]
 
 
+def named_dims(card: ModelCard, graphs: list[str] | None) -> dict[str, tuple[int, int]]:
+    """The dynamic dims of the selected graphs' inputs that no image feeds (a SAM decoder's prompts
+    and points), with the ranges the card gives them: what a target's per-dim options may name.
+    Image inputs take the image flags (resolution, batch) instead."""
+    return {dim: _dim_range(graph, dim) for graph in selected(card, graphs) for tensor in graph.inputs
+            if tensor.feed != "image" for dim in tensor.shape if isinstance(dim, str)}
+
+
 def export_graphs(card: ModelCard, model: torch.nn.Module, spec: InputSpec, *, dynamic: bool,
                   options: dict[str, Any], graphs: list[str] | None = None) -> list[ExportGraph]:
     """What to export, in order; for a multi-graph card the upstream graphs run once to size the rest."""

@@ -98,6 +98,10 @@ class Target(ABC, Generic[OptionsT]):
             )
         self.options(recipe)
 
+    def check_dims(self, recipe: Recipe, dims: dict[str, tuple[int, int]]) -> None:
+        """Refuse options that name dynamic dims the exported graphs lack (``dims``: the named dims of
+        inputs no image feeds, each with the range the model takes); most targets name none."""
+
 
 _REGISTRY: dict[str, type[Target]] = {}
 _ALIASES: dict[str, str] = {}

@@ -29,7 +29,7 @@ from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Ru
 from evit_deploy.errors import RuntimeMissing, UsageError
 from evit_deploy.spec import InputSpec, Precision
 from evit_deploy.targets.base import Target, register
-from evit_deploy.trt.options import TrtOptions, check_options
+from evit_deploy.trt.options import TrtOptions, check_dims, check_options
 
 if TYPE_CHECKING:
     import torch
@@ -92,6 +92,9 @@ class TensorRTTarget(Target[TrtOptions]):
                     f"cannot build a TensorRT engine here: {reason}; add --plan-only to write the typed ONNX, "
                     "build plan and trtexec script, or build on the GPU machine with --device NAME (see `evit devices`)"
                 )
+
+    def check_dims(self, recipe: Recipe, dims: dict[str, tuple[int, int]]) -> None:
+        check_dims(self.options(recipe), dims)
 
     def export(self, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, ctx: ExportContext) -> ExportOutput:
         from evit_deploy.onnx.layer_map import onnx_file_layer_map

@@ -38,11 +38,12 @@ def convert_fp32(model: torch.nn.Module, io: GraphIO, options: TfliteOptions) ->
     from evit_deploy.convert.bicubic import bicubic_upsample_layers, replace_bicubic_upsampling
 
     module = copy.deepcopy(model).eval()
-    bicubic = bicubic_upsample_layers(module)
+    examples = tuple(torch.zeros(i.shape) for i in io.inputs)  # a static export: sized resizes are factors here
+    bicubic = bicubic_upsample_layers(module, examples)
     info: dict[str, Any] = {"bicubic_layers": len(bicubic)}
     if bicubic:
         if options.bicubic == "exact":
-            replace_bicubic_upsampling(module)
+            replace_bicubic_upsampling(module, examples)
             info["bicubic"] = ("exact rewrite: edge pad + depthwise 5x5 conv + pixel shuffle "
                                "(evit_deploy.convert.bicubic), ~1e-7 from F.interpolate")
         else:
@@ -51,7 +52,7 @@ def convert_fp32(model: torch.nn.Module, io: GraphIO, options: TfliteOptions) ->
         import litert_torch  # its import logs torchao/pytree warnings to stderr
 
     key = _model_key(module, io, options)
-    examples = [torch.zeros(i.shape) for i in io.inputs]
+    examples = list(examples)
     with torch.no_grad():
         produced = module(*examples)
     ranks = [t.dim() for t in (produced if isinstance(produced, (tuple, list)) else (produced,))]

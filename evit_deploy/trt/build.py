@@ -176,9 +176,10 @@ def _build(plan: BuildPlan, onnx_path: Path, engine_path: Path, *, timing_cache:
         if version >= WEAK_TYPING_DEPRECATED:
             notes.append(f"weak typing is deprecated in TensorRT {trt.__version__} (its precision requests print "
                          "deprecation warnings; 11 removed them): re-export with --typing strong")
-    if plan.profile is not None:
+    if plan.profiles:
         profile = builder.create_optimization_profile()
-        profile.set_shape(plan.input_name, plan.profile["min"], plan.profile["opt"], plan.profile["max"])
+        for name, shapes in plan.profiles.items():
+            profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
         config.add_optimization_profile(profile)
     if plan.dla_core is not None:
         _use_dla(trt, builder, config, plan)

@@ -6,6 +6,7 @@ chosen TensorRT major, and (unless ``--plan-only``) built with ``evit_deploy.trt
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,13 +15,13 @@ import numpy as np
 
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
-from evit_deploy.errors import ToolchainError, UsageError
+from evit_deploy.errors import ToolchainError
 from evit_deploy.onnx.export import add_metadata, check_and_save, export_onnx_graph, simplify, tensor_infos
 from evit_deploy.onnx.opset import opset_of, to_opset_17
 from evit_deploy.onnx.options import OnnxOptions
 from evit_deploy.profiling import peak_rss_mb
 from evit_deploy.spec import InputSpec, Precision
-from evit_deploy.trt.options import EXPORTER_OPSET, PARSER_OPSET, Profile, TrtOptions, resolve_profile
+from evit_deploy.trt.options import EXPORTER_OPSET, PARSER_OPSET, Profile, TrtOptions, resolve_profiles
 
 if TYPE_CHECKING:
     import onnx
@@ -34,12 +35,10 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     """Typed ONNX + plan + trtexec script (+ engine and its layer information unless plan-only) in ``ctx.workdir``."""
     import onnx
 
+    from evit_deploy.graph import select_islands
     from evit_deploy.trt import typed
 
-    if not ctx.image_graph and recipe.dynamic:
-        raise UsageError(f"TensorRT shape profiles are planned for one-image graphs; export {ctx.model_name} "
-                         "static (drop --dynamic)")
-    profile = resolve_profile(options, spec)
+    profiles = resolve_profiles(options, spec, ctx.graph, ctx.image_graph)
     precision = recipe.precision
     opset = options.onnx_opset
     ctx.progress(f"torch.onnx.export (dynamo, opset {opset})")
@@ -53,7 +52,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
         ctx.progress(f"writing the graph for opset {opset}")
         graph = to_opset_17(graph)
     typed.name_all_nodes(graph)  # the names the plan, trtexec and TensorRT's layers share
-    islands = typed.select_islands(graph, options.keep_fp32) if precision != Precision.FP32 else []
+    islands = select_islands(graph, options.keep_fp32) if precision != Precision.FP32 else []
     notes: list[str] = []
     details: dict[str, Any] = {}
 
@@ -71,7 +70,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     overflow = None
     if precision == Precision.FP16 and options.overflow_check:
         simulated = build if options.typing_mode == "strong" else typed.to_fp16(graph, islands)
-        overflow = _overflow(simulated, spec, profile, options, ctx)
+        overflow = _overflow(simulated, spec, profiles, options, ctx)
     elif precision == Precision.FP16:
         notes.append("fp16 overflow check skipped (overflow_check: false)")
 
@@ -81,7 +80,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
                              f"{options.trt_version} parser was planned for")
     onnx_path = ctx.workdir / f"{ctx.model_name}.onnx"
     final = check_and_save(build, onnx_path)  # onnx.checker at the graph's own opset: every op must exist there
-    plan = _plan(final, onnx_path, islands, spec, profile, recipe, options, ctx, int8_info, overflow)
+    plan = _plan(final, onnx_path, islands, profiles, recipe, options, ctx, int8_info, overflow)
     plan_path = ctx.workdir / f"{ctx.model_name}.trt-plan.json"
     plan.save(plan_path)
     from evit_deploy.trt.plan import script
@@ -136,44 +135,61 @@ def _int8(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: TrtO
     }
     exclude = [n for island in islands for n in island.nodes]
     ctx.progress(f"int8: Q/DQ on {', '.join(options.quantize_ops)}; {len(exclude)} island node(s) stay fp32")
-    return int8.quantize_qdq(graph, calibration, input_name=spec.name, exclude=exclude,
+    return int8.quantize_qdq(graph, calibration, input_name=ctx.graph.inputs[0].name, exclude=exclude,
                              op_types=options.quantize_ops, method=options.calib_method,
                              key_material=material, progress=ctx.progress)
 
-def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profile: Profile | None, options: TrtOptions,
+def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profiles: dict[str, Profile], options: TrtOptions,
               ctx: ExportContext) -> dict[str, Any]:
-    """Scan the fp16 graph at the export shape and, with a profile, at its max shape."""
-    from evit_deploy.data import random_batch
+    """Scan the fp16 graph at the export shape and, with a profile, at its max shapes."""
     from evit_deploy.trt.typed import raise_on_overflow, scan_fp16
 
-    if not ctx.image_graph:  # a graph fed by another graph or prompts: seeded normal values at its sizes
-        rng = np.random.default_rng(0)
-        feeds = [{i.name: rng.standard_normal(i.shape).astype(np.float32) for i in ctx.graph.inputs}
-                 for _ in range(options.overflow_samples)]
-        ctx.progress("fp16 overflow check on ONNX Runtime (random inputs)")
-        scan = scan_fp16(simulated, feeds)
-        raise_on_overflow(scan, "export shape")
-        return {"export shape": {**scan.to_dict(), "inputs": "standard normal values (seed 0)"}}
-    shapes = [("export shape", spec.height, spec.width)]
-    if profile is not None and (profile.max[2], profile.max[3]) != (spec.height, spec.width):
-        shapes.append(("--max-shape", profile.max[2], profile.max[3]))
     results = {}
-    for where, h, w in shapes:
-        at = spec.with_resolution(h, w, batch=1)
-        if ctx.calibration is not None:
-            inputs = list(islice(ctx.calibration_batches(at), options.overflow_samples))
-            source = "calibration images"
-        else:
-            inputs = [random_batch(at, 0, i) for i in range(options.overflow_samples)]
-            source = "random pixels (seed 0)"
-        ctx.progress(f"fp16 overflow check at {h}x{w} ({where}) on ONNX Runtime")
-        scan = scan_fp16(simulated, inputs, spec.name)
+    for where, feeds, source in _overflow_feeds(spec, profiles, options, ctx):
+        ctx.progress(f"fp16 overflow check ({where}) on ONNX Runtime")
+        scan = scan_fp16(simulated, feeds)
         results[where] = {**scan.to_dict(), "inputs": source}
         raise_on_overflow(scan, where)
     return results
 
-def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], spec: InputSpec,
-          profile: Profile | None, recipe: Recipe, options: TrtOptions, ctx: ExportContext,
+
+def _overflow_feeds(spec: InputSpec, profiles: dict[str, Profile], options: TrtOptions,
+                    ctx: ExportContext) -> Iterator[tuple[str, list[dict[str, np.ndarray]], str]]:
+    """(where, feeds, what they are) at the export shape and at the profile's max shapes (batch 1: the
+    sums that overflow grow with tokens and points, not with independent rows, and a SAM decoder at 64
+    prompts needs ~10 GB to scan): calibration images or seeded random pixels for an image graph;
+    seeded standard normal values for a graph fed by another graph or by prompts (the scan needs
+    magnitudes, not meaning)."""
+    from evit_deploy.data import random_batch
+
+    if not ctx.image_graph:  # batch (axis 0) at its least, as for images: rows are computed independently
+        at_max = {i.name: (profiles[i.name].min[0], *profiles[i.name].max[1:]) if i.name in profiles else i.shape
+                  for i in ctx.graph.inputs}
+        shapes = [("export shape", {i.name: i.shape for i in ctx.graph.inputs})]
+        if any(at_max[i.name] != i.shape for i in ctx.graph.inputs):
+            shapes.append(("profile max", at_max))
+        for where, sizes in shapes:
+            rng = np.random.default_rng(0)
+            yield where, [{name: rng.standard_normal(size).astype(np.float32) for name, size in sizes.items()}
+                          for _ in range(options.overflow_samples)], "standard normal values (seed 0)"
+        return
+    image = ctx.graph.inputs[0].name
+    profile = profiles.get(image)
+    sizes = [("export shape", spec.height, spec.width)]
+    if profile is not None and (profile.max[2], profile.max[3]) != (spec.height, spec.width):
+        sizes.append(("--max-shape", profile.max[2], profile.max[3]))
+    for where, h, w in sizes:
+        at = spec.with_resolution(h, w, batch=1)
+        if ctx.calibration is not None:
+            yield where, [{image: x} for x in islice(ctx.calibration_batches(at), options.overflow_samples)], \
+                "calibration images"
+        else:
+            yield where, [{image: random_batch(at, 0, i)} for i in range(options.overflow_samples)], \
+                "random pixels (seed 0)"
+
+
+def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], profiles: dict[str, Profile],
+          recipe: Recipe, options: TrtOptions, ctx: ExportContext,
           int8_info: dict[str, Any] | None, overflow: dict[str, Any] | None) -> Any:
     from evit_deploy.graph import islands_summary
     from evit_deploy.manifest import sha256_path
@@ -196,8 +212,8 @@ def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], spec: Inp
         parser_opset=PARSER_OPSET[options.trt_version], engine=f"{name}.engine",
         layer_info=f"{name}.layers.json", input_name=ctx.graph.inputs[0].name,
         output_names=[o.name for o in final.graph.output],
-        static_shape=None if profile else list(ctx.graph.inputs[0].shape),
-        profile=profile.to_dict() if profile else None,
+        static_shape=None if profiles else list(ctx.graph.inputs[0].shape),
+        profiles={name: profile.to_dict() for name, profile in profiles.items()},
         workspace_gib=options.workspace, dla_core=options.dla_core,
         builder_optimization_level=options.builder_opt_level,
         timing_cache=options.timing_cache.name if options.timing_cache else None,

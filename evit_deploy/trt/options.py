@@ -4,9 +4,15 @@ CLI flags arrive as strings (``--trt-version 10 --workspace 4 --min-shape 256x51
 recipes as typed values; both pass through ``TrtOptions``. Rules that involve more than one
 field (DLA on TensorRT 11, min > max, weak typing on 11, ...) live in ``check_options`` so
 the CLI refuses them before any model is built, with one line naming the flag.
+
+Shape profiles: an image graph's input takes ``--min/opt/max-shape`` and ``--min/opt/max-batch``;
+any other dynamic dim (a SAM decoder's prompts and points) takes ``--dim-profile
+NAME=MIN:OPT:MAX``. ``resolve_profiles`` gives every dynamic input of a graph its min/opt/max
+shape, each axis from its own dim.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -20,7 +26,7 @@ from evit_deploy.errors import UsageError
 
 if TYPE_CHECKING:
     from evit_deploy.configs import Recipe
-    from evit_deploy.spec import InputSpec
+    from evit_deploy.spec import GraphInput, GraphIO, InputSpec
 
 # The TensorRT releases a plan can target. JetPack 5 ships 8.5, JetPack 6.0 ships 8.6,
 # JetPack 6.1/6.2 ship 10.3; datacenter wheels are 10.x and 11.x.
@@ -32,6 +38,7 @@ PARSER_OPSET = {"8.5": 17, "8.6": 17, "10": 20, "11": 24}
 EXPORTER_OPSET = 18  # what torch's dynamo exporter writes natively (it raises anything lower to 18)
 MAX_EXPORT_OPSET = 23  # torch 2.13's dynamo exporter (torch.onnx._constants.ONNX_MAX_OPSET)
 Typing = Literal["strong", "weak"]
+_DIM_ENTRY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\d+):(\d+):(\d+)\s*$")
 
 
 class TrtOptions(TargetOptions):
@@ -48,10 +55,12 @@ class TrtOptions(TargetOptions):
     min_batch: int | None = Field(None, ge=1)
     opt_batch: int | None = Field(None, ge=1)
     max_batch: int | None = Field(None, ge=1)
+    dim_profile: dict[str, tuple[int, int, int]] = Field(default_factory=dict)  # named dim -> min, opt, max
     timing_cache: Path | None = None
     builder_opt_level: int | None = Field(None, ge=0, le=5)
     plan_only: bool = False
-    keep_fp32: list[Literal["attention", "resize"]] = Field(default_factory=lambda: ["attention", "resize"])
+    keep_fp32: list[Literal["attention", "layernorm", "resize"]] = Field(
+        default_factory=lambda: ["attention", "layernorm", "resize"])
     opset: int | None = Field(None, ge=17)  # None: the exporter's 18, or the parser's ceiling below it (17 on 8.x)
     simplify: Literal["onnxslim", "onnxsim", "none"] = "none"
     calib_method: Literal["minmax", "entropy", "percentile"] = "percentile"
@@ -82,6 +91,28 @@ class TrtOptions(TargetOptions):
             return []
         return value
 
+    @field_validator("dim_profile", mode="before")
+    @classmethod
+    def _dim_entries(cls, value: Any) -> Any:
+        """``--dim-profile num_prompts=1:16:64,num_points=1:4:16`` (or the flag repeated) from the
+        CLI; a YAML mapping ``{num_prompts: [1, 16, 64]}`` passes as it is. min <= opt <= max, all >= 1."""
+        entries = value if isinstance(value, list) else [value] if isinstance(value, str) else None
+        if entries is not None:
+            value = {}
+            for entry in (e for text in entries for e in str(text).split(",") if e.strip()):
+                match = _DIM_ENTRY.match(entry)
+                if match is None:
+                    raise PydanticCustomError("dim_profile", "'{entry}' is not NAME=MIN:OPT:MAX "
+                                              "(e.g. num_prompts=1:16:64)", {"entry": entry.strip()})
+                value[match[1]] = tuple(int(v) for v in match.groups()[1:])
+        if isinstance(value, dict):
+            for name, sizes in value.items():
+                if isinstance(sizes, (list, tuple)) and len(sizes) == 3 and all(isinstance(v, int) for v in sizes) \
+                        and not (1 <= sizes[0] <= sizes[1] <= sizes[2]):
+                    raise PydanticCustomError("dim_profile", "{name}: need 1 <= min <= opt <= max, got {sizes}",
+                                              {"name": name, "sizes": ":".join(map(str, sizes))})
+        return value
+
     @property
     def major(self) -> int:
         return int(self.trt_version.split(".")[0])
@@ -100,11 +131,11 @@ class TrtOptions(TargetOptions):
 
 @dataclass(frozen=True)
 class Profile:
-    """One optimization profile for the single image input (NCHW)."""
+    """The min/opt/max shapes one input takes in the optimization profile (NCHW for an image)."""
 
-    min: tuple[int, int, int, int]
-    opt: tuple[int, int, int, int]
-    max: tuple[int, int, int, int]
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
@@ -136,7 +167,8 @@ def parse_shape(text: str, flag: str) -> tuple[int | None, int, int]:
 
 
 def _profile_requested(o: TrtOptions) -> bool:
-    return any(v is not None for v in (o.min_shape, o.opt_shape, o.max_shape, o.min_batch, o.opt_batch, o.max_batch))
+    return bool(o.dim_profile) or any(v is not None for v in (o.min_shape, o.opt_shape, o.max_shape, o.min_batch,
+                                                               o.opt_batch, o.max_batch))
 
 
 def check_options(options: TrtOptions, recipe: Recipe) -> None:
@@ -167,7 +199,8 @@ def check_options(options: TrtOptions, recipe: Recipe) -> None:
         raise UsageError(f"--timing-cache {options.timing_cache}: a folder; give a file (created if missing)")
     if _profile_requested(options):
         if not recipe.dynamic:
-            raise UsageError("--min-shape/--opt-shape/--max-shape (and --*-batch) need a dynamic ONNX: add --dynamic")
+            raise UsageError("--min-shape/--opt-shape/--max-shape (and --*-batch, --dim-profile) need a dynamic ONNX: "
+                             "add --dynamic")
         if options.dla_core is not None:
             raise UsageError("--dla-core: DLA engines take static shapes only; drop the shape profile or --dla-core")
     shapes = {flag: parse_shape(text, flag) for flag, text in
@@ -220,6 +253,69 @@ def resolve_profile(options: TrtOptions, spec: InputSpec) -> Profile | None:
         raise UsageError(f"the export shape {_fmt(example)} lies outside the profile {_fmt(dims['min'])} .. "
                          f"{_fmt(dims['max'])}; change --resolution/--batch or the profile")
     return Profile(dims["min"], dims["opt"], dims["max"])
+
+
+def check_dims(options: TrtOptions, dims: dict[str, tuple[int, int]]) -> None:
+    """Every ``--dim-profile`` name is a dynamic dim of the exported graphs (``dims``: name -> the
+    range the model takes), and its min/max lie in that range; checked before anything is written."""
+    for name, (low, _, high) in options.dim_profile.items():
+        if name not in dims:
+            known = ", ".join(sorted(dims)) or "none besides the image's (use --min/opt/max-shape and --*-batch)"
+            raise UsageError(f"--dim-profile {name}: no dynamic dim of that name in the exported graph(s); "
+                             f"their dims: {known}")
+        lo, hi = dims[name]
+        if low < lo or high > hi:
+            raise UsageError(f"--dim-profile {name}={low}:..:{high} leaves the range the model takes ({lo}..{hi})")
+
+
+def resolve_profiles(options: TrtOptions, spec: InputSpec, io: GraphIO, image_graph: bool) -> dict[str, Profile]:
+    """Every dynamic input's min/opt/max shape (empty for a static graph), axis by axis.
+
+    An image graph's input takes the image flags (``resolve_profile``); other dynamic dims take
+    ``--dim-profile`` (``batch`` also the ``--*-batch`` flags), else min = the dim's lowest size and
+    opt = max = the export size. An axis that is not dynamic stays at its export size: the image
+    flags may not move it (a SAM encoder's 512x512 is fixed; only its batch varies).
+    """
+    profiles: dict[str, Profile] = {}
+    for tensor in io.inputs:
+        if not tensor.dynamic:
+            continue
+        if image_graph:
+            image = resolve_profile(options, spec)
+            assert image is not None  # a dynamic input means a dynamic recipe
+            profiles[tensor.name] = _only_dynamic_axes(tensor, image)
+            continue
+        sizes = [_dim_sizes(options, tensor, axis) for axis in range(len(tensor.shape))]
+        profiles[tensor.name] = Profile(*(tuple(s[k] for s in sizes) for k in range(3)))
+    return profiles
+
+
+def _dim_sizes(options: TrtOptions, tensor: GraphInput, axis: int) -> tuple[int, int, int]:
+    dim = next((d for d in tensor.dynamic if d.axis == axis), None)
+    size = tensor.shape[axis]
+    if dim is None:
+        return size, size, size
+    if dim.name in options.dim_profile:
+        return options.dim_profile[dim.name]
+    if dim.name == "batch":
+        low = options.min_batch or dim.min
+        opt = options.opt_batch or size
+        return low, opt, options.max_batch or max(opt, size)
+    return dim.min, size, size
+
+
+def _only_dynamic_axes(tensor: GraphInput, image: Profile) -> Profile:
+    """The image profile, refused where it moves an axis the graph has fixed."""
+    dynamic = {d.axis for d in tensor.dynamic}
+    for axis, size in enumerate(tensor.shape):
+        if axis in dynamic:
+            continue
+        for key, shape in (("min", image.min), ("opt", image.opt), ("max", image.max)):
+            if shape[axis] != size:
+                what = {0: "batch", 1: "channels", 2: "height", 3: "width"}.get(axis, f"axis {axis}")
+                raise UsageError(f"the {key} shape {_fmt(shape)} changes the {what} of {tensor.name}, which is fixed at "
+                                 f"{size} in this graph (its dynamic dims: {', '.join(d.name for d in tensor.dynamic)})")
+    return image
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

@@ -14,18 +14,19 @@ import shlex
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evit_deploy.errors import UsageError
 
 PLAN_SUFFIX = ".trt-plan.json"
 SCRIPT_SUFFIX = ".trtexec.sh"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ``profiles`` per input (1 had one ``profile``, for the first input)
 # Ops whose ONNX nodes become no TensorRT layer of their own (folded into weights or shapes).
 NO_LAYER_OPS = frozenset({"Constant", "Identity"})
 # Island ops that do the arithmetic that overflows or underflows in fp16: these must be *shown*
 # to run in fp32 in a weakly typed engine, where TensorRT may silently ignore the request.
-KEY_OPS = frozenset({"MatMul", "Div", "ReduceSum", "Add", "Resize"})
+KEY_OPS = frozenset({"MatMul", "Div", "ReduceSum", "Add", "Resize", "Pow", "ReduceMean", "Sqrt",
+                     "LayerNormalization"})
 
 
 class _Model(BaseModel):
@@ -74,7 +75,7 @@ class BuildPlan(_Model):
     input_name: str = "input"
     output_names: list[str] = Field(default_factory=lambda: ["logits"])
     static_shape: list[int] | None = None
-    profile: dict[str, list[int]] | None = None  # min/opt/max NCHW
+    profiles: dict[str, dict[str, list[int]]] = Field(default_factory=dict)  # dynamic input -> min/opt/max shape
     workspace_gib: float | None = None
     dla_core: int | None = None
     builder_optimization_level: int | None = None
@@ -90,6 +91,17 @@ class BuildPlan(_Model):
     overflow: dict[str, Any] | None = None
     trtexec: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_profile(cls, data: Any) -> Any:
+        """A schema-1 plan's ``profile`` (its one image input's min/opt/max) is ``profiles`` of that input."""
+        if isinstance(data, dict) and "profile" in data:
+            data = dict(data)
+            old = data.pop("profile")
+            if old is not None:
+                data.setdefault("profiles", {data.get("input_name", "input"): old})
+        return data
 
     # ------------------------------------------------------------------ io
 
@@ -112,6 +124,11 @@ class BuildPlan(_Model):
         return folder / Path(self.timing_cache).name if self.timing_cache else None
 
     @property
+    def profile(self) -> dict[str, list[int]] | None:
+        """The first input's min/opt/max shape (the image's, for a one-image graph); None when static."""
+        return self.profiles.get(self.input_name)
+
+    @property
     def island_nodes(self) -> set[str]:
         return {e.node for e in self.expected_layers}
 
@@ -120,7 +137,7 @@ class BuildPlan(_Model):
         return {
             "trt_version": self.trt_version, "typing": self.typing, "platform": self.platform,
             "opset": self.opset, "parser_opset": self.parser_opset,
-            "static_shape": self.static_shape, "profile": self.profile, "workspace_gib": self.workspace_gib,
+            "static_shape": self.static_shape, "profiles": self.profiles, "workspace_gib": self.workspace_gib,
             "dla_core": self.dla_core, "builder_optimization_level": self.builder_optimization_level,
             "islands": len(self.islands), "fp32_layers_planned": len(self.expected_layers),
             "fp32_outside_islands": [o.model_dump() for o in self.fp32_outside_islands],
@@ -185,10 +202,9 @@ def trtexec_argv(plan: BuildPlan) -> list[str]:
             argv.append("--layerOutputTypes=" + ",".join(f"{n}:{t}" for n, t in plan.layer_output_types.items()))
     if not plan.tf32:
         argv.append("--noTF32")
-    if plan.profile is not None:
-        name = plan.input_name
-        argv += [f"--minShapes={name}:{_shape(plan.profile['min'])}", f"--optShapes={name}:{_shape(plan.profile['opt'])}",
-                 f"--maxShapes={name}:{_shape(plan.profile['max'])}"]
+    if plan.profiles:  # one flag per bound, every dynamic input in it: --minShapes=a:1x2,b:1x2x2
+        argv += [f"--{key}Shapes=" + ",".join(f"{name}:{_shape(shapes[key])}" for name, shapes in plan.profiles.items())
+                 for key in ("min", "opt", "max")]
     if plan.workspace_gib is not None:
         argv.append(f"--memPoolSize=workspace:{int(plan.workspace_gib * 1024)}")  # MiB: every trtexec since 8.4
     if plan.dla_core is not None:

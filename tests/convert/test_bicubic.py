@@ -121,3 +121,35 @@ def test_standalone_layer_gets_the_channel_agnostic_form() -> None:
     assert isinstance(holder.up, BicubicUpsample) and holder.up.channels is None
     x = torch.randn(1, 2, 3, 3)
     assert torch.allclose(holder.up(x), _reference(x, 4), atol=1e-5)
+
+
+class _Neck(torch.nn.Module):
+    """SAM's neck in small: three scales, each projected and resized to one fixed size, summed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scales = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), UpSampleLayer(mode="bicubic", size=(16, 16)))
+            for _ in range(3))
+        self.odd = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), UpSampleLayer(mode="bicubic", size=(16, 16)))
+
+    def forward(self, x4: torch.Tensor, x8: torch.Tensor, x16: torch.Tensor, x6: torch.Tensor) -> torch.Tensor:
+        return sum(scale(x) for scale, x in zip([*self.scales, self.odd], (x4, x8, x16, x6)))
+
+
+def test_fixed_size_resizes_become_factors_at_the_examples_sizes() -> None:
+    """Given the inputs of a static export, a resize to 16x16 of a 4x4 map is a factor-4 resize and of
+    a 16x16 map the identity; 6x6 -> 16x16 is no integer factor and stays as it is."""
+    model = _Neck().eval()
+    generator = torch.Generator().manual_seed(3)
+    examples = tuple(torch.randn(1, 3, s, s, generator=generator) for s in (4, 8, 16, 6))
+    assert bicubic_upsample_layers(model) == []  # without the sizes, nothing is known
+    assert bicubic_upsample_layers(model, examples) == ["scales.0.1", "scales.1.1", "scales.2.1"]
+    with torch.no_grad():
+        before = model(*examples)
+    replace_bicubic_upsampling(model, examples)
+    assert [type(s[1]).__name__ for s in model.scales] == ["BicubicUpsample", "BicubicUpsample", "Identity"]
+    assert [s[1].factor for s in model.scales[:2]] == [4, 2] and isinstance(model.odd[1], UpSampleLayer)
+    with torch.no_grad():
+        after = model(*examples)
+    assert float((after - before).abs().max() / before.abs().max()) < 1e-6

@@ -309,3 +309,20 @@ def ort_run_all(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})
+
+
+def test_pow_exponent_follows_its_base():
+    """tanh-GELU below opset 20 cubes with Pow(x, 3.0): ONNX lets the exponent keep fp32, TensorRT's
+    elementwise layers do not take mixed types, so the exponent becomes fp16 with its base (3.0 exactly)."""
+    from onnx import helper
+
+    cube = helper.make_graph(
+        [helper.make_node("Pow", ["x", "three"], ["y"], name="cube")], "cube",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(3.0, np.float32), "three")])
+    mixed = to_mixed_fp16(helper.make_model(cube, opset_imports=[helper.make_opsetid("", 18)]), [])
+    check_valid(mixed)
+    assert compute_dtypes(mixed)["cube"] == "fp16"
+    (exponent,) = [numpy_helper.to_array(t) for t in mixed.graph.initializer if t.name == "three"]
+    assert exponent.dtype == np.float16 and exponent == 3.0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from evit_deploy.graph import compute_dtypes, find_fp32_islands, to_full_fp16, to_mixed_fp16
 
@@ -30,7 +31,8 @@ def test_seg_b1_mixed_fp16_pixel_agreement_full_resolution(exports, height, widt
 def test_l_series(exports, builder, height, width):
     model, graph = exports.model(builder), exports.graph(builder, height, width)
     islands = find_fp32_islands(graph)
-    check_islands(graph, islands, litemla_count(model))
+    check_islands(graph, islands, litemla_count(model),
+                  expected_layernorm=sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules()))
     mixed = to_mixed_fp16(graph, islands)
     check_valid(mixed)
     dtypes = compute_dtypes(mixed)

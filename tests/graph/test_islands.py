@@ -32,7 +32,7 @@ def quadratic_blocks(model: torch.nn.Module, height: int, width: int) -> int:
 
 
 def check_islands(graph: onnx.ModelProto, islands: list[Island], expected_attention: int,
-                  expected_quadratic: int | None = None) -> None:
+                  expected_quadratic: int | None = None, expected_layernorm: int = 0) -> None:
     names = node_names(graph)
     ops = {name: node.op_type for name, node in zip(names, graph.graph.node)}
     position = {name: i for i, name in enumerate(names)}
@@ -40,7 +40,10 @@ def check_islands(graph: onnx.ModelProto, islands: list[Island], expected_attent
     resize = [i for i in islands if i.kind == "resize"]
     assert len(attention) == expected_attention
     assert len(resize) == sum(op in ("Resize", "DepthToSpace") for op in ops.values())
-    assert {i.kind for i in islands} <= {"attention", "resize"}
+    layernorm = [i for i in islands if i.kind == "layernorm"]
+    assert len(layernorm) == expected_layernorm
+    assert all([ops[n] for n in i.nodes] == ["LayerNormalization"] for i in layernorm)  # nn.LayerNorm: fused
+    assert {i.kind for i in islands} <= {"attention", "resize", "layernorm"}
     members = [n for i in islands for n in i.nodes]
     assert len(members) == len(set(members)), "islands overlap"
     for island in islands:
@@ -78,7 +81,8 @@ def test_one_attention_island_per_litemla_block(exports, builder, height, width,
     model = exports.model(builder)
     graph = exports.graph(builder, height, width, dynamic)
     expected_quadratic = 0 if dynamic else quadratic_blocks(model, height, width)
-    check_islands(graph, find_fp32_islands(graph), litemla_count(model), expected_quadratic)
+    layernorms = sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules())  # the cls head's
+    check_islands(graph, find_fp32_islands(graph), litemla_count(model), expected_quadratic, layernorms)
     if (builder, height) == ("efficientvit_seg_b1", 64):
         assert 0 < expected_quadratic < litemla_count(model)  # both paths covered
 

@@ -111,6 +111,7 @@ def test_fp16_keeps_the_attention_fp32_and_stays_finite(tmp_path, seeded_checkpo
     details = manifest_of(artifact)["details"]
     mix = details["compute_precision"]
     assert mix["attention_ops"] == {"fp16": 0, "fp32": 21}  # 7 LiteMLA x (2 matmul + 1 division)
+    assert mix["islands"]["attention"]["fp16"] == 0 and mix["islands"]["attention"]["fp32"] >= 21
     assert mix["fp16_ops"] > mix["fp32_ops"] > 0
     assert details["fp32_islands"]["attention"] > 0 and details["fp32_islands"]["upsample"] > 0
     # Pixel agreement is judged at 512x1024 (slow tests); 16x32 logit maps are too few pixels.

@@ -317,6 +317,10 @@ def test_int8_verifies_on_ort(seg_int8, test_photos, precision_limited):
      "--min-shape 1024x2048 is larger than --max-shape 512x1024"),
     (["--precision", "int8"], "int8 needs calibration images: pass --calib DIR"),
     (["--trt-version", "11", "--typing", "weak"], "TensorRT 11 removed weak typing"),
+    (["--dim-profile", "num_prompts=1:16:64"], "need a dynamic ONNX: add --dynamic"),
+    (["--dynamic", "--dim-profile", "num_prompts=1:16:64"],
+     "--dim-profile num_prompts: no dynamic dim of that name in the exported graph(s)"),
+    (["--dynamic", "--dim-profile", "num_prompts=1:16"], "'num_prompts=1:16' is not NAME=MIN:OPT:MAX"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
     result = cli("export", SEG, "--target", "trt", "--out", tmp_path, "--plan-only", *args)

@@ -1,12 +1,23 @@
 """Build plans and trtexec commands for every TensorRT major, and the option rules (no model export)."""
 from __future__ import annotations
 
+import json
+
 import pytest
+from pydantic import ValidationError
 
 from evit_deploy.configs import Recipe
 from evit_deploy.errors import UsageError
-from evit_deploy.spec import InputSpec
-from evit_deploy.trt.options import TrtOptions, check_options, parse_shape, resolve_profile
+from evit_deploy.spec import DynamicDim, GraphInput, GraphIO, InputSpec
+from evit_deploy.trt.options import (
+    Profile,
+    TrtOptions,
+    check_dims,
+    check_options,
+    parse_shape,
+    resolve_profile,
+    resolve_profiles,
+)
 from evit_deploy.trt.plan import (
     BuildPlan,
     Island,
@@ -189,3 +200,80 @@ def test_batch_profile():
 def test_export_shape_must_lie_inside_the_profile():
     with pytest.raises(UsageError, match="outside the profile"):
         resolve_profile(TrtOptions(min_shape="256x512", opt_shape="256x512", max_shape="384x768"), spec())
+
+
+# ------------------------------------------------------------------ several inputs (SAM's decoder)
+
+
+def decoder_io(prompts: int = 2, points: int = 2) -> GraphIO:
+    """The SAM decoder's inputs as a dynamic export gives them: one image's embeddings, B x N points."""
+    b, n = DynamicDim(0, "num_prompts", 1, 1024), DynamicDim(1, "num_points", 1, 64)
+    return GraphIO((GraphInput("image_embeddings", (1, 256, 64, 64)),
+                    GraphInput("point_coords", (prompts, points, 2), dynamic=(b, n)),
+                    GraphInput("point_labels", (prompts, points), dynamic=(b, n))), ("masks", "iou_predictions"))
+
+
+def test_each_dynamic_input_gets_its_profile_from_its_dims():
+    options = TrtOptions(dim_profile="num_prompts=1:16:64,num_points=1:4:16")
+    profiles = resolve_profiles(options, spec(), decoder_io(), image_graph=False)
+    assert set(profiles) == {"point_coords", "point_labels"}  # the embeddings are static: no profile
+    assert profiles["point_coords"] == Profile((1, 1, 2), (16, 4, 2), (64, 16, 2))
+    assert profiles["point_labels"] == Profile((1, 1), (16, 4), (64, 16))
+
+
+def test_unnamed_dims_default_to_their_least_size_and_the_export_size():
+    profiles = resolve_profiles(TrtOptions(dim_profile="num_points=2:3:5"), spec(), decoder_io(3, 4), False)
+    assert profiles["point_labels"] == Profile((1, 2), (3, 3), (3, 5))
+
+
+def test_trtexec_lists_every_dynamic_input():
+    profiles = resolve_profiles(TrtOptions(dim_profile=["num_prompts=1:16:64", "num_points=1:4:16"]), spec(),
+                                decoder_io(), False)
+    argv = trtexec_argv(plan(profiles={name: p.to_dict() for name, p in profiles.items()}, static_shape=None,
+                             input_name="image_embeddings"))
+    assert "--minShapes=point_coords:1x1x2,point_labels:1x1" in argv
+    assert "--optShapes=point_coords:16x4x2,point_labels:16x4" in argv
+    assert "--maxShapes=point_coords:64x16x2,point_labels:64x16" in argv
+
+
+def test_a_schema_1_plan_still_loads(tmp_path):
+    old = plan().model_dump(mode="json")
+    old.pop("profiles")
+    old.update(schema_version=1, profile={"min": [1, 3, 256, 512], "opt": [1, 3, 512, 1024], "max": [1, 3, 512, 1024]},
+               static_shape=None)
+    (tmp_path / "old.trt-plan.json").write_text(json.dumps(old))
+    loaded = BuildPlan.load(tmp_path / "old.trt-plan.json")
+    assert loaded.profiles == {"input": old["profile"]} and loaded.profile == old["profile"]
+    assert "--minShapes=input:1x3x256x512" in trtexec_argv(loaded)
+
+
+def test_an_encoder_with_a_fixed_size_takes_only_a_batch_profile():
+    """SAM's encoder: 512x512 fixed, batch dynamic; a --max-shape that moves the size is refused."""
+    io = GraphIO((GraphInput("input_image", (2, 3, 512, 512), dynamic=(DynamicDim(0, "batch", 1, 256),)),),
+                 ("image_embeddings",))
+    profiles = resolve_profiles(TrtOptions(max_batch=8), spec(512, 512), io, image_graph=True)
+    assert profiles["input_image"] == Profile((1, 3, 512, 512), (1, 3, 512, 512), (8, 3, 512, 512))
+    with pytest.raises(UsageError, match="changes the height of input_image, which is fixed at 512"):
+        resolve_profiles(TrtOptions(max_shape="1024x1024"), spec(512, 512), io, image_graph=True)
+
+
+@pytest.mark.parametrize("dims, message", [
+    ({"num_prompt": (1, 2, 4)}, "--dim-profile num_prompt: no dynamic dim of that name .* their dims: num_points, num_prompts"),
+    ({"num_prompts": (1, 2, 2048)}, r"--dim-profile num_prompts=1:..:2048 leaves the range the model takes \(1..1024\)"),
+])
+def test_dim_profiles_must_name_the_graphs_dims(dims, message):
+    with pytest.raises(UsageError, match=message):
+        check_dims(TrtOptions(dim_profile=dims), {"num_prompts": (1, 1024), "num_points": (1, 64)})
+    with pytest.raises(UsageError, match="no dynamic dim of that name .* their dims: none besides the image's"):
+        check_dims(TrtOptions(dim_profile={"num_prompts": (1, 2, 4)}), {})
+
+
+@pytest.mark.parametrize("text", ["num_prompts=1:16", "num_prompts=16:1:64", "=1:2:3", "num_prompts=0:1:2"])
+def test_bad_dim_profiles(text):
+    with pytest.raises(ValidationError, match="dim_profile"):
+        TrtOptions(dim_profile=text)
+
+
+def test_a_dim_profile_needs_a_dynamic_export():
+    with pytest.raises(UsageError, match="need a dynamic ONNX"):
+        check_options(TrtOptions(dim_profile="num_prompts=1:2:4"), recipe(dynamic=False))

@@ -115,3 +115,40 @@ def test_calibration_keeps_stdout_clean(tmp_path, monkeypatch, capsys):
     int8.quantize_qdq(conv_model(), calib, input_name="input", exclude=[], op_types=["Conv"], method="percentile",
                       key_material={"samples": 2})
     assert capsys.readouterr().out == ""
+
+
+def tanh_gelu(cube_elsewhere: bool = False) -> onnx.ModelProto:
+    """fp16 ``x * (1 + tanh(0.798 * (x + 0.0447 * x**3))) / 2``, as the exporter writes tanh-GELU below
+    opset 20; with ``cube_elsewhere`` the cube also feeds a ReduceSum (no saturation to save it)."""
+    consts = [numpy_helper.from_array(np.array(v, np.float16), n)
+              for n, v in (("three", 3.0), ("c", 0.044715), ("k", 0.7978845608), ("one", 1.0), ("half", 0.5))]
+    nodes = [helper.make_node("Cast", ["input"], ["x"], name="cast_in", to=TensorProto.FLOAT16),
+             helper.make_node("Pow", ["x", "three"], ["cube"], name="cube"),
+             helper.make_node("Mul", ["cube", "c"], ["scaled"], name="scale"),
+             helper.make_node("Add", ["x", "scaled"], ["inner"], name="inner"),
+             helper.make_node("Mul", ["inner", "k"], ["arg"], name="arg"),
+             helper.make_node("Tanh", ["arg"], ["t"], name="tanh"),
+             helper.make_node("Add", ["t", "one"], ["t1"], name="plus_one"),
+             helper.make_node("Mul", ["x", "t1"], ["xt"], name="times_x"),
+             helper.make_node("Mul", ["xt", "half"], ["gelu"], name="half"),
+             helper.make_node("Cast", ["gelu"], ["out"], name="cast_out", to=TensorProto.FLOAT)]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])]
+    if cube_elsewhere:
+        nodes += [helper.make_node("ReduceSum", ["cube"], ["sum"], name="sum", keepdims=0),
+                  helper.make_node("Cast", ["sum"], ["total"], name="cast_sum", to=TensorProto.FLOAT)]
+        outputs.append(helper.make_tensor_value_info("total", TensorProto.FLOAT, []))
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+                              outputs, consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_an_inf_that_saturates_a_tanh_is_no_overflow():
+    """tanh-GELU's cube passes 65504 for |x| > 40 in fp16; tanh(+-inf) = +-1 is exact, so the scan
+    names those tensors as saturated and passes; the same cube read elsewhere is an overflow."""
+    x = np.array([[-300.0, -41.0, 50.0, 2.0]], np.float32)
+    scan = scan_fp16(tanh_gelu(), [x])
+    assert scan.ok and scan.saturated == ["cube", "scaled", "inner", "arg"]
+    gelu = 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x.astype(np.float64) ** 3)))
+    np.testing.assert_allclose(run(emulate_fp16(tanh_gelu())[0], x), gelu, rtol=1e-3)
+    bad = scan_fp16(tanh_gelu(cube_elsewhere=True), [x])
+    assert not bad.ok and bad.first_bad.tensor == "cube"
