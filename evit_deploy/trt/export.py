@@ -120,24 +120,15 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
 
 def _int8(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: TrtOptions,
           islands: list[Any], ctx: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    from evit_deploy.onnx.qdq import key_material
     from evit_deploy.trt import int8
 
     calibration = ctx.calibration_batches(spec)
-    one = spec.with_resolution(spec.height, spec.width, batch=1)
-    material = {
-        "images": int8.image_digests(Path(str(recipe.calibration.source))),
-        "samples": recipe.calibration.samples,
-        "preprocessing": {"size": [one.height, one.width], "mean": list(one.mean), "std": list(one.std),
-                          "color": one.color, "crop_ratio": one.extra.get("crop_ratio"),
-                          "resize": "bicubic, shorter side + centre crop" if one.extra.get("crop_ratio")
-                          else "bicubic to size"},
-        "model": int8.sha256_bytes(graph.SerializeToString()),
-    }
     exclude = [n for island in islands for n in island.nodes]
     ctx.progress(f"int8: Q/DQ on {', '.join(options.quantize_ops)}; {len(exclude)} island node(s) stay fp32")
     return int8.quantize_qdq(graph, calibration, input_name=spec.name, exclude=exclude,
                              op_types=options.quantize_ops, method=options.calib_method,
-                             key_material=material, progress=ctx.progress)
+                             key_material=key_material(graph, spec, recipe), progress=ctx.progress)
 
 def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profile: Profile | None, options: TrtOptions,
               ctx: ExportContext) -> dict[str, Any]:
