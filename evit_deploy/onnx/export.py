@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
+    from evit_deploy.configs import Recipe
+    from evit_deploy.graph import Island
+
 
 def export_onnx_graph(model: torch.nn.Module, io: GraphIO, options: OnnxOptions, workdir: Path) -> onnx.ModelProto:
     """The fp32 graph from torch at ``io``'s sizes, with its dynamic dims, checked."""
@@ -151,20 +154,28 @@ def tensor_infos(graph: onnx.ModelProto, which: str) -> list[TensorInfo]:
     return infos
 
 
+def select_islands(model: onnx.ModelProto, keep: list[str]) -> list[Island]:
+    """The fp32 islands of an fp32 graph: the kinds in ``keep`` (attention, resize), plus any
+    operator with no fp16 form, which must stay fp32 whatever the recipe says (fp16 and int8 alike)."""
+    from evit_deploy.graph import find_fp32_islands
+
+    return [i for i in find_fp32_islands(model) if i.kind in keep or i.kind == "no-fp16"]
+
+
 def to_fp16(graph: onnx.ModelProto, keep_fp32: list[str]) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
     """fp16 weights and activations, with LiteMLA attention and resizes kept in fp32."""
-    from evit_deploy.graph import find_fp32_islands, islands_summary, to_mixed_fp16
+    from evit_deploy.graph import islands_summary, to_mixed_fp16
 
-    # "no-fp16" islands (ops without an fp16 form) are not a choice: they always stay fp32.
-    islands = [i for i in find_fp32_islands(graph) if i.kind in keep_fp32 or i.kind == "no-fp16"]
+    islands = select_islands(graph, keep_fp32)
     return to_mixed_fp16(graph, islands), islands_summary(islands)
 
 
-def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, options: OnnxOptions,
+def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, options: OnnxOptions,
                     ctx: ExportContext) -> ExportOutput:
-    """``NAME.onnx`` in ``ctx.workdir``: exported, simplified if asked, fp16 with islands, checked."""
+    """``NAME.onnx`` in ``ctx.workdir``: exported, simplified if asked, fp16 with islands or int8, checked."""
     import onnx
 
+    precision = recipe.precision
     ctx.progress(f"torch.onnx.export ({options.exporter}, opset {options.opset})")
     graph = export_onnx_graph(model, ctx.graph, options, ctx.workdir)
     if options.simplify != "none":
@@ -179,6 +190,12 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
         details["fp32_islands"] = islands
         notes.append(f"{len(islands)} fp32 island(s) kept in the fp16 graph: " +
                      ", ".join(sorted({i['kind'] for i in islands})))
+    elif precision == "int8":
+        from evit_deploy.onnx.int8 import quantize
+
+        graph, int8_details, int8_notes = quantize(graph, spec, recipe, options, ctx)
+        details.update(int8_details)
+        notes += int8_notes
     add_metadata(graph, spec, ctx, precision)
     path = ctx.workdir / f"{ctx.model_name}.onnx"
     final = check_and_save(graph, path)

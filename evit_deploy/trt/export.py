@@ -15,7 +15,14 @@ import numpy as np
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import ToolchainError, UsageError
-from evit_deploy.onnx.export import add_metadata, check_and_save, export_onnx_graph, simplify, tensor_infos
+from evit_deploy.onnx.export import (
+    add_metadata,
+    check_and_save,
+    export_onnx_graph,
+    select_islands,
+    simplify,
+    tensor_infos,
+)
 from evit_deploy.onnx.opset import opset_of, to_opset_17
 from evit_deploy.onnx.options import OnnxOptions
 from evit_deploy.profiling import peak_rss_mb
@@ -52,7 +59,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
         ctx.progress(f"writing the graph for opset {opset}")
         graph = to_opset_17(graph)
     typed.name_all_nodes(graph)  # the names the plan, trtexec and TensorRT's layers share
-    islands = typed.select_islands(graph, options.keep_fp32) if precision != Precision.FP32 else []
+    islands = select_islands(graph, options.keep_fp32) if precision != Precision.FP32 else []
     notes: list[str] = []
     details: dict[str, Any] = {}
 

@@ -38,14 +38,6 @@ def name_all_nodes(model: onnx.ModelProto) -> None:
         node.name = name
 
 
-def select_islands(model: onnx.ModelProto, keep: list[str]) -> list[Island]:
-    """The fp32 islands of an fp32 graph: the kinds in ``keep`` (attention, resize), plus any
-    operator with no fp16 form, which must stay fp32 whatever the recipe says."""
-    from evit_deploy.graph import find_fp32_islands
-
-    return [i for i in find_fp32_islands(model) if i.kind in keep or i.kind == "no-fp16"]
-
-
 def to_fp16(model: onnx.ModelProto, islands: list[Island]) -> onnx.ModelProto:
     """fp16 with ``islands`` in fp32; no islands at all is the naive (broken) conversion."""
     from evit_deploy.graph import to_full_fp16, to_mixed_fp16

@@ -1,0 +1,82 @@
+"""int8 for ONNX Runtime on CPUs: the shared Q/DQ quantiser (``evit_deploy.onnx.qdq``) in ORT's scheme.
+
+The LiteMLA attention and the resizes stay float (the same islands as fp16 and TensorRT int8),
+and so does any node named in ``keep_float`` (node names or module paths: the handle an
+accuracy-control loop turns). Calibration is the streamed, memory-checked, cached one TensorRT uses.
+
+The scheme was chosen by measurement (``benchmarks/onnx_int8.py``: seg-B1 at 512x1024, seeded
+weights, photos, ORT 2 threads, one interleaved run on a shared 2-core machine; ratios):
+see ``MEASURED`` (also written into every int8 manifest's details).
+"""
+from __future__ import annotations
+
+import ast
+from typing import TYPE_CHECKING, Any
+
+from evit_deploy.errors import UsageError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from evit_deploy.configs import Recipe
+    from evit_deploy.contracts import ExportContext
+    from evit_deploy.onnx.options import OnnxOptions
+    from evit_deploy.spec import InputSpec
+
+# speed-up over the fp32 artifact, per scheme (benchmarks/results/onnx_int8.json)
+MEASURED: dict[str, Any] = {}
+
+
+def quantize(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: OnnxOptions,
+             ctx: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any], list[str]]:
+    """The int8 graph, the manifest details about it, and the notes for the user."""
+    from evit_deploy.graph import islands_summary, name_nodes
+    from evit_deploy.onnx.export import select_islands
+    from evit_deploy.onnx.qdq import ORT_SCHEMES, key_material, quantize_qdq
+
+    if not ctx.image_graph:
+        raise UsageError(f"int8 calibrates from images; {ctx.model_name} takes other inputs")
+    name_nodes(graph)  # the names keep_float, the islands and the manifest share
+    islands = select_islands(graph, options.keep_fp32)
+    kept = keep_float_nodes(graph, options.keep_float)
+    exclude = list(dict.fromkeys([n for island in islands for n in island.nodes] + kept))
+    scheme = ORT_SCHEMES[options.int8_scheme]
+    ctx.progress(f"int8 ({scheme.name}): Q/DQ on {', '.join(options.quantize_ops)}; "
+                 f"{len(exclude)} node(s) stay float")
+    quantized, info = quantize_qdq(graph, ctx.calibration_batches(spec), input_name=spec.name, exclude=exclude,
+                                   op_types=list(options.quantize_ops), method=options.calib_method,
+                                   key_material=key_material(graph, spec, recipe), scheme=scheme,
+                                   progress=ctx.progress)
+    details = {"int8": {**info, "scheme": scheme.name, "keep_float": list(options.keep_float),
+                        "keep_float_nodes": kept, "measured": MEASURED},
+               "fp32_islands": islands_summary(islands)}
+    notes = [f"int8 ({scheme.name}): {len(islands)} float island(s) "
+             f"({', '.join(sorted({i.kind for i in islands})) or 'none'})"
+             + (f", {len(kept)} node(s) kept float by keep_float" if kept else "")]
+    return quantized, details, notes
+
+
+def keep_float_nodes(graph: onnx.ModelProto, entries: list[str]) -> list[str]:
+    """The nodes ``entries`` name: a node name, or a module path (every node the exporter traced
+    inside that module, e.g. ``backbone.stages.3.op_list.1.context_module``). An entry that names
+    nothing is a usage error, so a typo never silently quantises what was meant to stay float."""
+    found: list[str] = []
+    for entry in entries:
+        hits = [n.name for n in graph.graph.node if n.name == entry or entry in module_scopes(n)]
+        if not hits:
+            raise UsageError(f"keep_float: {entry!r} names no node or module of the graph; give node names "
+                             "or module paths such as backbone.stages.3.op_list.1.context_module")
+        found += [h for h in hits if h not in found]
+    return found
+
+
+def module_scopes(node: onnx.NodeProto) -> list[str]:
+    """The module paths torch's exporter recorded for ``node``, outermost first (empty if none)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return []
+            return [s for s in scopes[:-1] if s]  # the last one is the traced op, not a module
+    return []
