@@ -1,7 +1,9 @@
 """int8 for ONNX Runtime on CPUs: the shared Q/DQ quantiser (``evit_deploy.onnx.qdq``) in ORT's scheme.
 
 The LiteMLA attention and the resizes stay float (the same islands as fp16 and TensorRT int8),
-and so does any node named in ``keep_float`` (node names or module paths: the handle an
+and so do the nodes that write the graph's outputs (the classifier / segmentation head's last
+layer: quantising the logits to 256 levels flips near-tied argmaxes; on seeded seg-B0 and seg-B1
+it cost 0.4-0.5 points of pixel agreement for one small conv), and any node named in ``keep_float`` (node names or module paths: the handle an
 accuracy-control loop turns). Calibration is the streamed, memory-checked, cached one TensorRT uses.
 
 The scheme was chosen by measurement (``benchmarks/onnx_int8.py``: seg-B1 at 512x1024, seeded
@@ -39,7 +41,8 @@ def quantize(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: O
     name_nodes(graph)  # the names keep_float, the islands and the manifest share
     islands = select_islands(graph, options.keep_fp32)
     kept = keep_float_nodes(graph, options.keep_float)
-    exclude = list(dict.fromkeys([n for island in islands for n in island.nodes] + kept))
+    head = [n.name for n in graph.graph.node if set(n.output) & {o.name for o in graph.graph.output}]
+    exclude = list(dict.fromkeys([n for island in islands for n in island.nodes] + head + kept))
     scheme = ORT_SCHEMES[options.int8_scheme]
     ctx.progress(f"int8 ({scheme.name}): Q/DQ on {', '.join(options.quantize_ops)}; "
                  f"{len(exclude)} node(s) stay float")
@@ -48,10 +51,11 @@ def quantize(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: O
                                    key_material=key_material(graph, spec, recipe), scheme=scheme,
                                    progress=ctx.progress)
     details = {"int8": {**info, "scheme": scheme.name, "keep_float": list(options.keep_float),
-                        "keep_float_nodes": kept, "measured": MEASURED},
+                        "keep_float_nodes": kept, "float_head": head,
+                        "measured": MEASURED},
                "fp32_islands": islands_summary(islands)}
     notes = [f"int8 ({scheme.name}): {len(islands)} float island(s) "
-             f"({', '.join(sorted({i.kind for i in islands})) or 'none'})"
+             f"({', '.join(sorted({i.kind for i in islands})) or 'none'}) and the output layer"
              + (f", {len(kept)} node(s) kept float by keep_float" if kept else "")]
     return quantized, details, notes
 
