@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", default="512x1024")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--calib-samples", type=int, default=16)
+    parser.add_argument("--calib-samples", type=int, default=8)
     parser.add_argument("--schemes", default=",".join(SCHEMES))
     args = parser.parse_args(argv)
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="evit-bench-onnx-int8-") as tmp_name:
         tmp = Path(tmp_name)
         os.environ["EVIT_CALIB_CACHE"] = str(tmp / "calib-cache")  # the schemes share one calibration
-        calib = write_photos(tmp / "calib", CALIB_PHOTOS, 2)
+        calib = write_photos(tmp / "calib", CALIB_PHOTOS, 1)
         test = write_photos(tmp / "test", TEST_PHOTOS, 1)
         common = ["--resolution", args.resolution, *(["--weights", weights] if weights else []), "-q"]
         print("exporting onnx_fp32", flush=True)
