@@ -1,12 +1,12 @@
 """The ONNX target's recipe options (the TensorRT target reuses the export half)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from evit_deploy.contracts import TargetOptions
+from evit_deploy.contracts import TargetOptions, comma_list
 
 INSTALL_HINT = "pip install 'evit-deploy[onnx]'"
 # The opsets each of torch 2.13's exporters writes (torch.onnx._constants): the dynamo exporter
@@ -26,6 +26,11 @@ class OnnxOptions(TargetOptions):
     calib_method: Literal["minmax", "entropy", "percentile"] = "percentile"
     # more nodes to keep float: node names or module paths (a path keeps every node under it)
     keep_float: list[str] = Field(default_factory=list)
+
+    @field_validator("keep_fp32", "quantize_ops", "keep_float", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return comma_list(value)
 
     @model_validator(mode="after")
     def _opset_in_range(self) -> OnnxOptions:
