@@ -22,7 +22,7 @@ class OnnxOptions(TargetOptions):
     keep_fp32: list[Literal["attention", "resize"]] = Field(default_factory=lambda: ["attention", "resize"])
     # int8 (evit_deploy.onnx.int8): the Q/DQ scheme ORT's CPU kernels run fastest, chosen by measurement
     int8_scheme: Literal["qdq-u8s8", "qdq-s8s8", "qoperator-u8s8"] = "qdq-u8s8"
-    quantize_ops: list[Literal["Conv", "Gemm", "MatMul", "Add", "Mul"]] = Field(default_factory=lambda: ["Conv"])
+    quantize_ops: list[Literal["Conv", "Gemm", "MatMul", "Add", "Mul"]] = Field(default_factory=lambda: ["Conv", "Add"])
     calib_method: Literal["minmax", "entropy", "percentile"] = "percentile"
     # more nodes to keep float: node names or module paths (a path keeps every node under it)
     keep_float: list[str] = Field(default_factory=list)

@@ -50,6 +50,7 @@ def test_manifest_records_the_scheme_and_the_islands(seg_int8):
     manifest = _manifest(seg_int8)
     assert manifest["precision"] == "int8"
     assert manifest["recipe"]["options"]["int8_scheme"] == "qdq-u8s8"
+    assert manifest["recipe"]["options"]["quantize_ops"] == ["Conv", "Add"]
     details = manifest["details"]["int8"]
     assert details["scheme"] == "qdq-u8s8" and details["samples"] == CALIB_SAMPLES
     assert details["quantize_nodes"] > 0 and details["excluded_nodes"] > 0
