@@ -66,7 +66,8 @@ def calibrate(impl: str, target: str, resolution: str, weights: Path, photos: Pa
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", impl, target, resolution, str(weights),
             str(photos), str(count)]
     result = measured(argv, env)
-    return {**result, **json.loads(result.pop("stdout").strip().splitlines()[-1])}
+    child_said = json.loads(result.pop("stdout").strip().splitlines()[-1])
+    return {**result, **child_said}
 
 
 def child(impl: str, target: str, resolution: str, weights: str, photos: str, count: int) -> None:
@@ -76,12 +77,12 @@ def child(impl: str, target: str, resolution: str, weights: str, photos: str, co
     sys.path.insert(0, str(ROOT))
     warnings.simplefilter("ignore")
     from evit_deploy import zoo
-    from evit_deploy.api import spec_from_card
     from evit_deploy.data import CalibrationImages
+    from evit_deploy.spec import GraphIO
 
     card = zoo.get_card(MODEL)
     h, w = (int(v) for v in resolution.split("x"))
-    spec = spec_from_card(card, (h, w))
+    spec = card.input_spec((h, w))
     model = zoo.create_model(MODEL, Path(weights))
     images = CalibrationImages(Path(photos), spec, count)
     before = _rss()
@@ -89,7 +90,7 @@ def child(impl: str, target: str, resolution: str, weights: str, photos: str, co
         from evit_deploy.onnx.export import export_onnx_graph
         from evit_deploy.onnx.options import OnnxOptions
 
-        graph = export_onnx_graph(model, spec, OnnxOptions(), Path(tempfile.mkdtemp()))
+        graph = export_onnx_graph(model, GraphIO.image(spec), OnnxOptions(), Path(tempfile.mkdtemp()))
         del model
         before = _rss()
         if impl == "streamed":
@@ -119,7 +120,7 @@ def child(impl: str, target: str, resolution: str, weights: str, photos: str, co
         from evit_deploy.tflite.quantize import _calibrate, int8_plan
 
         options = TfliteOptions()
-        plan = int8_plan(convert_fp32(model, spec, options)[0], options)
+        plan = int8_plan(convert_fp32(model, GraphIO.image(spec), options)[0], options)
         del model
         batches = _Batches(images, 1, nhwc=options.layout == "nhwc")
         signature = Interpreter(model_content=plan.marked).get_signature_list()

@@ -74,6 +74,22 @@ def interleaved(candidates: dict[str, Sequence[object]], *, rounds: int, threads
             for name, values in p50s.items()}
 
 
+def per_op(artifact: Path, threads: int, iters: int, top: int = 12) -> dict[str, Any]:
+    """The runtime's own op profile (``evit profile --per-layer``, its own process) summed per operator
+    type: ms per run and share of the summed op time, plus the ``top`` slowest nodes."""
+    data = json.loads(evit("profile", artifact, "--per-layer", "--threads", threads, "--warmup", 1,
+                           "--iters", iters, "--json", "-"))
+    by_type: dict[str, float] = {}
+    for row in data["per_layer"]:
+        by_type[row["op_type"]] = by_type.get(row["op_type"], 0.0) + row["total_ms"]
+    whole = sum(by_type.values()) or 1.0
+    ranked = sorted(by_type.items(), key=lambda kv: kv[1], reverse=True)
+    return {"op_ms_per_run": round(whole, 2),
+            "by_op_type": [{"op": op, "ms": round(ms, 2), "share": round(ms / whole, 3)} for op, ms in ranked[:top]],
+            "top_nodes": [{"node": row["name"], "op": row["op_type"], "ms": round(row["total_ms"], 2)}
+                          for row in data["per_layer"][:top]]}
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import ROOT, evit, interleaved, seeded_weights, write_result
+from harness import ROOT, evit, interleaved, per_op, seeded_weights, write_result
 
 sys.path.insert(0, str(ROOT))
 
@@ -70,19 +70,6 @@ def export_tflite(weights: Path | None, out: Path, resolution: tuple[int, int], 
                             out=out / name, resolution=resolution, **extra)
         artifacts[name] = result.artifact
     return artifacts
-
-
-def per_op(artifact: Path, threads: int, iters: int) -> dict[str, Any]:
-    """LiteRT's op profile summed per operator type (ms per run, share of the summed op time)."""
-    data = json.loads(evit("profile", artifact, "--per-layer", "--threads", threads, "--warmup", 1,
-                           "--iters", iters, "--json", "-"))
-    by_type: dict[str, float] = {}
-    for row in data["per_layer"]:
-        by_type[row["op_type"]] = by_type.get(row["op_type"], 0.0) + row["total_ms"]
-    whole = sum(by_type.values()) or 1.0
-    ranked = sorted(by_type.items(), key=lambda kv: kv[1], reverse=True)
-    return {"op_ms_per_run": round(whole, 2),
-            "by_op_type": [{"op": op, "ms": round(ms, 2), "share": round(ms / whole, 3)} for op, ms in ranked[:12]]}
 
 
 def parity(artifact: Path, images: Path, threads: int) -> dict[str, Any]:

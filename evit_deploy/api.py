@@ -113,9 +113,7 @@ def profile(artifact: str | Path | ProfileRequest, *, on_iteration: Tick = _no_t
     request = artifact if isinstance(artifact, ProfileRequest) else ProfileRequest.parse(artifact=artifact,
                                                                                          **options)
     if is_bundle(Path(request.artifact)):
-        _, graphs = load_bundle(Path(request.artifact))
-        return {name: profile(request.replace(artifact=str(path)), on_iteration=on_iteration, progress=progress)
-                for name, path in graphs.items()}
+        return _profile_bundle(request, on_iteration, progress)
     if is_local(request.device):
         return profile_here(request, on_iteration=on_iteration)
     if request.target is not None:
@@ -124,6 +122,26 @@ def profile(artifact: str | Path | ProfileRequest, *, on_iteration: Tick = _no_t
     from evit_deploy.remote.flows import profile_remote
 
     return profile_remote(request, on_iteration=on_iteration, progress=progress)
+
+
+def _profile_bundle(request: ProfileRequest, on_iteration: Tick, progress: Progress) -> dict[str, ProfileResult]:
+    """Each graph at its card's profile sizes (a dynamic export) or its own; here, also the per-photo path
+    through all graphs (SAM: one image, 16 prompts). On a device each graph is timed there alone."""
+    from evit_deploy.pipeline.bundle_profile import END_TO_END, end_to_end_here, profile_points
+
+    _, graphs = load_bundle(Path(request.artifact))
+    results: dict[str, ProfileResult] = {}
+    for path in graphs.values():
+        for key, dims in profile_points(path):
+            progress(f"timing {key}")
+            results[key] = profile(request.replace(artifact=str(path), dims=dims), on_iteration=on_iteration,
+                                   progress=progress)
+    if is_local(request.device):
+        progress("timing one image end to end")
+        whole = end_to_end_here(request, graphs, on_iteration=on_iteration)
+        if whole is not None:
+            results[END_TO_END] = whole
+    return results
 
 
 __all__ = ["ArtifactHandle", "ExportResult", "artifact_runner", "export", "open_artifact", "profile", "verify"]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from evit_deploy.zoo import ModelCard
 
-__all__ = ["card_stats", "count_graph_macs", "count_macs", "count_params", "counted_with"]
+__all__ = ["card_stats", "count_graph_macs", "count_macs", "count_params", "counted_with", "graph_stats"]
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -69,7 +69,9 @@ def counted_with() -> str:
 
 
 def card_stats(card: ModelCard, input_size: tuple[int, int] | None = None) -> dict[str, int]:
-    """``{"params", "macs"}`` of the card's architecture, built on the meta device (no weights needed)."""
+    """``{"params", "macs"}`` of the card's architecture, built on the meta device (no weights needed).
+
+    A several-graph model: the whole model's params, its first (image) graph's MACs, as ``ModelCard.macs``."""
     import torch
 
     from evit_deploy.nn import build_model
@@ -77,7 +79,27 @@ def card_stats(card: ModelCard, input_size: tuple[int, int] | None = None) -> di
     with torch.device("meta"):
         model = build_model(card.builder, norm_eps=card.norm_eps, **card.builder_kwargs)
     size = tuple(input_size or card.input_size)
-    return {"params": count_params(model), "macs": count_macs(model, size)}  # type: ignore[arg-type]
+    image_graph = model.graph(card.graphs[0].name) if card.graphs else model  # SAM: MACs of the image encoder
+    return {"params": count_params(model), "macs": count_macs(image_graph, size)}  # type: ignore[arg-type]
+
+
+def graph_stats(card: ModelCard) -> dict[str, dict[str, object]]:
+    """Per graph of a several-graph card: ``{"params", "macs", "inputs"}`` at its static export's sizes
+    (batch 1; SAM's decoder: one prompt of two points), built on the meta device."""
+    import torch
+
+    from evit_deploy.nn import build_model
+
+    with torch.device("meta"):
+        model = build_model(card.builder, norm_eps=card.norm_eps, **card.builder_kwargs)
+    stats: dict[str, dict[str, object]] = {}
+    for graph in card.graphs:
+        module = model.graph(graph.name)
+        shapes = {t.name: graph.static_shape(t) for t in graph.inputs_for({})}
+        inputs = tuple(torch.empty(shape, device="meta") for shape in shapes.values())
+        stats[graph.name] = {"params": count_params(module), "macs": count_graph_macs(module, inputs),
+                             "inputs": {name: list(shape) for name, shape in shapes.items()}}
+    return stats
 
 
 def count_graph_macs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:

@@ -34,12 +34,21 @@ class Tolerances(BaseModel):
     miou: float | None = Field(None, ge=0, le=1, description="Least mIoU of the artifact's classes vs the reference's.")
     top1_agreement: float | None = Field(None, ge=0, le=1, description="Least share of samples with the same top-1.")
     top5_agreement: float | None = Field(None, ge=0, le=1, description="Least share whose reference top-1 is in the artifact's top-5.")
+    mask_iou: float | None = Field(None, ge=0, le=1, description="SAM: least mean IoU of the masks (logits > 0, 256x256) per prompt and mask token.")
+    mask_iou_image: float | None = Field(None, ge=0, le=1, description="SAM: least mean IoU of each prompt's best mask upscaled to the image.")
+    iou_prediction_error: float | None = Field(None, ge=0, description="SAM: most |error| of a predicted mask IoU (score).")
+    best_mask_agreement: float | None = Field(None, ge=0, le=1, description="SAM: least share of prompts whose best-scored mask token is the reference's.")
 
 
 DEFAULT_TOLERANCES: dict[Precision, Tolerances] = {
-    Precision.FP32: Tolerances(max_rel=1e-4, cosine=0.99999, pixel_agreement=0.999, top1_agreement=1.0),
-    Precision.FP16: Tolerances(max_rel=5e-2, cosine=0.999, pixel_agreement=0.999, top1_agreement=0.99),
-    Precision.INT8: Tolerances(cosine=0.95, pixel_agreement=0.99, top1_agreement=0.95),
+    Precision.FP32: Tolerances(max_rel=1e-4, cosine=0.99999, pixel_agreement=0.999, top1_agreement=1.0,
+                               mask_iou=0.999, mask_iou_image=0.999, iou_prediction_error=1e-3,
+                               best_mask_agreement=0.99),
+    Precision.FP16: Tolerances(max_rel=5e-2, cosine=0.999, pixel_agreement=0.999, top1_agreement=0.99,
+                               mask_iou=0.99, mask_iou_image=0.99, iou_prediction_error=2e-2,
+                               best_mask_agreement=0.95),
+    Precision.INT8: Tolerances(cosine=0.95, pixel_agreement=0.99, top1_agreement=0.95,
+                               mask_iou=0.9, mask_iou_image=0.9, iou_prediction_error=0.1, best_mask_agreement=0.8),
 }
 # Runtimes whose arithmetic is not the precision's own: a runner names its profile
 # (``Runner.tolerance_profile``) and the recipe's ``runtime_tolerances`` (else these) apply to it.

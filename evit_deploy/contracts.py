@@ -87,6 +87,9 @@ class ExportOutput:
     inputs: list[TensorInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # target-specific manifest section
+    # a check the export itself ran and failed (e.g. an unreachable --min-agreement): the files are
+    # still published, under a name that says so, and the export ends with this line, exit 1
+    failure: str | None = None
 
 
 @dataclass
@@ -108,6 +111,21 @@ class LayerTiming:
     total_ms: float
     calls: int
     share: float  # of the summed operator time
+
+
+class AmbiguousOutputs(dict):  # type: ignore[type-arg]
+    """A reference's outputs for an input where its own arithmetic could have given others.
+
+    ``alternatives`` are those other outputs (same names), each as legitimate as this one;
+    ``reasons`` say where the ambiguity sits (one line each). A comparator judges an artifact
+    against whichever of them its output is closest to, and says so.
+    """
+
+    def __init__(self, outputs: dict[str, np.ndarray], alternatives: list[dict[str, np.ndarray]],
+                 reasons: list[str]) -> None:
+        super().__init__(outputs)
+        self.alternatives = alternatives
+        self.reasons = reasons
 
 
 class Runner(ABC):

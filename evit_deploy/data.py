@@ -61,10 +61,19 @@ def load_image(path: Path, spec: InputSpec) -> np.ndarray:
     Classification: resize the shorter side to ceil(size / crop_ratio) (bicubic), centre
     crop, as the official eval script does. Segmentation: resize to the input size
     (bicubic), as the official demo does. Any Pillow mode is read (16-bit and float images
-    through ``eight_bit``, palette, alpha, CMYK through Pillow's own conversion).
+    through ``eight_bit``, palette, alpha, CMYK through Pillow's own conversion). SAM
+    (``longest_side_pad``): what the official predictor feeds its encoder
+    (``evit_deploy.sam.preprocess``: long side to the input size, normalised in 0..255 terms,
+    zero padded bottom/right), bit for bit.
     """
     from PIL import Image, UnidentifiedImageError
 
+    if spec.extra.get("resize") == "longest_side_pad":
+        from evit_deploy.sam import preprocess, read_image
+
+        if spec.height != spec.width:
+            raise UsageError(f"SAM's preprocessing pads to a square; {spec.height}x{spec.width} is not one")
+        return preprocess(read_image(path), spec.height)[0]
     try:
         with Image.open(path) as image:
             image = _to_color(eight_bit(image, path), spec.color, path)
@@ -84,6 +93,27 @@ def load_image(path: Path, spec: InputSpec) -> np.ndarray:
     except Image.DecompressionBombError as err:
         raise UsageError(f"{path}: refused as a possible decompression bomb ({err}); use a smaller image") from None
     return normalise(pixels, spec)
+
+
+def image_sizes(spec: InputSpec, *, samples: int, source: Path | None = None) -> list[tuple[int, int]]:
+    """(h, w) of the photo behind the first image of each of ``input_batches``' batches, before any
+    resizing: SAM's prompts are given in the photo's pixels. Random and ``.npy`` inputs are
+    already the input size."""
+    if source is None or source.suffix == ".npy":
+        return [(spec.height, spec.width)] * samples
+    from PIL import Image
+
+    files = list_images(source)
+    sizes = []
+    for index in range(samples):
+        path = files[(index * spec.batch) % len(files)]
+        try:
+            with Image.open(path) as image:
+                sizes.append((image.height, image.width))
+        except OSError as err:
+            raise UsageError(f"{path}: cannot be read as an image ({err.__class__.__name__}); "
+                             "remove or replace it") from None
+    return sizes
 
 
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})

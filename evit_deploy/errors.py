@@ -29,6 +29,31 @@ class RuntimeMissing(UsageError):
     """An optional runtime or converter is not installed or cannot run here: exit 2."""
 
 
+class DiskFull(UsageError):
+    """The disk (or quota) filled while writing: the user frees space or picks another place, exit 2."""
+
+    @classmethod
+    def from_os_error(cls, err: OSError, where: object) -> DiskFull:
+        return cls(f"no space left on the device holding {where} ({err.strerror or err}); free space there or "
+                   "choose another --out (nothing was published)")
+
+
+NO_SPACE = (28, 122)  # ENOSPC, EDQUOT
+
+
+def disk_full_cause(err: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT behind ``err`` (itself, or what it was raised from), if any: a converter that
+    fails because the disk is full has not failed."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in NO_SPACE:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class CheckFailed(EvitError):
     """A check ran and failed (parity, overflow, engine precision): exit 1."""
 

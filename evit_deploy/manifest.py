@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evit_deploy.configs import Recipe
-from evit_deploy.errors import UsageError
+from evit_deploy.errors import DiskFull, EvitError, UsageError, disk_full_cause
 from evit_deploy.spec import InputSpec, Precision, TensorInfo
 
 try:
@@ -60,6 +60,7 @@ class ParityRecord(BaseModel):
     weight_rounding: dict[str, float] | None = None
     outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     failed: list[str] = Field(default_factory=list)
+    excused: list[dict[str, Any]] = Field(default_factory=list)  # ParityReport.excused
 
 
 class Manifest(BaseModel):
@@ -164,13 +165,16 @@ def staging_dir(out: Path) -> Iterator[Path]:
     try:
         with _signals_unwind():
             yield path
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(path, ignore_errors=True)
         for folder in created:  # innermost first
             try:
                 folder.rmdir()
             except OSError:
                 break  # not empty (or not ours to remove): stop there
+        full = disk_full_cause(err)
+        if full is not None and not isinstance(err, EvitError):
+            raise DiskFull.from_os_error(full, out) from None
         raise
     finally:
         shutil.rmtree(path, ignore_errors=True)

@@ -103,7 +103,7 @@ def check_fits(need: MemoryNeed, what: str) -> None:
 
 
 def _gb(size: int) -> str:
-    return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
 
 
 def require(needed: int, what: str, hint: str) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from evit_deploy.configs import Tolerances
+from evit_deploy.contracts import AmbiguousOutputs
+from evit_deploy.sam.transforms import postprocess_masks
 
 
 @dataclass
@@ -28,8 +30,12 @@ class OutputMetrics:
     elements: int = 0
     _abs_sum: float = 0.0
 
-    def update(self, art: np.ndarray, ref: np.ndarray, tol: Tolerances) -> None:
+    def update(self, art: np.ndarray, ref: np.ndarray, tol: Tolerances, *, rows_are_samples: bool = True) -> None:
+        """``rows_are_samples``: the first axis is a batch of samples, each judged at its own scale; else
+        the whole output is one sample (SAM's prompt rows share one image: a row may be one score near 0)."""
         art64, ref64 = art.astype(np.float64), ref.astype(np.float64)
+        if not rows_are_samples:
+            art64, ref64 = art64[None], ref64[None]
         bad = ~np.isfinite(art64)
         self.nonfinite += int(bad.sum())
         diff = np.abs(np.where(bad, np.inf, art64 - ref64))
@@ -125,6 +131,70 @@ class ClassificationAgreement:
 
 
 @dataclass
+class SamMaskAgreement:
+    """SAM decoder outputs of the artifact vs the reference's, as a SAM user sees them.
+
+    Masks are logits > 0. Per prompt and mask token: IoU of the two 256x256 masks (two empty
+    masks agree: IoU 1). Per prompt: IoU of the reference's best-scored token's mask after the
+    official postprocessing (upscale to the 1024 frame, crop the padding, resize to the image),
+    where a near-zero logit can flip pixels the low-res masks hide; the largest error of a
+    predicted IoU; and whether both pick the same best token (only with several tokens).
+    """
+
+    iou_sum: float = 0.0
+    iou_count: int = 0
+    iou_worst: float = 1.0
+    image_iou_sum: float = 0.0
+    image_count: int = 0
+    score_error: float = 0.0
+    best_agree: int = 0
+    prompts: int = 0
+    tokens: int = 0
+
+    def update(self, masks: tuple[np.ndarray, np.ndarray], scores: tuple[np.ndarray, np.ndarray],
+               image_size: tuple[int, int] | None) -> None:
+        (art_masks, ref_masks), (art_scores, ref_scores) = masks, scores
+        iou = _mask_iou(art_masks > 0, ref_masks > 0)  # (B, K); NaN logits are not > 0
+        self.iou_sum += float(iou.sum())
+        self.iou_count += iou.size
+        self.iou_worst = min(self.iou_worst, float(iou.min()))
+        error = np.abs(np.nan_to_num(art_scores.astype(np.float64) - ref_scores, nan=np.inf))
+        self.score_error = max(self.score_error, float(error.max()))
+        best = ref_scores.argmax(axis=1)
+        self.tokens = ref_scores.shape[1]
+        if self.tokens > 1:
+            self.best_agree += int((np.nan_to_num(art_scores, nan=-np.inf).argmax(axis=1) == best).sum())
+        self.prompts += len(best)
+        if image_size is not None:
+            for row, token in enumerate(best):  # one prompt at a time: a 1024 x 1024 map each
+                pair = np.stack([art_masks[row, token], ref_masks[row, token]])
+                art, ref = postprocess_masks(pair, image_size) > 0
+                self.image_iou_sum += float(_mask_iou(art[None, None], ref[None, None])[0, 0])
+                self.image_count += 1
+
+    def metrics(self) -> dict[str, float]:
+        metrics = {"mask_iou": self.iou_sum / max(1, self.iou_count), "mask_iou_worst": self.iou_worst,
+                   "iou_prediction_error": self.score_error}
+        if self.image_count:
+            metrics["mask_iou_image"] = self.image_iou_sum / self.image_count
+        if self.tokens > 1:
+            metrics["best_mask_agreement"] = self.best_agree / max(1, self.prompts)
+        return metrics
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU over the last two axes of two boolean mask stacks; 1 where both are empty."""
+    inter = (a & b).sum(axis=(-2, -1))
+    union = (a | b).sum(axis=(-2, -1))
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+# task metric -> how its check reads (larger is better, except an error)
+TASK_CHECKS = {"pixel_agreement": ">=", "miou": ">=", "top1_agreement": ">=", "top5_agreement": ">=",
+               "mask_iou": ">=", "mask_iou_image": ">=", "iou_prediction_error": "<=", "best_mask_agreement": ">="}
+
+
+@dataclass
 class Check:
     """One pass/fail criterion: ``value op threshold``."""
 
@@ -167,6 +237,9 @@ class ParityReport:
     tolerances: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     weight_rounding: dict[str, float] | None = None  # task metrics of the weight-rounded reference
+    # samples judged by the side an ill-conditioned attention token took (evit_deploy.nn.ties): which
+    # tokens, and the artifact's max_rel against the reference's side and against its own
+    excused: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -186,13 +259,14 @@ class ParityReport:
             "samples": self.samples,
             "inputs": self.input_source,
             "outputs": {name: m.to_dict() for name, m in self.outputs.items()},
-            "task": self.task_metrics,
+            "task": {name: _finite(value) for name, value in self.task_metrics.items()},
             "weight_rounding": self.weight_rounding,
             "checks": [c.__dict__ for c in self.checks],
             "failed": [c.name for c in self.failures],
             "tolerances": self.tolerances,
             "reference": self.reference,
             "runner": self.runner,
+            "excused": self.excused,
             "notes": self.notes,
         }
 
@@ -227,27 +301,43 @@ class Comparator:
         self.tol = tolerances
         self.outputs: dict[str, OutputMetrics] = {}
         self.samples = 0
+        self.excused: list[dict[str, Any]] = []  # samples judged against an alternative reference outcome
         self.seg = SegmentationAgreement(num_classes) if task == "segmentation" else None
         self.cls = ClassificationAgreement() if task == "classification" else None
+        self.sam = SamMaskAgreement() if task == "sam-masks" else None
 
-    def update(self, artifact: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
-        if len(artifact) != len(reference):
-            raise ValueError(f"artifact gives {sorted(artifact)} but the reference gives {sorted(reference)}")
-        # Outputs pair by name when the names agree, else by position (converters rename outputs).
-        pairs = (
-            [(n, artifact[n], reference[n]) for n in reference]
-            if set(artifact) == set(reference)
-            else [(rn, artifact[an], reference[rn]) for an, rn in zip(artifact, reference)]
-        )
+    def update(self, artifact: dict[str, np.ndarray], reference: dict[str, np.ndarray], *,
+               image_size: tuple[int, int] | None = None) -> None:
+        """One sample's outputs; ``image_size`` (h, w) of the photo a SAM prompt batch was made on. An
+        ``AmbiguousOutputs`` reference is judged by the outcome closest to the artifact."""
+        if isinstance(reference, AmbiguousOutputs):
+            reference = self._closest(artifact, reference)
+        pairs = _pairs(artifact, reference)
         for name, art, ref in pairs:
             if art.shape != ref.shape:
                 raise ValueError(f"output {name!r}: artifact shape {art.shape} but reference {ref.shape}")
-            self.outputs.setdefault(name, OutputMetrics()).update(art, ref, self.tol)
+            self.outputs.setdefault(name, OutputMetrics()).update(art, ref, self.tol, rows_are_samples=self.sam is None)
             if self.seg is not None:
                 self.seg.update(art, ref)
             if self.cls is not None:
                 self.cls.update(art, ref)
+        if self.sam is not None:  # the reference's names: masks, iou_predictions
+            paired = {name: (art, ref) for name, art, ref in pairs}
+            self.sam.update(paired["masks"], paired["iou_predictions"], image_size)
         self.samples += 1
+
+    def _closest(self, artifact: dict[str, np.ndarray], reference: AmbiguousOutputs) -> dict[str, np.ndarray]:
+        """The alternative the artifact matches within ``max_rel`` (worst output) where it does not match the
+        reference's own side, recorded in ``excused``; else the reference's side, judged as usual."""
+        candidates = [dict(reference), *reference.alternatives]
+        errors = [max(_max_rel(art, ref) for _, art, ref in _pairs(artifact, c)) for c in candidates]
+        best = int(np.argmin(errors))
+        if best and not (self.tol.max_rel is not None and errors[best] <= self.tol.max_rel):
+            best = 0  # matching no side: the other sides excuse nothing
+        if best:
+            self.excused.append({"sample": self.samples + 1, "tokens": list(reference.reasons),
+                                 "max_rel_reference_side": errors[0], "max_rel_taken_side": errors[best]})
+        return candidates[best]
 
     def checks(self, task_metrics: dict[str, float]) -> list[Check]:
         tol = self.tol
@@ -265,9 +355,9 @@ class Comparator:
             add(f"outputs.{name}.cosine", _finite(m.cosine), tol.cosine, ">=")
             if tol.atol is not None or tol.rtol is not None:
                 add(f"outputs.{name}.allclose_violations", m.allclose_violations, 0, "<=")
-        for key in ("pixel_agreement", "miou", "top1_agreement", "top5_agreement"):
+        for key, op in TASK_CHECKS.items():
             if key in task_metrics:
-                add(f"task.{key}", task_metrics[key], getattr(tol, key), ">=")
+                add(f"task.{key}", task_metrics[key], getattr(tol, key), op)
         return checks
 
     def task_metrics(self) -> dict[str, float]:
@@ -276,6 +366,8 @@ class Comparator:
             metrics.update(self.seg.metrics())
         if self.cls is not None:
             metrics.update(self.cls.metrics())
+        if self.sam is not None:
+            metrics.update(self.sam.metrics())
         return metrics
 
     def report(self, *, weight_rounding: Comparator | None = None, **fields: Any) -> ParityReport:
@@ -288,8 +380,11 @@ class Comparator:
             if bounds is not None and check.name.startswith("task."):
                 check.weights_rounded = bounds.get(check.name.removeprefix("task."))
         limited = _out_of_reach_note([c for c in checks if c.out_of_reach], fields.get("precision", ""))
-        if limited:
-            fields["notes"] = [*fields.get("notes", []), limited]
+        excused = [f"sample {e['sample']}: {'; '.join(e['tokens'])}; the artifact took the other side (max_rel "
+                   f"{e['max_rel_reference_side']:.2g} against the reference's side, {e['max_rel_taken_side']:.2g} "
+                   "against its own), so it is judged against the reference with that tie broken its way "
+                   "(evit_deploy.nn.ties)" for e in self.excused]
+        fields["notes"] = [*fields.get("notes", []), *excused, *([limited] if limited else [])]
         return ParityReport(
             task=self.task,
             samples=self.samples,
@@ -298,8 +393,30 @@ class Comparator:
             checks=checks,
             tolerances=self.tol.model_dump(exclude_none=True),
             weight_rounding=bounds,
+            excused=self.excused,
             **fields,
         )
+
+
+def _pairs(artifact: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, artifact, reference) per output: by name when the names agree, else by position
+    (converters rename outputs)."""
+    if len(artifact) != len(reference):
+        raise ValueError(f"artifact gives {sorted(artifact)} but the reference gives {sorted(reference)}")
+    if set(artifact) == set(reference):
+        return [(n, artifact[n], reference[n]) for n in reference]
+    return [(rn, artifact[an], reference[rn]) for an, rn in zip(artifact, reference)]
+
+
+def _max_rel(art: np.ndarray, ref: np.ndarray) -> float:
+    """Worst per-sample max|a - r| / max|r| (OutputMetrics' measure), NaN-safe for choosing."""
+    if art.shape != ref.shape:
+        return math.inf
+    worst = 0.0
+    for a, r in zip(art.astype(np.float64), ref.astype(np.float64)):
+        d = np.abs(a - r)
+        worst = max(worst, float(np.nan_to_num(d, nan=np.inf).max()) / (float(np.abs(r).max()) or 1.0))
+    return worst
 
 
 def _out_of_reach_note(limited: list[Check], precision: str) -> str | None:

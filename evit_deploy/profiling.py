@@ -37,6 +37,53 @@ class LatencyStats:
         p50, p90, p99 = np.percentile(a, [50, 90, 99])
         return cls(float(p50), float(p90), float(p99), float(a.mean()), float(a.std()), float(a.min()), float(a.max()))
 
+    def spread(self) -> Spread:
+        """How far apart the timed runs were, and whether that makes p50 untrustworthy."""
+        return Spread.of(self)
+
+
+# Beyond these the runs disagree too much for p50 to stand for the artifact: a quiet machine gives
+# p90/p50 ~1.05 and std/mean ~0.05; a busy one gave p50 684 ms with min 299 ms and std 167 ms (issue 17).
+SPREAD_LIMITS = {"p90_over_p50": 1.25, "std_over_mean": 0.15, "p50_over_min": 1.5}
+
+
+@dataclass
+class Spread:
+    """Dispersion of the timed runs: ratios, and the reasons (empty when none) not to trust p50."""
+
+    p90_over_p50: float
+    std_over_mean: float
+    p50_over_min: float
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def trustworthy(self) -> bool:
+        return not self.reasons
+
+    @classmethod
+    def of(cls, stats: LatencyStats) -> Spread:
+        def ratio(a: float, b: float) -> float:
+            return a / b if b > 0 else float("inf")
+
+        ratios = {"p90_over_p50": ratio(stats.p90, stats.p50), "std_over_mean": ratio(stats.std, stats.mean),
+                  "p50_over_min": ratio(stats.p50, stats.min)}
+        said = {"p90_over_p50": "p90 is {:.2f}x p50", "std_over_mean": "std is {:.0%} of the mean",
+                "p50_over_min": "p50 is {:.2f}x the fastest run"}
+        reasons = [said[k].format(v) for k, v in ratios.items() if v > SPREAD_LIMITS[k]]
+        return cls(**{k: round(v, 4) for k, v in ratios.items()}, reasons=reasons)
+
+    def summary(self) -> str:
+        """``ok`` or one line saying why the figures are not to be trusted."""
+        if self.trustworthy:
+            return "ok"
+        return (f"unstable: {', '.join(self.reasons)} (a busy machine or changing clocks); rerun on a quiet machine "
+                "or with more --iters before comparing")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trustworthy": self.trustworthy, "p90_over_p50": self.p90_over_p50,
+                "std_over_mean": self.std_over_mean, "p50_over_min": self.p50_over_min,
+                "limits": dict(SPREAD_LIMITS), "reasons": list(self.reasons)}
+
 
 @dataclass
 class ProfileResult:
@@ -61,10 +108,16 @@ class ProfileResult:
     host: dict[str, Any] = field(default_factory=dict)
     per_layer: list[LayerTiming] = field(default_factory=list)
     device: str = "cpu"
+    dims: dict[str, int] = field(default_factory=dict)  # sizes of the graph's named dims it was timed at
+
+    @property
+    def spread(self) -> Spread:
+        return self.latency_ms.spread()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["per_layer"] = [asdict(layer) for layer in self.per_layer]
+        data["spread"] = self.spread.to_dict()
         return data
 
 

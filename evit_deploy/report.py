@@ -88,6 +88,11 @@ def parity_table(report: ParityReport) -> Table:
             bound = bounds.get(name.removeprefix("task.")) if name.startswith("task.") else None
             cells.append("" if bound is None else f"{bound:.6g}")
         table.add_row(*cells)
+    for excused in report.excused:  # the tokens judged by the side they took: named, max_rel against that side
+        for token in excused["tokens"]:
+            cells = [f"excused, sample {excused['sample']}: {token.split(':')[0]}",
+                     f"{excused['max_rel_taken_side']:.6g}", "ill-conditioned in float64", "~"]
+            table.add_row(*cells, *([""] if bounds is not None else []))
     return table
 
 
@@ -115,7 +120,9 @@ def profile_table(results: list[ProfileResult], title: str = "latency") -> Table
     table = Table(title=title)
     table.add_column("")
     for r in results:
-        table.add_column(f"{Path(r.artifact).name}\n{r.device} · {r.runner.get('backend', r.target)}", justify="right")
+        sizes = ("\n" + ", ".join(f"{dim} {size}" for dim, size in r.dims.items())) if r.dims else ""
+        table.add_column(f"{Path(r.artifact).name}{sizes}\n{r.device} · {r.runner.get('backend', r.target)}",
+                         justify="right")
     rows: list[tuple[str, Callable[[ProfileResult], str]]] = [
         ("batch × input", lambda r: "x".join(str(d) for d in r.input_shape)),
         ("threads", lambda r: str(r.threads or r.runner.get("threads") or "default")),
@@ -128,6 +135,7 @@ def profile_table(results: list[ProfileResult], title: str = "latency") -> Table
         ("load s", lambda r: f"{r.load_s:.2f}"),
         ("first inference ms", lambda r: f"{r.first_inference_ms:.1f}"),
         ("peak RSS MB", lambda r: f"{r.peak_rss_mb:.0f}"),
+        ("spread", lambda r: "ok" if r.spread.trustworthy else "[red]unstable[/]: " + ", ".join(r.spread.reasons)),
     ]
     for label, cell in rows:
         table.add_row(label, *(cell(r) for r in results))

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from evit_deploy.dependencies import package_versions
-from evit_deploy.errors import ToolchainError
+from evit_deploy.errors import ToolchainError, disk_full_cause
 
 LOG_ENV = "EVIT_LOG_DIR"
 
@@ -32,11 +32,16 @@ def first_line(err: BaseException) -> str:
 
 
 def toolchain_error(tool: str, action: str, err: BaseException, output: Iterable[str] = (),
-                    line: str | None = None) -> ToolchainError:
+                    line: str | None = None) -> Exception:
     """``litert-torch 0.10.0 failed to convert m: <its line> (full log: PATH)``, with the log written.
 
     ``line``: the tool's own error line where it printed a better one than the exception's
-    (coremltools names the failing op in an ``ERROR`` log line)."""
+    (coremltools names the failing op in an ``ERROR`` log line). A full disk behind ``err`` is not
+    the tool's failure: that ``OSError`` is returned instead, for the staging folder (which knows
+    which disk) to say so (``errors.DiskFull``, exit 2)."""
+    full = disk_full_cause(err)
+    if full is not None:
+        return full
     version = package_versions(tool).get(tool, "(version unknown)")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     path = log_dir() / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', tool)}-{stamp}.log"

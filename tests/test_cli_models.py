@@ -33,13 +33,15 @@ def test_list_json() -> None:
     result = invoke("models", "--json")
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
-    assert len(rows) == 32
+    assert len(rows) == 37
     b1 = next(r for r in rows if r["name"] == "efficientvit-b1-r224")
     assert b1 == {"name": "efficientvit-b1-r224", "task": "classification", "family": "B", "variant": "b1",
                   "dataset": "imagenet", "input_size": [224, 224], "params": 9102024, "macs": b1["macs"],
-                  "published": {"top1": 79.39, "top5": 94.346, "miou": None, "params": "9.1M", "macs": "0.52G",
-                                "source": "R"},
-                  "checkpoint": "efficientvit_b1_r224.pt"}
+                  "published": {"top1": 79.39, "top5": 94.346, "miou": None, "coco_map": None, "lvis_map": None,
+                                "params": "9.1M", "macs": "0.52G", "source": "R"},
+                  "checkpoint": "efficientvit_b1_r224.pt",
+                  "checkpoint_url": "https://huggingface.co/han-cai/efficientvit-cls/resolve/main/efficientvit_b1_r224.pt",
+                  "graphs": []}
     assert abs(b1["macs"] / 0.52e9 - 1) < 0.05
 
 
@@ -48,8 +50,45 @@ def test_list_filters() -> None:
     assert len(seg) == 11 and {r["task"] for r in seg} == {"segmentation"}
     ade = json.loads(invoke("models", "--dataset", "ade20k", "--json").stdout)
     assert [r["name"] for r in ade] == [f"efficientvit-seg-{v}-ade20k" for v in ("b1", "b2", "b3", "l1", "l2")]
+    sam = json.loads(invoke("models", "--task", "sam", "--json").stdout)
+    assert [r["name"] for r in sam] == [f"efficientvit-sam-{v}" for v in ("l0", "l1", "l2", "xl0", "xl1")]
+    assert json.loads(invoke("models", "--dataset", "sa-1b", "--json").stdout) == sam
     bad = invoke("models", "--task", "detection")
-    assert bad.exit_code == 2 and "error: unknown task 'detection'; choose cls or seg" in bad.stderr
+    assert bad.exit_code == 2 and "error: unknown task 'detection'; choose cls, seg or sam" in bad.stderr
+
+
+def test_sam_rows_and_json() -> None:
+    result = invoke("models")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "efficientvit-sam-xl0" in line)
+    assert row.split() == ["efficientvit-sam-xl0", "sam", "1024x1024", "117M", "185G", "COCO", "mAP", "47.5"]
+    l0 = next(r for r in json.loads(invoke("models", "--json").stdout) if r["name"] == "efficientvit-sam-l0")
+    assert (l0["family"], l0["dataset"], l0["graphs"], l0["published"]["lvis_map"]) == ("L", "sa-1b",
+                                                                                       ["encoder", "decoder"], 41.8)
+    assert l0["macs"] == 34_774_974_464  # the image encoder at 512x512, as published (35G)
+
+
+def test_show_sam() -> None:
+    result = invoke("models", "show", "efficientvit-sam-xl1")
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    expected_parts = [
+        "family / variant XL / xl1", "dataset sa-1b", "long side -> 1024, zero pad bottom/right to 1024x1024",
+        "prompt frame 1024x1024",
+        "graph encoder input_image [batch, 3, 1024, 1024] -> image_embeddings [batch, 256, 64, 64]",
+        "has_mask_input [num_prompts] (--mask-input)", "options --single-mask, --mask-input",
+        "1.81G MACs at image_embeddings [1, 256, 64, 64], point_coords [1, 2, 2]",
+        "efficientvit_sam_xl1.pt (also released as xl1.pt)", "322G at 1024x1024 (encoder) counted",
+        "COCO 47.8, LVIS 44.4 [R]",
+    ]
+    for expected in expected_parts:
+        assert expected in out, expected
+    assert "classes" not in out and "output" not in out.replace("outputs", "")
+    card = json.loads(invoke("models", "show", "efficientvit-sam-l0", "--json").stdout)
+    assert card["num_classes"] is None and card["classes"] is None and card["output_shape"] is None
+    assert card["computed"]["graphs"]["decoder"]["inputs"]["point_labels"] == [1, 2]
+    at = json.loads(invoke("models", "show", "efficientvit-sam-l0", "--input-size", "1024", "--json").stdout)
+    assert at["macs_at"]["macs"] > 2.5 * card["computed"]["graphs"]["encoder"]["macs"]  # the encoder, at 4x pixels
 
 
 def test_show() -> None:

@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from evit_deploy import api
 from evit_deploy.errors import UsageError
-from evit_deploy.requests import ExportRequest, ProfileRequest, Request, VerifyRequest
+from evit_deploy.requests import (
+    BenchmarkRequest,
+    EvalRequest,
+    ExportRequest,
+    ProfileRequest,
+    Request,
+    SegmentRequest,
+    VerifyRequest,
+    flag_of,
+)
 
 MODEL = "efficientvit-b0-r224"
 # Bad API calls (issue 14 item 12) and the line each must raise, the CLI's own words.
@@ -74,14 +83,14 @@ def test_a_folder_given_as_weights_is_named_as_a_folder(tmp_path: Path) -> None:
 
 def test_every_request_field_is_a_flag(cli) -> None:
     """A field added to a request is a CLI flag too, with its help (no second declaration)."""
-    for command, request_cls in (("export", ExportRequest), ("verify", VerifyRequest), ("profile", ProfileRequest)):
+    for command, request_cls in (("export", ExportRequest), ("verify", VerifyRequest), ("profile", ProfileRequest),
+                                 ("eval", EvalRequest), ("benchmark", BenchmarkRequest), ("segment", SegmentRequest)):
         text = cli(command, "--help").stdout
         for name, field in request_cls.model_fields.items():
             extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
             if extra.get("cli", {}).get("hidden") or name == "tolerances":
                 continue
-            shown = name.upper() if extra.get("cli", {}).get("argument") else "--" + name.replace("_", "-")
-            assert shown.lower() in text.lower(), (command, name)
+            assert flag_of(request_cls, name).lower() in text.lower(), (command, name)
 
 
 def test_the_device_worker_gets_the_same_request() -> None:
@@ -94,13 +103,15 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floa
                    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2), st.just(Path("/nonexistent")))
 
 
-@pytest.mark.parametrize("request_cls", [ExportRequest, VerifyRequest, ProfileRequest])
+@pytest.mark.parametrize("request_cls", [ExportRequest, VerifyRequest, ProfileRequest, EvalRequest, BenchmarkRequest,
+                                         SegmentRequest])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_argument_is_a_request_or_one_usage_line(request_cls: type[Request], data: st.DataObject) -> None:
     """The Python API's argument boundary: whatever type a field is given, parsing gives a request or
     a one-line UsageError, never another exception."""
-    first = {"ExportRequest": "model", "VerifyRequest": "artifact", "ProfileRequest": "artifact"}[request_cls.__name__]
+    first = {"ExportRequest": "model", "VerifyRequest": "artifact", "ProfileRequest": "artifact", "EvalRequest": "source",
+             "BenchmarkRequest": "model", "SegmentRequest": "artifact"}[request_cls.__name__]
     fields = {first: data.draw(st.one_of(st.just("m.onnx"), values), label=first)}
     for name in data.draw(st.lists(st.sampled_from(sorted(request_cls.model_fields)), max_size=4, unique=True)):
         fields[name] = data.draw(values, label=name)

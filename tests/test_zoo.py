@@ -25,15 +25,19 @@ from evit_deploy.zoo import (
     load_card,
 )
 
-CARDS = list_cards()
+ALL_CARDS = list_cards()
+CARDS = [c for c in ALL_CARDS if c.task != "sam"]  # cls and seg; the SAM cards: tests/sam/test_cards.py
 CARD_NAMES = [c.name for c in CARDS]
 
 
-def test_a_card_for_every_official_cls_and_seg_name() -> None:
+def test_a_card_for_every_official_name() -> None:
     # every registry name except the bare, checkpoint-less classifiers (efficientvit-b1, ...)
-    official = {n for n in official_registry() if n.startswith("efficientvit-seg-") or "-r" in n}
-    assert set(CARD_NAMES) == official
-    assert len(CARD_NAMES) == 32 and len(set(CARD_NAMES)) == 32
+    official = {n for n in official_registry()
+                if n.startswith(("efficientvit-seg-", "efficientvit-sam-")) or "-r" in n}
+    names = [c.name for c in ALL_CARDS]
+    assert set(names) == official
+    assert len(names) == 37 and len(set(names)) == 37
+    assert [c.task for c in ALL_CARDS][-5:] == ["sam"] * 5  # listed after cls and seg
 
 
 @pytest.mark.parametrize("card", CARDS, ids=CARD_NAMES)
@@ -200,6 +204,9 @@ def test_invalid_cards_are_one_line_usage_errors(tmp_path: Path) -> None:
         load_card(bad)
     bad.write_text(good.replace("resize_to: [1024, 2048]", "resize_shorter: 512"))
     with pytest.raises(UsageError, match="resize: fixed needs resize_to"):
+        load_card(bad)
+    bad.write_text(good.replace("num_classes: 19\n", ""))
+    with pytest.raises(UsageError, match="a segmentation card needs num_classes and output"):
         load_card(bad)
     renamed = tmp_path / "other.yaml"
     renamed.write_text(good)

@@ -59,8 +59,8 @@ def _worker(ctx: typer.Context) -> None:
 
 
 def _register() -> None:
+    from evit_deploy.cli import debug, export, profile, segment, targets, verify
     from evit_deploy.cli import eval as eval_cli
-    from evit_deploy.cli import export, profile, targets, verify
     from evit_deploy.cli._common import target_options_help
 
     extra = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -68,6 +68,8 @@ def _register() -> None:
     app.command("verify")(verify.verify)
     app.command("profile")(profile.profile)
     app.command("eval")(eval_cli.eval_command)
+    app.command("debug")(debug.debug)
+    app.command("segment")(segment.segment)
     app.command("targets")(targets.targets)
     app.command("_worker", hidden=True, add_help_option=False,
                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_worker)
@@ -77,6 +79,9 @@ def _register() -> None:
     from evit_deploy.cli.models import models_app
 
     app.add_typer(models_app, name="models")
+    from evit_deploy.cli.benchmark import benchmark_app
+
+    app.add_typer(benchmark_app, name="benchmark")
 
 
 _register()

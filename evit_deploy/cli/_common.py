@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +21,16 @@ from evit_deploy.errors import UsageError
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def check_output_path(path: Path | None, option: str, suffix: str | None = None) -> None:
+    """Refuse an output path that cannot be written before any work runs ('-' is stdout)."""
+    if path is None or str(path) == "-":
+        return
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise UsageError(f"{option} {path}: give a {suffix} file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: folder {path.parent} does not exist")
 
 
 @contextmanager

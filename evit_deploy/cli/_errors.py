@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from evit_deploy.errors import EvitError
+from evit_deploy.errors import DiskFull, EvitError, disk_full_cause
 
 try:  # Typer 0.26+ carries its own click
     from typer._click import exceptions as click_errors
@@ -30,6 +30,12 @@ def handle_errors() -> Iterator[None]:
             raise
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(err.exit_code) from None
+    except OSError as err:  # a full disk outside any export's staging (a report, a plot, a manifest update)
+        full = disk_full_cause(err)
+        if full is None or os.environ.get(DEBUG_ENV):
+            raise
+        print(f"error: {DiskFull.from_os_error(full, full.filename or 'the output')}", file=sys.stderr)
+        raise typer.Exit(DiskFull.exit_code) from None
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None

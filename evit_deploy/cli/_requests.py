@@ -49,14 +49,20 @@ def _option(name: str, field: FieldInfo) -> inspect.Parameter | None:
         return None
     kind, optional = _plain(field.annotation)
     kind = spec.get("as_type") or kind
+    if kind is list:  # a repeatable option (--point A --point B): the texts reach the request as a list
+        info = typer.Option(*(spec.get("flags") or ["--" + name.replace("_", "-")]), help=field.description or "",
+                            metavar=spec.get("metavar") or "TEXT", show_default=False)
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=Annotated[list[str] | None, info])
     if kind not in _METAVARS and kind is not bool:
         raise TypeError(f"request field {name!r} has no command-line form ({kind!r}); give it cli(as_type=...)")
     # Values reach the request as typed text, so its checks (and messages) are the API's too.
     cli_type = bool if kind is bool else str
-    default = None if field.default_factory is not None else field.default
+    # a required option is left to the request to ask for, in the API's words ("eval needs --data")
+    default = None if field.default_factory is not None or field.is_required() else field.default
     help_text = field.description or ""
     if spec.get("argument"):
-        info: Any = typer.Argument(help=help_text, metavar=name.upper(), show_default=False)
+        info: Any = typer.Argument(help=help_text, metavar=spec.get("metavar") or name.upper(), show_default=False)
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[cli_type, info])
     flags = list(spec.get("flags") or [])
     if not flags:

@@ -19,15 +19,15 @@ from evit_deploy.cli._errors import handle_errors
 from evit_deploy.errors import UsageError
 
 models_app = typer.Typer(
-    help="The model zoo: list the official EfficientViT cls and seg models (params, MACs, published accuracy); "
-    "show NAME prints one card.",
+    help="The model zoo: list the official EfficientViT cls, seg and SAM models (params, MACs, published "
+    "accuracy); show NAME prints one card.",
     invoke_without_command=True,
     pretty_exceptions_enable=False,
 )
 
-_SHORT_TASK = {"classification": "cls", "segmentation": "seg"}
+_SHORT_TASK = {"classification": "cls", "segmentation": "seg", "sam": "sam"}
 _TASKS = {"cls": "classification", "classification": "classification",
-          "seg": "segmentation", "segmentation": "segmentation"}
+          "seg": "segmentation", "segmentation": "segmentation", "sam": "sam"}
 
 
 def _console() -> Console:
@@ -66,23 +66,26 @@ def _summary(card: Any) -> dict[str, Any]:
         "input_size": list(card.input_size),
         "params": card.params,
         "macs": card.macs,
-        "published": {"top1": pub.top1, "top5": pub.top5, "miou": pub.miou, "params": pub.params,
-                      "macs": pub.macs, "source": pub.source},
+        "published": {"top1": pub.top1, "top5": pub.top5, "miou": pub.miou, "coco_map": pub.coco_map,
+                      "lvis_map": pub.lvis_map, "params": pub.params, "macs": pub.macs, "source": pub.source},
         "checkpoint": card.checkpoint,
+        "checkpoint_url": card.checkpoint_url,
+        "graphs": [g.name for g in card.graphs],
     }
 
 
 @models_app.callback()
 def models(
     ctx: typer.Context,
-    task: Annotated[str | None, typer.Option(help="Only this task: cls or seg.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Only this dataset: imagenet, cityscapes, ade20k.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only this task: cls, seg or sam.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset: imagenet, cityscapes, ade20k, "
+                                                     "sa-1b.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")] = False,
 ) -> None:
     """List the zoo: name, task, input size, params, MACs and the published accuracy.
 
     Params and MACs are counted from the built model (MACs at the listed input size,
-    batch 1); the published column is the official README figure.
+    batch 1; SAM: the image encoder's); the published column is the official README figure.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -92,7 +95,7 @@ def models(
         cards = list_cards()
         if task is not None:
             if task.lower() not in _TASKS:
-                raise UsageError(f"unknown task {task!r}; choose cls or seg")
+                raise UsageError(f"unknown task {task!r}; choose cls, seg or sam")
             cards = [c for c in cards if c.task == _TASKS[task.lower()]]
         if dataset is not None:
             known = sorted({c.dataset for c in list_cards()})
@@ -112,8 +115,8 @@ def models(
                           fmt_macs(c.macs), c.published.metric)
         console = _console()
         console.print(table)
-        console.print("params, MACs: counted (MACs at the input size, batch 1); published: official accuracy. "
-                      "evit models show NAME: the whole card.", style="dim")
+        console.print("params, MACs: counted (MACs at the input size, batch 1; SAM: its image encoder); "
+                      "published: official accuracy. evit models show NAME: the whole card.", style="dim")
 
 
 @models_app.command("show")
@@ -136,7 +139,7 @@ def show(
             extra = {"input_size": list(size), "macs": card_stats(card, size)["macs"]}
         if as_json:
             data = card.to_dict()
-            data["output_shape"] = list(card.output_shape)
+            data["output_shape"] = list(card.output_shape) if card.output_shape is not None else None
             if extra:
                 data["macs_at"] = extra
             print(json.dumps(data, indent=2))
@@ -146,8 +149,6 @@ def show(
 
 def _print_card(card: Any, extra: dict[str, Any]) -> None:
     pub = card.published
-    classes = card.classes
-    shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
     pre = card.preprocessing
     resize = {
         "shorter_side_center_crop": f"shorter side -> {pre.resize_shorter}, center crop {fmt_size(card.input_size)} "
@@ -155,6 +156,8 @@ def _print_card(card: Any, extra: dict[str, Any]) -> None:
         "fixed": f"resize to {fmt_size(pre.resize_to or card.input_size)}",
         "shorter_side_keep_aspect": f"shorter side -> {pre.resize_shorter}, long side rounded up to a multiple "
                                     f"of {pre.size_multiple}",
+        "longest_side_pad": f"long side -> {pre.resize_longest}, zero pad bottom/right to "
+                            f"{fmt_size(pre.pad_to or card.input_size)}",
     }[pre.resize]
     kwargs = ", ".join(f"{k}={v!r}" for k, v in card.builder_kwargs.items())
 
@@ -168,17 +171,36 @@ def _print_card(card: Any, extra: dict[str, Any]) -> None:
         ("task", card.task),
         ("family / variant", f"{card.family} / {card.variant}"),
         ("dataset", card.dataset),
-        ("classes", f"{card.num_classes}: {shown}"),
+    ]
+    if card.output is not None:
+        classes = card.classes
+        shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
+        rows.append(("classes", f"{card.num_classes}: {shown}"))
+    rows += [
         ("input size", f"{fmt_size(card.input_size)} (HxW)"),
         ("preprocessing", (f"{pre.color}, {resize}, {pre.interpolation}; mean {list(pre.mean)}, std {list(pre.std)} "
                           "(0..1 scale)")),
-        ("output", f"{card.output.name} {list(card.output_shape)}: {card.output.description}"),
+    ]
+    if card.output is not None:
+        rows.append(("output", f"{card.output.name} {list(card.output_shape)}: {card.output.description}"))
+    if card.prompt_frame is not None:
+        frame = f"{card.prompt_frame}x{card.prompt_frame}: point and box coordinates, upscaled masks"
+        rows.append(("prompt frame", frame))
+    for key, text in (card.postprocessing or {}).items():
+        rows.append((f"postprocessing ({key})", text))
+    for graph in card.graphs:
+        rows.append((f"graph {graph.name}", _graph_line(graph, card.computed)))
+    checkpoint = card.checkpoint + (f" (also released as {', '.join(card.checkpoint_aliases)})"
+                                    if card.checkpoint_aliases else "")
+    whose = f" ({card.graphs[0].name})" if card.graphs else ""  # SAM: the image encoder's, as published
+    rows += [
         ("builder", f"{card.builder}({kwargs}), norm eps {card.norm_eps:g}"),
-        ("checkpoint", card.checkpoint),
+        ("checkpoint", checkpoint),
         ("params", f"{card.params:,} counted{pct(card.params, pub.params_value)}; published {pub.params or '?'}"
          if card.params is not None else f"published {pub.params or '?'}"),
-        ("MACs", f"{fmt_macs(card.macs)} at {fmt_size(card.input_size)} counted{pct(card.macs, pub.macs_value)}; "
-                 f"published {pub.macs or '?'}" if card.macs is not None else f"published {pub.macs or '?'}"),
+        ("MACs", f"{fmt_macs(card.macs)} at {fmt_size(card.input_size)}{whose} counted"
+                 f"{pct(card.macs, pub.macs_value)}; published {pub.macs or '?'}"
+         if card.macs is not None else f"published {pub.macs or '?'}"),
     ]
     if extra:
         rows.append(("MACs (asked)", f"{fmt_macs(extra['macs'])} at {fmt_size(extra['input_size'])}"))
@@ -186,6 +208,9 @@ def _print_card(card: Any, extra: dict[str, Any]) -> None:
         rows.append(("published accuracy", f"top-1 {pub.top1}, top-5 {pub.top5} (ImageNet val) [{pub.source}]"))
     elif pub.miou is not None:
         rows.append(("published accuracy", f"mIoU {pub.miou} ({card.dataset} val) [{pub.source}]"))
+    elif pub.coco_map is not None:
+        maps = f"zero-shot instance segmentation mAP: COCO {pub.coco_map}, LVIS {pub.lvis_map} [{pub.source}]"
+        rows.append(("published accuracy", maps))
     else:
         rows.append(("published accuracy", f"unknown [{pub.source}]"))
     for lat in pub.latency:
@@ -202,4 +227,25 @@ def _print_card(card: Any, extra: dict[str, Any]) -> None:
     table.add_column()
     for key, value in rows:
         table.add_row(key, Text(value))
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    # after the table, unwrapped: an address cut by a column's width cannot be copied
+    console.print(f"download: {card.checkpoint_source()}", markup=False, highlight=False)
+
+
+def _graph_line(graph: Any, computed: Any) -> str:
+    """``input_image [batch, 3, 512, 512] -> image_embeddings [...]; dynamic ...; 30.7M params, 34.8G MACs``."""
+    def tensors(items: list[Any]) -> str:
+        return ", ".join(f"{t.name} [{', '.join(map(str, t.shape))}]" + (f" (--{t.option.replace('_', '-')})"
+                                                                          if t.option else "") for t in items)
+
+    parts = [f"{tensors(graph.inputs)} -> {tensors(graph.outputs)}"]
+    if graph.dynamic:
+        parts.append("dynamic " + ", ".join(f"{d} {lo}..{hi}" for d, (lo, hi) in graph.dynamic.items()))
+    if graph.options:
+        parts.append("options " + ", ".join(f"--{o.replace('_', '-')}" for o in graph.options))
+    stats = computed.graphs.get(graph.name) if computed is not None else None
+    if stats is not None:
+        parts.append(f"{fmt_params(stats.params)} params, {fmt_macs(stats.macs)} MACs at "
+                     + ", ".join(f"{k} {list(v)}" for k, v in stats.inputs.items()))
+    return "; ".join(parts)

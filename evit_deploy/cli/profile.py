@@ -45,6 +45,7 @@ def profile(
                 else profiled.to_dict())
         if to_stdout:
             print(json.dumps(data, indent=2))
+            _warn_unstable(results)
             return
         if json_path is not None:
             write_json(json_path, data)
@@ -57,7 +58,9 @@ def profile(
         else:
             for result in results:
                 name = f"{Path(result.artifact).name}: " if len(results) > 1 else ""
-                out.print(f"{name}p50 {result.latency_ms.p50:.2f} ms  {result.throughput_ips:.1f} img/s", markup=False)
+                out.print(f"{name}p50 {result.latency_ms.p50:.2f} ms  {result.throughput_ips:.1f} img/s"
+                          f"{_unstable_mark(result)}", markup=False)
+        _warn_unstable(results)
 
 
 def _profile_devices(request: ProfileRequest, names: list[str], json_path: Path | None, silent: bool,
@@ -90,13 +93,27 @@ def _profile_devices(request: ProfileRequest, names: list[str], json_path: Path 
                 out.print(layer_table(result))
     elif results and quiet:
         for r in results:
-            out.print(f"{r.device}: p50 {r.latency_ms.p50:.2f} ms  {r.throughput_ips:.1f} img/s", markup=False)
+            out.print(f"{r.device}: p50 {r.latency_ms.p50:.2f} ms  {r.throughput_ips:.1f} img/s{_unstable_mark(r)}",
+                      markup=False)
+    _warn_unstable(results)
     for failure in failures:
         err.print(f"error: {failure.error}", markup=False, highlight=False)
     if failures:
         err.print(f"{len(failures)} of {len(names)} device(s) failed: {', '.join(f.device for f in failures)}",
                   markup=False, highlight=False)
         raise typer.Exit(max(f.exit_code for f in failures))
+
+
+def _unstable_mark(result: Any) -> str:
+    return "" if result.spread.trustworthy else "  (unstable: see the warning)"
+
+
+def _warn_unstable(results: list[Any]) -> None:
+    """Figures whose runs disagree are said to be so, on stderr, whatever else is printed."""
+    for result in results:
+        if not result.spread.trustworthy:
+            where = f"{Path(result.artifact).name} on {result.device}"
+            err.print(f"[yellow]warning:[/] {where}: latency {result.spread.summary()}", highlight=False)
 
 
 def _table(results: list[Any], title: str) -> Any:

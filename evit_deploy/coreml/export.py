@@ -9,6 +9,7 @@ import numpy as np
 
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.coreml.compress import compress
+from evit_deploy.coreml.layer_map import mil_layer_map
 from evit_deploy.coreml.options import COMPUTE_UNITS, CoreMLOptions
 from evit_deploy.coreml.precision import island_selector, program_precision
 from evit_deploy.coreml.rewrite import normalising_wrapper, replace_tanh_gelu
@@ -140,6 +141,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
         mlmodel.save(str(path))
 
     saved = load_program(path)
+    details["layer_map"] = mil_layer_map(saved, program, model, "inner." if options.image_input else "").to_dict()
     details.update(specification_version=saved.specification_version, opset=saved.opset,
                    ops=saved.op_counts())
     if precision == Precision.FP16:

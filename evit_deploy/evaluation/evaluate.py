@@ -21,6 +21,7 @@ from evit_deploy.errors import UsageError
 from evit_deploy.evaluation.datasets import Dataset, Sample, open_dataset
 from evit_deploy.evaluation.metrics import ClassificationMetric, Scores, SegmentationMetric
 from evit_deploy.evaluation.protocol import Protocol, load_rgb, paper_protocol, protocol_at, upsample_argmax
+from evit_deploy.requests import EvalRequest
 
 Progress = Callable[[str], None]
 OnImage = Callable[[int, int], None]
@@ -136,43 +137,41 @@ def _open_source(source: str | Path, resolution: tuple[int, int] | None) -> _Sou
 
 
 def evaluate(
-    source: str | Path,
-    data: str | Path,
+    source: str | Path | EvalRequest,
+    data: str | Path | None = None,
     *,
-    format: str | None = None,
-    limit: int | None = None,
-    weights: str | Path | None = None,
-    classes: str | Path | None = None,
-    device: str = "cpu",
-    threads: int | None = None,
-    inventory: str | Path | None = None,
-    resolution: tuple[int, int] | None = None,
-    reference: bool = True,
-    seed: int = 0,
     progress: Progress = _quiet,
     on_image: OnImage = _no_count,
+    **options: Any,
 ) -> EvalResult:
     """Score ``source`` (an artifact, or a zoo model name) on the labelled dataset ``data``.
 
-    An artifact runs through its Runner (``device``: cpu/cuda here, or an inventory device over
-    SSH, as ``verify``), its PyTorch reference (``weights``, default: those recorded at export)
-    here on the same tensors; ``reference=False`` skips the reference. A model name runs in
-    PyTorch alone (``weights``; ``resolution`` fixes its input instead of the card's protocol).
-    ``classes``: the masks layout's classes YAML, or the imagefolder layout's index file.
-    ``on_image(done, total)`` is called after every image.
+    Options are ``EvalRequest``'s fields (the CLI's flags, checked the same way). An artifact runs
+    through its Runner (``device``: cpu/cuda here, or an inventory device over SSH, as ``verify``),
+    its PyTorch reference (``weights``, default: those recorded at export) here on the same tensors;
+    ``reference=False`` skips the reference. A model name runs in PyTorch alone (``weights``;
+    ``resolution`` fixes its input instead of the card's protocol). ``classes``: the masks layout's
+    classes YAML, or the imagefolder layout's index file. ``on_image(done, total)`` is called after
+    every image.
     """
     from evit_deploy.devices import is_local
 
+    request = source if isinstance(source, EvalRequest) else EvalRequest.parse(source=source, data=data, **options)
     started = time.perf_counter()
-    src = _open_source(source, resolution)
-    if src.handle is None and not is_local(device):
-        raise UsageError(f"--device {device} runs artifacts; export {src.card.name} first, then evaluate the artifact")
-    dataset = open_dataset(data, format=format, card=src.card, limit=limit, classes_file=classes)
+    src = _open_source(request.source, request.resolution)
+    if src.card.task not in HEADLINE:
+        raise UsageError(f"{src.card.name} is a {src.card.task} model: eval scores classifiers and semantic "
+                         "segmentation on labelled data; check a SAM export against PyTorch with `evit verify` "
+                         "(mask IoU per prompt)")
+    if src.handle is None and not is_local(request.device):
+        raise UsageError(f"--device {request.device} runs artifacts; export {src.card.name} first, then evaluate the "
+                         "artifact")
+    dataset = open_dataset(request.data, format=request.format, card=src.card, limit=request.limit,
+                           classes_file=request.classes)
     protocol, paper = protocol_at(src.card, src.size), paper_protocol(src.card)
     notes = list(dataset.notes)
     with contextlib.ExitStack() as stack:
-        runners, weights_info = _runners(src, weights, reference, device, threads, inventory, seed, progress,
-                                         notes, stack)
+        runners, weights_info = _runners(src, request, progress, notes, stack)
         progress(f"evaluating {len(dataset.samples)} image(s)")
         scored = _score(dataset, protocol, paper, src, runners, on_image, notes)
         runner_info = runners["artifact"].describe() if "artifact" in runners else {}
@@ -190,8 +189,7 @@ def evaluate(
     )
 
 
-def _runners(src: _Source, weights: str | Path | None, reference: bool, device: str, threads: int | None,
-             inventory: str | Path | None, seed: int, progress: Progress, notes: list[str],
+def _runners(src: _Source, request: EvalRequest, progress: Progress, notes: list[str],
              stack: contextlib.ExitStack) -> tuple[dict[str, Any], dict[str, Any]]:
     """Loaded runners by role ("artifact", "reference"), entered on ``stack``, and where the reference's
     weights came from. The artifact's runner comes first, so a device that cannot be reached fails before
@@ -201,25 +199,27 @@ def _runners(src: _Source, weights: str | Path | None, reference: bool, device: 
     from evit_deploy.targets.torch_ref import TorchRunner
 
     runners: dict[str, Any] = {}
+    threads = request.threads
     if src.handle is not None:
-        runners["artifact"] = stack.enter_context(api.artifact_runner(src.handle, device, threads=threads,
-                                                                       inventory=inventory, progress=progress))
-        if not reference:
+        runners["artifact"] = stack.enter_context(api.artifact_runner(src.handle, request.device, threads=threads,
+                                                                       inventory=request.inventory,
+                                                                       progress=progress))
+        if not request.reference:
             return runners, {}
         progress("building the PyTorch reference")
-        model, info, weight_notes = reference_model(src.handle.manifest, weights)
+        model, info, weight_notes = reference_model(src.handle.manifest, request.weights)
         notes += weight_notes
         spec = src.handle.spec
         names = [o.name for o in src.handle.manifest.outputs] or ["logits"]
     else:
-        model, info = _zoo_model(src.card, weights, seed, notes)
+        model, info = _zoo_model(src.card, request.weights, request.seed, notes)
         spec = src.card.input_spec(src.size)
         names = [src.card.output.name]
     runners["reference"] = stack.enter_context(TorchRunner(model, spec, threads=threads, output_names=names))
     return runners, info
 
 
-def _zoo_model(card: Any, weights: str | Path | None, seed: int, notes: list[str]) -> tuple[Any, dict[str, Any]]:
+def _zoo_model(card: Any, weights: Path | None, seed: int, notes: list[str]) -> tuple[Any, dict[str, Any]]:
     from evit_deploy import zoo
     from evit_deploy.manifest import sha256_path
 
@@ -229,10 +229,7 @@ def _zoo_model(card: Any, weights: str | Path | None, seed: int, notes: list[str
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", zoo.RandomWeightsWarning)
             return zoo.create_model(card, None, seed=seed), {"weights": None, "seed": seed}
-    path = Path(weights)
-    if not path.is_file():
-        raise UsageError(f"{path}: weights file not found")
-    return zoo.create_model(card, path, seed=seed), {"weights": str(path), "sha256": sha256_path(path)}
+    return zoo.create_model(card, weights, seed=seed), {"weights": str(weights), "sha256": sha256_path(weights)}
 
 
 @dataclass

@@ -14,7 +14,11 @@ exporter versions, dynamic shapes and simplifiers (onnxslim, onnxsim):
   only if every consumer of its output is already in the island, so an island never swallows
   a tensor that is also used elsewhere.
 * **resize**: every ``Resize`` (the seg head's bicubic upsampling runs in fp32 in the official
-  code, architecture.md 2.4 / 10.3).
+  code, architecture.md 2.4 / 10.3), and the same upsampling in its exact conv form
+  (``evit_deploy.convert.bicubic``): a ``DepthToSpace`` fed by a depthwise-multiplier ``Conv``
+  whose constant filters each sum to 1 (an interpolating filter bank), fed by edge padding
+  (``Pad`` mode=edge, or the ``Slice``/``Concat`` edge copies the module exports); the
+  padding joins the island when nothing else reads it.
 * **no-fp16**: any node computing on activations whose operator has no fp16 form (or an
   unknown operator); none occur in the EfficientViT graphs, but the rewrite must not silently
   produce an invalid model when one does.
@@ -37,6 +41,9 @@ _SELECT = frozenset({"Slice", "Split", "Gather", "ReduceSum"})
 # Ops the island may grow over, backwards from its matmuls (the qkv split, kernel, pad of ones).
 _GROW = _PASS | {"Relu", "Pad", "MatMul"}
 _TINY = 1e-3  # an eps larger than this is no eps
+_EDGE_PAD = frozenset({"Slice", "Concat", "Pad"})  # how the exact upsampling's edge padding is written
+_UPSAMPLE_FP32 = ("the official UpSampleLayer casts its input to fp32 and returns fp32 (autocast disabled); "
+                  "kept fp32, entered and left by Casts")
 _MAX_DEPTH = 32
 
 
@@ -77,9 +84,19 @@ def find_fp32_islands(model: onnx.ModelProto) -> list[Island]:
             islands.append((ix.position(node), Island(
                 kind="resize",
                 nodes=[ix.name(node)],
-                reason=f"{mode} Resize (upsampling): the official UpSampleLayer casts its input to "
-                       "fp32 and returns fp32 (autocast disabled); kept fp32, entered and left by Casts",
+                reason=f"{mode} Resize (upsampling): {_UPSAMPLE_FP32}",
             )))
+        elif node.op_type == "DepthToSpace" and id(node) not in claimed:
+            members = _exact_upsampling(ix, node)
+            if members is not None:
+                claimed.update(id(n) for n in members)
+                ordered = sorted(members, key=ix.position)
+                islands.append((ix.position(ordered[0]), Island(
+                    kind="resize",
+                    nodes=[ix.name(n) for n in ordered],
+                    reason="exact bicubic upsampling (edge pad + interpolating depthwise conv + pixel shuffle; "
+                           f"filter taps such as -0.0234 lose digits in fp16): {_UPSAMPLE_FP32}",
+                )))
 
     derived = ix.data_derived()
     for node in ix.nodes:
@@ -244,6 +261,52 @@ def _make_attention(ix, div, members, eps, quadratic) -> tuple[int, Island]:
     )
     island = Island(kind="attention", nodes=[ix.name(n) for n in ordered], reason=reason, eps=eps)
     return ix.position(ordered[0]), island
+
+
+# --------------------------------------------------------------------------------------------
+# exact upsampling
+
+
+def _exact_upsampling(ix: GraphIndex, d2s: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """The nodes of an exact upsampling ending in ``d2s`` (see the module doc), else None."""
+    conv = ix.producer.get(d2s.input[0])
+    if conv is None or conv.op_type != "Conv" or len(conv.input) > 2:
+        return None
+    weight = ix.constant_value(conv.input[1])
+    groups, factor = _attr(conv, "group", 1), _attr(d2s, "blocksize", 0)
+    if weight is None or weight.ndim != 4 or weight.shape[1] != 1 or groups < 1 or factor < 2:
+        return None
+    if weight.shape[0] != groups * factor * factor:
+        return None
+    if not np.allclose(weight.astype(np.float64).sum(axis=(1, 2, 3)), 1.0, atol=1e-5):
+        return None
+    pad = ix.producer.get(conv.input[0])
+    if pad is None or pad.op_type not in ("Concat", "Pad"):
+        return None
+    if pad.op_type == "Pad" and _attr(pad, "mode", b"constant") != b"edge":
+        return None
+    members = {id(n): n for n in (d2s, conv)}
+    _grow_edge_padding(ix, pad, members)
+    return list(members.values())
+
+
+def _grow_edge_padding(ix: GraphIndex, pad: onnx.NodeProto, members: dict[int, onnx.NodeProto]) -> None:
+    """``pad`` and the Slice/Concat/Pad nodes behind it whose outputs only the island reads
+    (repeated until nothing changes: an edge slice and its source join in either order)."""
+    frontier = {id(pad): pad}
+    changed = True
+    while changed:
+        changed = False
+        for node in list(frontier.values()):
+            if id(node) in members or not all(_only_consumed_by(ix, o, members) for o in node.output if o):
+                continue
+            members[id(node)] = node
+            changed = True
+            data = range(len(node.input)) if node.op_type == "Concat" else (0,)
+            for i in data:
+                producer = ix.producer.get(node.input[i])
+                if producer is not None and producer.op_type in _EDGE_PAD:
+                    frontier.setdefault(id(producer), producer)
 
 
 # --------------------------------------------------------------------------------------------

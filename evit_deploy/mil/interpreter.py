@@ -78,6 +78,33 @@ class Interpreter:
                     observe(op, produced)
         return {name: env[name] for name in self.program.outputs}
 
+    def run_part(self, given: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """Only the steps that make ``outputs`` from ``given`` (variable name -> array, standing in
+        for whatever computes it in the program, cast to its declared type): one part alone."""
+        declared = {name: ttype for op in self.steps for name, ttype in op.outputs}
+        declared.update(dict(self.program.inputs))
+        producer = {name: op for op in self.steps for name, _ in op.outputs}
+        needed: set[int] = set()
+        stack = list(outputs)
+        while stack:
+            name = stack.pop()
+            if name in given or name in self.constants:
+                continue
+            if name not in producer:
+                raise UsageError(f"the ML program's {name!r} is neither given nor computed by any op")
+            op = producer[name]
+            if id(op) not in needed:
+                needed.add(id(op))
+                stack.extend(b for bound in op.inputs.values() for b in bound if isinstance(b, str))
+        env: dict[str, Any] = dict(self.constants)
+        for name, value in given.items():
+            env[name] = _as_declared(value, declared[name]) if name in declared else value
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for op in self.steps:
+                if id(op) in needed:
+                    self._apply(op, env)
+        return {name: env[name] for name in outputs}
+
     def _apply(self, op: Operation, env: dict[str, Any]) -> dict[str, np.ndarray]:
         definition = REGISTRY[op.type]
         kwargs: dict[str, Any] = {}

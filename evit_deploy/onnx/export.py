@@ -2,9 +2,12 @@
 
 The exporter's optimizer stays on (it is worth ~1.7x on ORT); the LiteMLA eps survives it
 because the model holds it as a 1-element tensor, not a Python scalar (DESIGN.md, traps).
+The seg head's bicubic upsampling is exported in its exact conv form unless ``bicubic:
+resize`` (ORT's cubic Resize is single-threaded and took about a third of seg-B1's time).
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -15,6 +18,7 @@ import numpy as np
 from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import EvitError, RuntimeMissing, UsageError
+from evit_deploy.onnx.layer_map import onnx_layer_map, onnx_tensor_names
 from evit_deploy.onnx.options import INSTALL_HINT, OnnxOptions
 from evit_deploy.spec import GraphIO, InputSpec, TensorInfo
 from evit_deploy.toolchain import first_line, toolchain_error
@@ -32,6 +36,11 @@ def export_onnx_graph(model: torch.nn.Module, io: GraphIO, options: OnnxOptions,
     import onnx
     import torch
 
+    if options.bicubic == "exact":
+        from evit_deploy.convert.bicubic import bicubic_upsample_layers, replace_bicubic_upsampling
+
+        if bicubic_upsample_layers(model):
+            model = replace_bicubic_upsampling(copy.deepcopy(model))
     # The exporter logs registry chatter (e.g. "torchvision is not installed") at WARNING.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     examples = tuple(torch.zeros(i.shape) for i in io.inputs)
@@ -175,15 +184,23 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     """``NAME.onnx`` in ``ctx.workdir``: exported, simplified if asked, fp16 with islands or int8, checked."""
     import onnx
 
+    from evit_deploy.convert.bicubic import bicubic_upsample_layers
+
     precision = recipe.precision
     ctx.progress(f"torch.onnx.export ({options.exporter}, opset {options.opset})")
     graph = export_onnx_graph(model, ctx.graph, options, ctx.workdir)
+    layer_map = onnx_layer_map(graph)  # before simplifying: onnxslim drops the provenance
     if options.simplify != "none":
         ctx.progress(f"simplifying with {options.simplify}")
         graph = simplify(graph, options.simplify)
     details: dict[str, Any] = {"opset": max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
-                               "nodes": len(graph.graph.node)}
+                               "nodes": len(graph.graph.node), "runner": options.runner_section()}
     notes: list[str] = []
+    rewritten = bicubic_upsample_layers(model) if options.bicubic == "exact" else []
+    if rewritten:
+        details["bicubic_rewrite"] = rewritten
+        notes.append(f"{len(rewritten)} bicubic upsampling(s) exported as edge pad + depthwise conv + pixel "
+                     "shuffle (exact; ONNX Runtime's cubic Resize is slow on CPU)")
     if precision == "fp16":
         ctx.progress("converting to fp16 with fp32 attention/resize islands")
         graph, islands = to_fp16(graph, options.keep_fp32)
@@ -199,6 +216,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     add_metadata(graph, spec, ctx, precision)
     path = ctx.workdir / f"{ctx.model_name}.onnx"
     final = check_and_save(graph, path)
+    details["layer_map"] = layer_map.restricted_to(onnx_tensor_names(final)).to_dict()
     return ExportOutput(
         files=[path],
         converter={"onnx": onnx.__version__, **package_versions("onnxscript", "onnxruntime", options.simplify)},

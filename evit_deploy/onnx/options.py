@@ -1,4 +1,11 @@
-"""The ONNX target's recipe options (the TensorRT target reuses the export half)."""
+"""The ONNX target's recipe options (the TensorRT target reuses the export half).
+
+Two groups: how the graph is made (``opset`` .. ``keep_fp32``), and how ONNX Runtime runs it
+(``graph_optimization``, ``spinning``, ``memory_arena``). The second group, resolved, is the
+manifest's runner section (``details.runner``): ``verify`` and ``profile`` open the artifact
+with it, here and on devices, so an artifact is timed the way it was measured
+(benchmarks/results/onnx_speed.json).
+"""
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -9,6 +16,8 @@ from pydantic_core import PydanticCustomError
 from evit_deploy.contracts import TargetOptions, comma_list
 
 INSTALL_HINT = "pip install 'evit-deploy[onnx]'"
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+RUNNER_FIELDS = frozenset({"graph_optimization", "spinning", "memory_arena"})
 # The opsets each of torch 2.13's exporters writes (torch.onnx._constants): the dynamo exporter
 # raises anything below 18 to 18, so a lower request would be recorded but not made.
 OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
@@ -18,7 +27,10 @@ class OnnxOptions(TargetOptions):
     opset: int = 18
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     simplify: Literal["onnxslim", "onnxsim", "none"] = "none"
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"  # ORT, at load time
+    # "exact": the seg head's bicubic upsampling as edge pad + depthwise conv + pixel shuffle
+    # (evit_deploy.convert.bicubic, ~1e-7 from F.interpolate); ORT's cubic Resize is a slow
+    # single-threaded kernel (about a third of seg-B1's time at 512x1024). "resize": keep the Resize.
+    bicubic: Literal["exact", "resize"] = "exact"
     keep_fp32: list[Literal["attention", "resize"]] = Field(default_factory=lambda: ["attention", "resize"])
     # int8 (evit_deploy.onnx.int8): the Q/DQ scheme ORT's CPU kernels run fastest, chosen by measurement
     int8_scheme: Literal["qdq-u8s8", "qdq-s8s8", "qoperator-u8s8"] = "qdq-u8s8"
@@ -26,6 +38,17 @@ class OnnxOptions(TargetOptions):
     calib_method: Literal["minmax", "entropy", "percentile"] = "percentile"
     # more nodes to keep float: node names or module paths (a path keeps every node under it)
     keep_float: list[str] = Field(default_factory=list)
+    # ONNX Runtime session, at load time. "all" adds the NCHWc convolutions (2.2x over "extended"
+    # on seg-B1). Spinning keeps idle pool threads polling between operators: it saves a wake-up per
+    # operator on an idle machine, and on a busy one takes the CPU the other threads need (seg-B1,
+    # 2 threads, other processes running: 1065 ms with it, 605 without), so it is off by default.
+    graph_optimization: GraphOptimization = "all"
+    spinning: bool = False
+    memory_arena: bool = True
+
+    def runner_section(self) -> dict[str, object]:
+        """The ONNX Runtime session settings, for the manifest's ``details.runner``."""
+        return self.model_dump(include=set(RUNNER_FIELDS))
 
     @field_validator("keep_fp32", "quantize_ops", "keep_float", mode="before")
     @classmethod

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from evit_deploy.contracts import LayerTiming, Runner
-from evit_deploy.errors import RuntimeMissing, UsageError
+from evit_deploy.errors import RuntimeMissing, ToolchainError, UsageError
+from evit_deploy.onnx.options import OnnxOptions
 from evit_deploy.spec import TensorInfo
 
 ORT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -18,32 +19,38 @@ ORT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extend
 
 
 class OnnxRunner(Runner):
-    """ONNX Runtime session; CPU by default, CUDA with ``device='cuda'``."""
+    """ONNX Runtime session; CPU by default, CUDA with ``device='cuda'``.
+
+    ``session`` is the artifact's recorded ONNX options (the manifest's runner section): the
+    session is opened with its graph optimisation level, spinning and memory arena.
+    """
 
     backend = "onnxruntime"
 
     def __init__(self, path: Path, *, device: str = "cpu", threads: int | None = None,
-                 graph_optimization: str = "all", profile_dir: Path | None = None) -> None:
+                 session: OnnxOptions | None = None) -> None:
         super().__init__()
         self.path = path
         self.device = device
         self.threads = threads
-        self.graph_optimization = graph_optimization
-        self.profile_dir = profile_dir
+        self.options = session or OnnxOptions()
         self.session: Any = None
 
-    def _session(self, profiling: bool = False) -> Any:
+    def _session(self, profile_prefix: str | None = None) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[self.graph_optimization])
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                   ORT_LEVELS[self.options.graph_optimization])
         if self.threads:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.spinning else "0")
+        options.enable_cpu_mem_arena = self.options.memory_arena
         options.log_severity_level = 3
-        if profiling:
+        if profile_prefix is not None:
             options.enable_profiling = True
-            options.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="evit-ort-prof-"), "ort")
+            options.profile_file_prefix = profile_prefix
         providers = ["CPUExecutionProvider"]
         if self.device in ("cuda", "gpu"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -51,7 +58,14 @@ class OnnxRunner(Runner):
             providers.insert(0, "CUDAExecutionProvider")
         elif self.device != "cpu":
             raise UsageError(f"unknown local device {self.device!r} for ONNX Runtime; use cpu or cuda")
-        return ort.InferenceSession(str(self.path), options, providers=providers)
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+        try:
+            return ort.InferenceSession(str(self.path), options, providers=providers)
+        except (state.InvalidProtobuf, state.NoModel, state.NoSuchFile, state.InvalidGraph) as err:
+            raise UsageError(f"{self.path.name}: not an ONNX model ({_ort_message(err)}); re-export it") from None
+        except (state.Fail, state.InvalidArgument, state.NotImplemented, state.RuntimeException, state.EPFail) as err:
+            raise ToolchainError(f"{self.path.name}: ONNX Runtime cannot load it: {_ort_message(err)}") from None
 
     def load(self) -> None:
         self.session = self._session()
@@ -70,19 +84,23 @@ class OnnxRunner(Runner):
 
         info = {"backend": self.backend, "version": ort.__version__,
                 "providers": self.session.get_providers() if self.session else [],
-                "threads": self.threads, "graph_optimization": self.graph_optimization, "device": self.device}
+                "threads": self.threads, "graph_optimization": self.options.graph_optimization,
+                "spinning": self.options.spinning, "memory_arena": self.options.memory_arena, "device": self.device}
         if self.device == "cpu" and _has_fp16_weights(self.path):
             info["note"] = ("ONNX Runtime's CPU provider computes most fp16 ops in fp32 without rounding between "
                             "them: this checks the graph, not fp16 arithmetic (the trt target's verify emulates it)")
         return info
 
     def per_layer(self, feed: dict[str, np.ndarray], iters: int) -> list[LayerTiming]:
-        """Operator times from ONNX Runtime's own profiler, summed per node."""
-        session = self._session(profiling=True)
-        for _ in range(iters):
-            session.run(None, feed)
-        trace = Path(session.end_profiling())
-        events = json.loads(trace.read_text())
+        """Operator times from ONNX Runtime's own profiler, summed per node.
+
+        The trace goes to a private temporary folder that is removed afterwards, whatever happens.
+        """
+        with tempfile.TemporaryDirectory(prefix="evit-ort-prof-") as folder:
+            session = self._session(profile_prefix=os.path.join(folder, "ort"))
+            for _ in range(iters):
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
         totals: dict[str, list[Any]] = {}
         for event in events:
             if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
@@ -91,11 +109,16 @@ class OnnxRunner(Runner):
             entry = totals.setdefault(node, [event.get("args", {}).get("op_name", "?"), 0.0, 0])
             entry[1] += event["dur"] / 1e3
             entry[2] += 1
-        trace.unlink(missing_ok=True)
         whole = sum(t for _, t, _ in totals.values()) or 1.0
         rows = [LayerTiming(name, op, total / iters, calls // iters or 1, total / whole)
                 for name, (op, total, calls) in totals.items()]
         return sorted(rows, key=lambda r: r.total_ms, reverse=True)
+
+
+def _ort_message(err: Exception) -> str:
+    """The first line of an ONNX Runtime error without its ``[ONNXRuntimeError] : 7 : KIND :`` prefix."""
+    text = str(err).strip()
+    return text.splitlines()[0].split(" : ")[-1].strip() if text else type(err).__name__
 
 
 def _has_fp16_weights(path: Path) -> bool:

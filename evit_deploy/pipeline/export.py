@@ -14,7 +14,7 @@ from evit_deploy.bundle import Bundle, bundle_path, write_bundle
 from evit_deploy.configs import Recipe, load_recipe
 from evit_deploy.contracts import CALIBRATION_NEEDED, ExportContext, ExportOutput
 from evit_deploy.data import CalibrationImages, list_images
-from evit_deploy.errors import RuntimeMissing, UsageError
+from evit_deploy.errors import CheckFailed, RuntimeMissing, UsageError
 from evit_deploy.manifest import (
     MANIFEST_SUFFIX,
     FileEntry,
@@ -121,6 +121,9 @@ def export_here(request: ExportRequest, *, progress: Progress = lambda message: 
                      for name, result, manifest in staged}
     results = {name or "": ExportResult(artifact, manifest_path_for(artifact), manifest, manifest.export_seconds)
                for name, (artifact, manifest) in published.items()}
+    failed = [(results[name or ""].artifact, result.failure) for name, result, _ in staged if result.failure]
+    if failed:  # published all the same (the best the export found), under the name the target gave it
+        raise CheckFailed("; ".join(f"{reason}; the best artifact is kept as {path}" for path, reason in failed))
     if len(results) == 1 and "" in results:
         progress(f"wrote {results[''].artifact}")
         return results[""]

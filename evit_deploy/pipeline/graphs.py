@@ -57,9 +57,11 @@ def export_graphs(card: ModelCard, model: torch.nn.Module, spec: InputSpec, *, d
     produced: dict[str, dict[str, torch.Tensor]] = {}
     plans = []
     for graph in card.graphs:  # every graph, so the selected ones can be fed from the others
-        module = model.graph(graph.name, **{k: v for k, v in options.items() if k in graph.options}).eval()
-        inputs = [_graph_input(graph, tensor, spec, dynamic, produced) for tensor in graph.inputs]
-        examples = [_example(graph, tensor, i, produced) for tensor, i in zip(graph.inputs, inputs)]
+        own = {k: v for k, v in options.items() if k in graph.options}
+        module = model.graph(graph.name, **own).eval()
+        tensors = graph.inputs_for(own)
+        inputs = [_graph_input(graph, tensor, spec, dynamic, produced) for tensor in tensors]
+        examples = [_example(graph, tensor, i, produced) for tensor, i in zip(tensors, inputs)]
         with torch.inference_mode():
             outputs = module(*examples)
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
@@ -96,7 +98,7 @@ def _graph_input(graph: GraphCard, tensor: Any, spec: InputSpec, dynamic: bool,
             sizes.append(min(max(2, low), high))  # torch.export fixes a dim traced at size 1
             dims.append(DynamicDim(axis, dim, low, high))
         else:
-            sizes.append(spec.batch if dim == "batch" else graph.static.get(dim, low))
+            sizes.append(graph.static_size(dim, spec.batch))
     if tensor.feed == "image":
         if len(sizes) != 4:
             raise UsageError(f"graph {graph.name}: image input {tensor.name} must be (batch, 3, H, W)")

@@ -49,16 +49,19 @@ def verify_runner(handle: ArtifactHandle, artifact_runner: Runner, request: Veri
     criteria.update(request.tolerances.model_dump(exclude_none=True))
     tol = Tolerances.model_validate(criteria)
     task = manifest.task if graph is None or graph.verify == "logits" else graph.verify
-    if task not in ("classification", "segmentation", "tensor"):
+    if task not in ("classification", "segmentation", "tensor", "sam-masks"):
         raise UsageError(f"{handle.path.name}: verify does not judge {task!r} graphs here yet")
+    if request.prompts is not None and not any(t.feed == "prompts" for g in card.graphs for t in g.inputs):
+        raise UsageError(f"--prompts is for models that take prompts (SAM); {card.name} takes none")
     progress("building the PyTorch reference")
     model, reference_info, notes = reference_model(manifest, request.weights)
     options = manifest.recipe.model_options
-    feeds = graph_feeds(card, graph, model, spec, options, samples=samples, seed=request.seed, source=source)
-    num_classes = int(card.num_classes)
+    feeds = graph_feeds(card, graph, model, spec, options, samples=samples, seed=request.seed, source=source,
+                        artifact_inputs=manifest.inputs, prompts=request.prompts)
+    num_classes = int(card.num_classes or 0)
     comparator = Comparator(task, num_classes, tol)
     out_names = [o.name for o in manifest.outputs] or ["logits"]
-    inputs = graph_inputs(spec, graph)
+    inputs = graph_inputs(spec, graph, options)
     rounded = rounded_copy(model, manifest.precision) if request.weight_rounding else None
     rounding = Comparator(task, num_classes, tol) if rounded is not None else None
     with contextlib.ExitStack() as stack:
@@ -67,12 +70,12 @@ def verify_runner(handle: ArtifactHandle, artifact_runner: Runner, request: Veri
         runner = stack.enter_context(artifact_runner)
         rounded_runner = stack.enter_context(TorchRunner(graph_module(rounded, card, graph, options), inputs,
                                                          output_names=out_names)) if rounded else None
-        for index, feed in enumerate(feeds):
-            progress(f"sample {index + 1}/{samples}")
-            expected = reference.run(feed)
-            comparator.update(runner.run(feed), expected)
+        for index, sample in enumerate(feeds):
+            progress(f"run {index + 1} ({samples} image(s))")
+            expected = reference.run(sample.inputs)
+            comparator.update(runner.run(sample.inputs), expected, image_size=sample.image_size)
             if rounded_runner is not None and rounding is not None:
-                rounding.update(rounded_runner.run(feed), expected)
+                rounding.update(rounded_runner.run(sample.inputs), expected, image_size=sample.image_size)
         runner_info = runner.describe()
     report = comparator.report(
         weight_rounding=rounding,
@@ -103,6 +106,7 @@ def record_parity(handle: ArtifactHandle, report: ParityReport) -> str | None:
         weight_rounding=report.weight_rounding,
         outputs={k: v.to_dict() for k, v in report.outputs.items()},
         failed=[c.name for c in report.failures],
+        excused=report.excused,
     )
     updated = handle.manifest.model_copy(update={"parity": record})
     path = manifest_path_for(Path(handle.path))

@@ -6,7 +6,16 @@ decoder graphs; the PyTorch model lives in ``evit_deploy.nn.sam``.
 
 from __future__ import annotations
 
-from .prompts import POINT_LABELS, Prompt, decoder_inputs, generated_prompts, parse_prompts, read_prompt_file
+from .prompts import (
+    POINT_LABELS,
+    Prompt,
+    decoder_batches,
+    decoder_inputs,
+    generated_prompts,
+    parse_prompts,
+    prompt_batches,
+    read_prompt_file,
+)
 from .transforms import (
     LOW_RES,
     MEAN,
@@ -33,6 +42,7 @@ __all__ = [
     "STD",
     "Prompt",
     "boxes_to_frame",
+    "decoder_batches",
     "decoder_inputs",
     "generated_prompts",
     "normalize",
@@ -41,6 +51,7 @@ __all__ = [
     "points_to_frame",
     "postprocess_masks",
     "preprocess",
+    "prompt_batches",
     "read_image",
     "read_prompt_file",
     "resize_bilinear",

@@ -32,15 +32,17 @@ import numpy as np
 
 from evit_deploy.errors import UsageError
 
-from .transforms import PROMPT_FRAME, boxes_to_frame, points_to_frame
+from .transforms import LOW_RES, PROMPT_FRAME, boxes_to_frame, points_to_frame
 
 __all__ = [
     "PADDING_LABEL",
     "POINT_LABELS",
     "Prompt",
+    "decoder_batches",
     "decoder_inputs",
     "generated_prompts",
     "parse_prompts",
+    "prompt_batches",
     "read_prompt_file",
 ]
 
@@ -106,7 +108,7 @@ def _num(value: float) -> str:
 
 
 def generated_prompts(
-    image_size: tuple[int, int], *, grid: int = 4, boxes: int = 4, seed: int = 0
+    image_size: tuple[int, int], *, grid: int = 4, boxes: int = 4, seed: int | Sequence[int] = 0
 ) -> list[Prompt]:
     """``grid`` x ``grid`` single positive clicks at cell centres, then ``boxes`` seeded boxes.
 
@@ -228,3 +230,54 @@ def decoder_inputs(
         point_coords[row, : len(labels)] = coords
         point_labels[row, : len(labels)] = labels
     return point_coords, point_labels
+
+
+def decoder_batches(
+    arrays: dict[str, np.ndarray], prompts: int | None, points: int | None
+) -> list[dict[str, np.ndarray]]:
+    """A prompt batch (every array (B, ...); ``point_coords`` (B, N, 2), ``point_labels`` (B, N))
+    cut to fit a decoder exported with ``prompts`` rows and ``points`` points (None: dynamic).
+
+    Rows with fewer points than the decoder takes get padding points (0, 0) labelled -1, as
+    ``decoder_inputs`` pads; rows with more are refused. The rows go in chunks of ``prompts``,
+    the last filled up by repeating its last row.
+    """
+    have = arrays["point_labels"].shape[1]
+    if points is not None and have > points:
+        raise UsageError(
+            f"a prompt has {have} points (box corners and padding included), but the decoder was exported for "
+            f"{points} per prompt; re-export it with --dynamic, or give fewer points"
+        )
+    if points is not None and have < points:
+        extra = points - have
+        arrays = dict(arrays)
+        coords, labels = arrays["point_coords"], arrays["point_labels"]
+        arrays["point_coords"] = np.concatenate([coords, np.zeros((len(coords), extra, 2), coords.dtype)], axis=1)
+        arrays["point_labels"] = np.concatenate(
+            [labels, np.full((len(labels), extra), PADDING_LABEL, labels.dtype)], axis=1
+        )
+    rows = len(arrays["point_labels"])
+    size = prompts or rows
+    chunks = []
+    for start in range(0, rows, size):
+        index = np.minimum(np.arange(start, start + size), rows - 1)
+        chunks.append({name: np.ascontiguousarray(value[index]) for name, value in arrays.items()})
+    return chunks
+
+
+def prompt_batches(
+    prompts: Sequence[Prompt],
+    original_size: tuple[int, int],
+    frame: int = PROMPT_FRAME,
+    *,
+    fixed: tuple[int | None, int | None] = (None, None),
+    mask_input: bool = False,
+) -> list[dict[str, np.ndarray]]:
+    """``decoder_inputs`` cut to a decoder of ``fixed`` (prompts, points) sizes (None: dynamic), with an
+    absent previous mask (zeros, ``has_mask_input`` 0) for a decoder that takes one."""
+    coords, labels = decoder_inputs(prompts, original_size, frame)
+    arrays = {"point_coords": coords, "point_labels": labels}
+    if mask_input:
+        arrays["mask_input"] = np.zeros((len(labels), 1, LOW_RES, LOW_RES), np.float32)
+        arrays["has_mask_input"] = np.zeros(len(labels), np.float32)
+    return decoder_batches(arrays, *fixed)

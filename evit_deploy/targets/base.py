@@ -59,6 +59,19 @@ class Target(ABC, Generic[OptionsT]):
         """
         return None
 
+    def native_timing(self, device: str = "cpu") -> str | None:
+        """None when a profile on ``device`` times the runtime this target deploys to, else why not.
+
+        Stricter than ``timing_available``: ``profile`` may time a stand-in (TensorRT's typed ONNX
+        on ONNX Runtime), but a benchmark must not put such a figure in a target's latency column.
+        """
+        return self.timing_available(device)
+
+    def options_for_here(self) -> dict[str, object]:
+        """Target options that let this machine export without the target's hardware (TensorRT
+        without a GPU: the plan only); empty when the defaults already can."""
+        return {}
+
     @abstractmethod
     def export(self, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, ctx: ExportContext) -> ExportOutput:
         """Write the artifact's files into ``ctx.workdir``."""

@@ -48,5 +48,11 @@ class OnnxTarget(Target[OnnxOptions]):
     def runner(self, manifest: Manifest, path: Path, *, device: str = "cpu", threads: int | None = None) -> Runner:
         from evit_deploy.onnx.runner import OnnxRunner
 
-        options = self.options(manifest.recipe, f"{path.name}'s manifest")
-        return OnnxRunner(path, device=device, threads=threads, graph_optimization=options.graph_optimization)
+        return OnnxRunner(path, device=device, threads=threads, session=self.recorded_options(manifest, path))
+
+    def recorded_options(self, manifest: Manifest, path: Path) -> OnnxOptions:
+        """The options an artifact runs with: its recipe's (as made), with the session settings of its runner
+        section (``details.runner``) over them: written from the recipe at export, and the place a device's
+        measurement of other settings is recorded. Validated with the manifest named."""
+        recorded = {**manifest.recipe.options, **manifest.details.get("runner", {})}
+        return self.options(manifest.recipe.model_copy(update={"options": recorded}), f"{path.name}'s manifest")

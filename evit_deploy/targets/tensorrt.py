@@ -68,6 +68,17 @@ class TensorRTTarget(Target[TrtOptions]):
             return f"{reason}; run the typed ONNX with --device cpu instead" if reason else None
         return None if importlib.util.find_spec("onnxruntime") else f"onnxruntime not installed; {ONNX_HINT}"
 
+    def native_timing(self, device: str = "cpu") -> str | None:
+        if _kind(device) in GPU_DEVICES:
+            return self.runtime_available(device)
+        return ("TensorRT latency needs an NVIDIA GPU; here the typed ONNX runs on ONNX Runtime, whose timings say "
+                "nothing about an engine: run with --device cuda on a GPU machine")
+
+    def options_for_here(self) -> dict[str, object]:
+        from evit_deploy.trt.build import gpu_unavailable
+
+        return {"plan_only": True} if gpu_unavailable() is not None else {}
+
     def check_recipe(self, recipe: Recipe) -> None:
         super().check_recipe(recipe)
         options = self.options(recipe)
@@ -83,9 +94,12 @@ class TensorRTTarget(Target[TrtOptions]):
                 )
 
     def export(self, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, ctx: ExportContext) -> ExportOutput:
+        from evit_deploy.onnx.layer_map import onnx_file_layer_map
         from evit_deploy.trt.export import export_artifact
 
-        return export_artifact(model, spec, recipe, self.options(recipe), ctx)
+        output = export_artifact(model, spec, recipe, self.options(recipe), ctx)
+        output.details["layer_map"] = onnx_file_layer_map(output.files[0]).to_dict()  # for `evit debug`
+        return output
 
     def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
         """The typed ONNX's facts (an engine carries none evit can read without TensorRT)."""

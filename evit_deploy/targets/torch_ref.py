@@ -1,7 +1,9 @@
 """The PyTorch reference, as a Runner like any other.
 
 ``verify`` compares every artifact against this runner and ``profile --target torch``
-times it, so eager PyTorch is measured by the same harness as the runtimes.
+times it, so eager PyTorch is measured by the same harness as the runtimes. ``run`` (what
+``verify`` calls; timing calls ``infer``) also watches LiteMLA for tokens whose output fp32
+rounding decides (``evit_deploy.nn.ties``) and returns the other outcomes with its own.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evit_deploy.contracts import Runner
+from evit_deploy.contracts import AmbiguousOutputs, Runner
 from evit_deploy.spec import InputSpec, TensorInfo
 
 if TYPE_CHECKING:
@@ -46,6 +48,24 @@ class TorchRunner(Runner):
             result = self.model(*(torch.from_numpy(np.ascontiguousarray(feed[i.name])) for i in self.inputs))
         tensors = result if isinstance(result, (tuple, list)) else [result]
         return {n: t.detach().float().numpy() for n, t in zip(self.output_names, tensors)}
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Canonical outputs; ``AmbiguousOutputs`` when a float64 run shows an attention token's output to
+        be decided by rounding (then also the outputs with each such tie broken the other way)."""
+        import torch
+
+        from evit_deploy.nn.ties import TieWatch, flipped_outputs, ill_conditioned
+
+        watch = TieWatch(self.model)
+        with watch.watching():
+            outputs = super().run(feed)
+        exact_inputs = [torch.from_numpy(np.asarray(x, np.float64) if x.dtype.kind == "f" else np.asarray(x))
+                        for x in (feed[i.name] for i in self.inputs)]
+        ties = ill_conditioned(self.model, lambda model: model(*exact_inputs), watch.ties)
+        if not ties:
+            return outputs
+        alternatives = flipped_outputs(self.model, lambda: super(TorchRunner, self).run(feed), ties)
+        return AmbiguousOutputs(outputs, alternatives, [tie.describe() for tie in ties])
 
     def describe(self) -> dict[str, Any]:
         import torch

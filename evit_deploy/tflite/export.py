@@ -15,9 +15,10 @@ from evit_deploy.profiling import peak_rss_mb
 from evit_deploy.spec import GraphIO, InputSpec, Precision, TensorInfo, to_layout
 from evit_deploy.tflite.convert import convert_fp32
 from evit_deploy.tflite.graph import Graph
+from evit_deploy.tflite.layer_map import tflite_layer_map
 from evit_deploy.tflite.metadata import add_metadata
 from evit_deploy.tflite.options import TfliteOptions
-from evit_deploy.tflite.quantize import quantize_fp16, quantize_int8
+from evit_deploy.tflite.quantize import int8_plan, quantize_fp16, quantize_int8
 from evit_deploy.tflite.runner import TfliteRunner
 from evit_deploy.toolchain import toolchain_error
 
@@ -68,11 +69,17 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
     fp32_graph = Graph(content)
     details: dict[str, Any] = {"layout": options.layout.upper(), "fp32_ops": fp32_graph.op_counts(), **info}
     notes: list[str] = []
+    failure, stem = None, ctx.model_name
     if precision == Precision.FP16:
         ctx.progress("casting weights to fp16")
         content, details["fp16"] = quantize_fp16(content, options)
     elif precision == Precision.INT8 and calibration is not None:
-        content, details["int8"] = quantize_int8(content, options, calibration, ctx.progress)
+        if options.min_agreement is None:
+            content, details["int8"] = quantize_int8(content, options, calibration, ctx.progress)
+        else:
+            content, details["int8"], control = _controlled_int8(model, content, spec, options, ctx)
+            notes.append(control.note)
+            failure, stem = control.failure, control.stem
         fo = details["int8"]["float_ops"]
         head = f", the classifier head ({sum(fo['head']['ops'].values())} op(s))" if fo["head"] else ""
         notes.append(f"int8 with float islands: {len(fo['attention'])} LiteMLA attention core(s), "
@@ -93,17 +100,64 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
         "output": ("logits at 1/8 input resolution" if ctx.task == "segmentation" else "logits")
                   + (f" ({outputs[0].layout})" if ranks[0] == 4 else ""),
     })
-    path = ctx.workdir / f"{ctx.model_name}.tflite"
+    path = ctx.workdir / f"{stem}.tflite"
     path.write_bytes(content)
     ctx.progress("loading the artifact in the LiteRT interpreter")
     inputs, outputs = _smoke_test(path, ctx.graph, inputs, outputs, calibration)
     final = Graph(content)
     details["ops"] = final.op_counts()
     details["size_bytes"] = len(content)
+    details["layer_map"] = tflite_layer_map(content, model).to_dict()
     if precision == "int8":
         details["peak_rss_mb"] = round(peak_rss_mb(), 1)  # the process's high-water mark, calibration included
     return ExportOutput(files=[path], converter=package_versions("litert-torch", "ai-edge-litert", "ai-edge-quantizer"),
-                        inputs=inputs, outputs=outputs, notes=notes, details=details)
+                        inputs=inputs, outputs=outputs, notes=notes, details=details, failure=failure)
+
+
+@dataclass
+class _Controlled:
+    note: str
+    failure: str | None
+    stem: str
+
+
+def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, options: TfliteOptions,
+                     ctx: ExportContext) -> tuple[bytes, dict[str, Any], _Controlled]:
+    """int8 with the fewest worst layers float that meets ``options.min_agreement`` on the held-out
+    calibration images (``tflite.accuracy``); below it, the best candidate under a name that says so."""
+    from evit_deploy.tflite.accuracy import control_int8, split_holdout
+
+    assert options.min_agreement is not None
+    singles = list(ctx.calibration_batches(spec))  # held in memory: split, and run again for every candidate
+    if len(singles) < 2:
+        raise UsageError("--min-agreement holds out part of the calibration images to measure agreement on: "
+                         f"give at least 2 (got {len(singles)})")
+    _, held_nchw = split_holdout(singles, options.holdout)
+    nhwc = options.layout == "nhwc"
+    layout = [to_layout(x.astype(np.float32), "NCHW", "NHWC") if nhwc else x.astype(np.float32) for x in singles]
+    ranged, held = split_holdout(layout, options.holdout)
+    plan = int8_plan(fp32, options)
+    ctx.progress(f"accuracy control: {len(held)} calibration image(s) held out for agreement")
+    ranges = plan.calibrate(ranged, options.int8_ranges, ctx.progress)
+    class_axis = -1 if nhwc else 1  # the classes: last in NHWC logits (and in 2-D ones), second in NCHW
+    result, plain = control_int8(plan, ranges, model, target=options.min_agreement, ranking_images=ranged[:4],
+                                 held_out=held, held_out_nchw=held_nchw, class_axis=class_axis,
+                                 max_float_share=options.max_float_share, threads=None, progress=ctx.progress)
+    details = plan.details(result.candidate, options, len(ranged))
+    details["accuracy_control"] = {
+        **result.to_dict(), "plain_int8_agreement": plain, "held_out_images": len(held),
+        "ranked_by": "error each quantised layer adds alone (its int8 op run on the float model's inputs; "
+                     "relative noise power against float), over calibration images",
+    }
+    kept = ", ".join(result.kept[:5]) + (f" and {len(result.kept) - 5} more" if len(result.kept) > 5 else "")
+    if result.met:
+        note = (f"accuracy control: agreement {result.agreement:.4f} >= {options.min_agreement:g} on {len(held)} "
+                f"held-out calibration image(s) (plain int8 {plain:.4f}) with {len(result.kept)} layer(s) float"
+                + (f": {kept}" if kept else ""))
+        return result.candidate, details, _Controlled(note, None, ctx.model_name)
+    note = f"accuracy control: {result.reason}; plain int8 {plain:.4f}" + (f"; float: {kept}" if kept else "")
+    return result.candidate, details, _Controlled(note, result.reason, f"{ctx.model_name}.below-min-agreement")
+
 
 def _smoke_test(path: Path, io: GraphIO, inputs: list[TensorInfo], outputs: list[TensorInfo],
                 calibration: _Batches | None) -> tuple[list[TensorInfo], list[TensorInfo]]:

@@ -18,6 +18,11 @@ class TfliteOptions(TargetOptions):
     keep_float: list[FloatIsland] = Field(default_factory=lambda: ["attention", "hardswish", "head"])  # int8 islands
     fp16_fp32_share: float = Field(0.1, ge=0.0, le=1.0)  # fp16: smallest weight tensors, up to this share, stay fp32
     int8_ranges: Literal["min_max", "moving_average"] = "min_max"  # how calibration images' ranges combine
+    # int8 accuracy control: keep the layers adding the most quantisation noise float until the
+    # agreement with PyTorch on the held-out share of the calibration images reaches min_agreement
+    min_agreement: float | None = Field(None, gt=0.0, le=1.0)
+    holdout: float = Field(0.25, gt=0.0, lt=1.0)  # share of the calibration images held out for agreement
+    max_float_share: float = Field(0.25, ge=0.0, le=1.0)  # at most this share of the quantised layers kept float
 
     @field_validator("layout", "bicubic", "int8_ranges", mode="before")
     @classmethod

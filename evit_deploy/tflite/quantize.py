@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,62 @@ class Int8Plan:
     hardswish: list[int]
     head: list[int]
 
+    def calibrate(self, calibration: Images, mode: str,
+                  progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+        """Every tensor's range over the calibration images (of the plan's own quantised ops: ops
+        kept float later by accuracy control keep their ranges, which their int8 readers need).
+        Refused in one line, before anything runs, when memory cannot hold one inference."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        with native_logs_quiet():
+            signature = Interpreter(model_content=self.marked).get_signature_list()
+        (key,) = list(signature)[:1]
+        (input_name,) = signature[key]["inputs"][:1]
+        require(required_bytes(self.marked), "int8 calibration of this TFLite graph",
+                "calibrate at a lower --resolution, or free memory")
+        progress(f"calibrating int8 ranges on {len(calibration)} image(s), one at a time")
+        with native_logs_quiet():
+            return _calibrate(self.marked, self.recipe, key, input_name, calibration, mode)
+
+    def quantize(self, ranges: dict[str, Any], keep_float: Sequence[str] = ()) -> bytes:
+        """The int8 model; ``keep_float``: output tensor names of more ops to leave float (one regex
+        for all of them: ai-edge-quantizer's per-op ``no_quantize`` recipe)."""
+        with native_logs_quiet():
+            from ai_edge_quantizer import quantizer
+
+        recipe = list(self.recipe)
+        if keep_float:
+            names = "|".join(re.escape(name) for name in sorted(set(keep_float)))
+            recipe.append({"regex": f"(?:^|;)(?:{names});", "operation": "*", "algorithm_key": "no_quantize"})
+        with native_logs_quiet():
+            result = quantizer.Quantizer(bytearray(self.marked), recipe).quantize(
+                ranges, enable_progress_bar=False, enable_progress_report=False)
+        return bytes(result.quantized_model)
+
+    def details(self, quantized: bytes, options: TfliteOptions, images: int) -> dict[str, Any]:
+        """The manifest's ``details.int8``: the scheme and what stayed float."""
+        graph, done = self.graph, Graph(quantized)
+        still_float = [op for op in done.ops if op["type"] not in QUANT_OPS and not op_is_int8(done, op)]
+        return {
+            "scheme": "static int8: per-channel symmetric int8 weights, per-tensor asymmetric int8 activations "
+                      f"({options.int8_ranges.replace('_', ' ')} ranges over the calibration images), "
+                      "float32 input and output",
+            "calibration_images": images,
+            "keep_float": list(options.keep_float),
+            "float_ops": {
+                "attention": [{"block": graph.block_name(island),
+                               "ops": dict(Counter(graph.ops[i]["type"] for i in island))} for island in self.islands],
+                "hardswish": len(self.hardswish),
+                "head": {"block": graph.block_name(self.head),
+                         "ops": dict(Counter(graph.ops[i]["type"] for i in self.head))} if self.head else None,
+                "div_only": len(self.div_only),
+                "total_float_ops": len(still_float),
+                "float_op_types": dict(Counter(op["type"] for op in still_float)),
+            },
+            "quantize_ops": sum(1 for op in done.ops if op["type"] == "QUANTIZE"),
+            "dequantize_ops": sum(1 for op in done.ops if op["type"] == "DEQUANTIZE"),
+        }
+
 
 def int8_plan(fp32: bytes, options: TfliteOptions) -> Int8Plan:
     """The float islands of ``options.keep_float`` (DIV is always float), marked, and the recipe."""
@@ -123,48 +180,11 @@ def int8_plan(fp32: bytes, options: TfliteOptions) -> Int8Plan:
 def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: Images,
                   progress: Any) -> tuple[bytes, dict[str, Any]]:
     """Static int8 with the float islands of ``options.keep_float`` (DIV is always float)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    with native_logs_quiet():
-        from ai_edge_quantizer import quantizer
-
     plan = int8_plan(fp32, options)
-    graph, marked, recipe = plan.graph, plan.marked, plan.recipe
-    islands, div_only, hardswish, head = plan.islands, plan.div_only, plan.hardswish, plan.head
-    with native_logs_quiet():
-        qt = quantizer.Quantizer(bytearray(marked), recipe)
-        signature = Interpreter(model_content=marked).get_signature_list()
-    (key,) = list(signature)[:1]
-    (input_name,) = signature[key]["inputs"][:1]
-    require(required_bytes(marked), "int8 calibration of this TFLite graph",
-            "calibrate at a lower --resolution, or free memory")
-    progress(f"calibrating int8 ranges on {len(calibration)} image(s), one at a time")
-    with native_logs_quiet():
-        ranges = _calibrate(marked, recipe, key, input_name, calibration, options.int8_ranges)
-        progress("quantizing")
-        result = qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False)
-    quantized = Graph(result.quantized_model)
-    still_float = [op for op in quantized.ops if op["type"] not in QUANT_OPS and not op_is_int8(quantized, op)]
-    details: dict[str, Any] = {
-        "scheme": "static int8: per-channel symmetric int8 weights, per-tensor asymmetric int8 activations "
-                  f"({options.int8_ranges.replace('_', ' ')} ranges over the calibration images), "
-                  "float32 input and output",
-        "calibration_images": len(calibration),
-        "keep_float": list(options.keep_float),
-        "float_ops": {
-            "attention": [{"block": graph.block_name(island),
-                           "ops": dict(Counter(graph.ops[i]["type"] for i in island))} for island in islands],
-            "hardswish": len(hardswish),
-            "head": {"block": graph.block_name(head), "ops": dict(Counter(graph.ops[i]["type"] for i in head))}
-            if head else None,
-            "div_only": len(div_only),
-            "total_float_ops": len(still_float),
-            "float_op_types": dict(Counter(op["type"] for op in still_float)),
-        },
-        "quantize_ops": sum(1 for op in quantized.ops if op["type"] == "QUANTIZE"),
-        "dequantize_ops": sum(1 for op in quantized.ops if op["type"] == "DEQUANTIZE"),
-    }
-    return bytes(result.quantized_model), details
+    ranges = plan.calibrate(calibration, options.int8_ranges, progress)
+    progress("quantizing")
+    quantized = plan.quantize(ranges)
+    return quantized, plan.details(quantized, options, len(calibration))
 
 
 def _calibrate(model: bytes, recipe: list[dict[str, Any]], signature: str, input_name: str,

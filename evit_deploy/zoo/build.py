@@ -43,7 +43,7 @@ def create_model(
     if weights is None:
         warnings.warn(
             f"{card.name} has random weights (seed {seed}): its outputs are meaningless; "
-            f"pass --weights with a checkpoint (official file: {card.checkpoint})",
+            f"pass --weights with a checkpoint: {card.checkpoint_source()}",
             RandomWeightsWarning,
             stacklevel=2,
         )

@@ -37,7 +37,7 @@ def load_card(path: str | Path) -> ModelCard:
 
 
 def _sort_key(card: ModelCard) -> tuple[Any, ...]:
-    datasets = ("imagenet", "cityscapes", "ade20k")
+    datasets = ("imagenet", "cityscapes", "ade20k", "sa-1b")
     return (card.task != "classification", datasets.index(card.dataset), card.family,
             card.variant, card.input_size[0] * card.input_size[1])
 
@@ -59,7 +59,7 @@ def register_card(card: ModelCard) -> None:
 
 
 def list_cards() -> list[ModelCard]:
-    """Every card, classification first, then Cityscapes and ADE20K segmentation (then registered ones)."""
+    """Every card: classification, then Cityscapes and ADE20K segmentation, then SAM (then registered ones)."""
     return [*_load_all(data_dir("models")), *_REGISTERED.values()]
 
 

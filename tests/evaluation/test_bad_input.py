@@ -117,7 +117,7 @@ CASES = {
                      ("cannot tell the dataset layout (no leftImg8bit/, images/validation/, images/ + labels/, or "
                      "class folders); pass --format")),
     "unknown_format": (lambda t: t, [SEG, "--format", "coco"], "unknown --format 'coco'; choose one of"),
-    "limit_zero": (lambda t: cityscapes(t), [SEG, "--limit", "0"], "--limit must be at least 1, got 0"),
+    "limit_zero": (lambda t: cityscapes(t), [SEG, "--limit", "0"], "--limit must be at least 1 (got '0')"),
     "negative_max_drop": (lambda t: cityscapes(t), [SEG, "--max-drop", "-1"], "--max-drop must be at least 0"),
     "max_drop_without_artifact": (lambda t: cityscapes(t), [SEG, "--max-drop", "1"],
                                   "--max-drop compares an artifact with its PyTorch reference"),

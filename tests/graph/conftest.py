@@ -95,7 +95,10 @@ def scale_qk(model: torch.nn.Module, factor: float) -> torch.nn.Module:
 
 
 class Exports:
-    """Session cache: (builder, H, W, dynamic, variant) -> (torch model, fp32 ONNX)."""
+    """Session cache: (builder, H, W, dynamic, variant) -> (torch model, fp32 ONNX).
+
+    Variants: "seeded" (the fixtures' weights), "overflow" (q/k scaled past fp16's range),
+    "exact_bicubic" (the seg head's bicubic Resize replaced by its exact conv form)."""
 
     def __init__(self, seeded_weights, reference_dir: Path) -> None:
         self._sw, self._ref = seeded_weights, reference_dir
@@ -108,6 +111,10 @@ class Exports:
             model = seeded_model(builder, self._sw, self._ref)
             if variant == "overflow":
                 scale_qk(model, 16.0)
+            if variant == "exact_bicubic":  # the seg head's upsampling as the ONNX target exports it
+                from evit_deploy.convert.bicubic import replace_bicubic_upsampling
+
+                replace_bicubic_upsampling(model)
             self._models[key] = model
         return self._models[key]
 

@@ -1,4 +1,5 @@
-"""fp32 islands are found from the graph's structure: one per LiteMLA block, plus each Resize."""
+"""fp32 islands are found from the graph's structure: one per LiteMLA block, plus each upsampling
+(a Resize, or the exact conv form of bicubic upsampling the ONNX target exports)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from evit_deploy.graph import Island, find_fp32_islands, islands_summary, node_n
 from evit_deploy.nn import LiteMLA
 
 from .conftest import litemla_count
-from .toy_graphs import attention_block, gelu_like_div
+from .toy_graphs import attention_block, depthwise_pixel_shuffle, gelu_like_div
 
 
 def quadratic_blocks(model: torch.nn.Module, height: int, width: int) -> int:
@@ -38,7 +39,7 @@ def check_islands(graph: onnx.ModelProto, islands: list[Island], expected_attent
     attention = [i for i in islands if i.kind == "attention"]
     resize = [i for i in islands if i.kind == "resize"]
     assert len(attention) == expected_attention
-    assert len(resize) == sum(op == "Resize" for op in ops.values())
+    assert len(resize) == sum(op in ("Resize", "DepthToSpace") for op in ops.values())
     assert {i.kind for i in islands} <= {"attention", "resize"}
     members = [n for i in islands for n in i.nodes]
     assert len(members) == len(set(members)), "islands overlap"
@@ -153,3 +154,38 @@ def test_summary_is_json_ready(exports):
     assert all(set(s) == ({"kind", "nodes", "reason", "eps"} if s["kind"] == "attention"
                           else {"kind", "nodes", "reason"}) for s in summary)
     assert all(s["nodes"] == i.nodes for s, i in zip(summary, islands))
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_exact_bicubic_upsampling_is_a_resize_island(exports, dynamic):
+    model = exports.model("efficientvit_seg_b1", "exact_bicubic")
+    graph = exports.graph("efficientvit_seg_b1", 128, 256, dynamic, variant="exact_bicubic")
+    ops = {name: node.op_type for name, node in zip(node_names(graph), graph.graph.node)}
+    assert "Resize" not in ops.values()
+    islands = find_fp32_islands(graph)
+    check_islands(graph, islands, litemla_count(model), 0 if dynamic else quadratic_blocks(model, 128, 256))
+    resize = [i for i in islands if i.kind == "resize"]
+    assert len(resize) == 2  # the stride-16 and stride-32 projections of the seg head
+    for island in resize:
+        kinds = [ops[n] for n in island.nodes]
+        assert kinds.count("Conv") == 1 and kinds[-1] == "DepthToSpace"
+        assert set(kinds) <= {"Slice", "Concat", "Conv", "DepthToSpace"} and "Concat" in kinds  # the edge pad
+        assert "exact bicubic" in island.reason
+
+
+def test_exact_bicubic_upsampling_survives_onnxslim(exports):
+    onnxslim = pytest.importorskip("onnxslim")
+    graph = onnxslim.slim(exports.graph("efficientvit_seg_b1", 128, 256, variant="exact_bicubic"))
+    islands = find_fp32_islands(graph)
+    assert sum(i.kind == "resize" for i in islands) == 2
+    assert sum(i.kind == "attention" for i in islands) == litemla_count(exports.model("efficientvit_seg_b1"))
+
+
+@pytest.mark.parametrize("interpolating, edge", [(True, True), (False, True), (True, False)],
+                         ids=["bicubic", "filters-not-summing-to-1", "zero-padding"])
+def test_only_interpolating_edge_padded_pixel_shuffles_are_upsampling(interpolating, edge):
+    islands = find_fp32_islands(depthwise_pixel_shuffle(interpolating=interpolating, edge_pad=edge))
+    if interpolating and edge:
+        assert [(i.kind, i.nodes) for i in islands] == [("resize", ["pad", "conv", "shuffle"])]
+    else:
+        assert islands == []  # a learned depthwise conv before a pixel shuffle computes in fp16

@@ -117,3 +117,28 @@ def gelu_like_div() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     return model
+
+
+def depthwise_pixel_shuffle(*, interpolating: bool, edge_pad: bool, channels: int = 2, factor: int = 2,
+                            seed: int = 0) -> onnx.ModelProto:
+    """x -> Pad(2) -> depthwise conv 5x5 with factor**2 outputs per channel -> DepthToSpace -> y.
+
+    ``interpolating``: every filter sums to 1 (as bicubic's do), else random filters;
+    ``edge_pad``: Pad mode=edge (bicubic's border clamp), else zero padding."""
+    rng = np.random.default_rng(seed)
+    weight = rng.random((channels * factor * factor, 1, 5, 5)).astype(np.float32)
+    if interpolating:
+        weight /= weight.sum(axis=(1, 2, 3), keepdims=True)
+    inits = [numpy_helper.from_array(weight, "w"),
+             numpy_helper.from_array(np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64), "pads")]
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["padded"], name="pad", mode="edge" if edge_pad else "constant"),
+        helper.make_node("Conv", ["padded", "w"], ["phases"], name="conv", group=channels, kernel_shape=[5, 5]),
+        helper.make_node("DepthToSpace", ["phases"], ["y"], name="shuffle", blocksize=factor, mode="CRD"),
+    ]
+    graph = helper.make_graph(
+        nodes, "depthwise_pixel_shuffle",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, H, W])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, H * factor, W * factor])],
+        inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])

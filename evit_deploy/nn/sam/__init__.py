@@ -14,10 +14,11 @@ from .builders import (
     efficientvit_sam_xl0,
     efficientvit_sam_xl1,
 )
+from .decode import decode_prompts
 from .encoder import EMBEDDING_SIZE, EfficientViTSamImageEncoder, SamNeck
 from .graphs import SAM_DECODER_UNFRIENDLY_OPS, SAM_GRAPHS, SamDecoderGraph, SamEncoderGraph, unfriendly_ops
 from .mask_decoder import MLP, MaskDecoder
-from .model import EfficientViTSam, decode_prompts
+from .model import EfficientViTSam
 from .prompt_encoder import PromptEncoder, RandomFourierEncoding
 from .transformer import Attention, MLPBlock, TwoWayAttentionBlock, TwoWayTransformer
 

@@ -18,15 +18,18 @@ constructs in ``SAM_DECODER_UNFRIENDLY_OPS``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.export import Dim
 
 from ...sam.transforms import LOW_RES, PROMPT_FRAME
+from .decode import decode_prompts
 from .encoder import EMBED_DIM, EMBEDDING_SIZE
-from .model import EfficientViTSam, decode_prompts
+
+if TYPE_CHECKING:
+    from .model import EfficientViTSam
 
 __all__ = [
     "SAM_DECODER_UNFRIENDLY_OPS",

@@ -4,36 +4,20 @@ decoder (arXiv 2402.05008). Keys: ``image_encoder.*``, ``prompt_encoder.*``, ``m
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from ...sam.transforms import PROMPT_FRAME
+from .decode import decode_prompts
 from .encoder import EMBED_DIM, EMBEDDING_SIZE, EfficientViTSamImageEncoder
+from .graphs import SAM_GRAPHS
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
 
-__all__ = ["EfficientViTSam", "decode_prompts"]
-
-
-def decode_prompts(
-    prompt_encoder: PromptEncoder,
-    mask_decoder: MaskDecoder,
-    image_embeddings: torch.Tensor,
-    point_coords: torch.Tensor,
-    point_labels: torch.Tensor,
-    mask_input: torch.Tensor | None = None,
-    has_mask_input: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> all four mask logits (B, 4, 256, 256) and IoU predictions (B, 4).
-
-    ``point_coords`` (B, N, 2) are pixels in the 1024 frame, ``point_labels`` (B, N) as in
-    ``evit_deploy.sam.POINT_LABELS``; ``image_embeddings`` is (1 or B, 256, 64, 64);
-    ``mask_input`` (B, 1, 256, 256) with ``has_mask_input`` (B,) as in ``PromptEncoder.embed_mask``.
-    """
-    sparse = prompt_encoder.embed_points(point_coords, point_labels)
-    dense = prompt_encoder.embed_mask(mask_input, has_mask_input)
-    return mask_decoder(image_embeddings, prompt_encoder.dense_pe(), sparse, dense)
+__all__ = ["EfficientViTSam"]
 
 
 class EfficientViTSam(nn.Module):
@@ -82,6 +66,13 @@ class EfficientViTSam(nn.Module):
             mask_input,
             has_mask_input,
         )
+
+    def graph(self, name: str, **options: Any) -> nn.Module:
+        """The export graph ``name`` (``encoder`` or ``decoder``, as the model cards list them); ``options``
+        are the decoder's (``single_mask``, ``mask_input``)."""
+        if name not in SAM_GRAPHS:
+            raise KeyError(f"EfficientViT-SAM has no graph {name!r}; its graphs: {', '.join(SAM_GRAPHS)}")
+        return SAM_GRAPHS[name](self, **options)
 
     def forward(
         self, images: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor

@@ -1,0 +1,149 @@
+"""Accuracy-controlled TFLite int8 (``--min-agreement``) against plain int8 and fp32, seg-B1.
+
+Three artifacts from one set of weights: fp32, plain int8 (recipe tflite-int8) and int8 with
+accuracy control (the same recipe plus ``min_agreement``; a quarter of the calibration images
+held out for the agreement the control steers by). Each is then checked on the test photos,
+which neither calibration nor control saw (``verify``: pixel agreement with PyTorch, and the
+bound of int8 weights alone), and timed round-robin in one run (ratios to fp32). The
+control's own curve (layers kept float -> held-out agreement, ms per image) goes to a PNG.
+
+    python benchmarks/int8_control.py --resolution 256x512 --min-agreement 0.94     # seeded weights
+    python benchmarks/int8_control.py --weights instrument --min-agreement 0.99     # the trained instrument
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import RESULTS, ROOT, interleaved, seeded_weights, write_result
+
+sys.path.insert(0, str(ROOT))
+
+MODEL = "efficientvit-seg-b1-cityscapes"
+
+
+def _export_controlled(weights: Path, out: Path, resolution: tuple[int, int], calib: Path, samples: int,
+                       options: dict[str, Any]) -> tuple[Path, str | None]:
+    """The controlled artifact, and the one-line reason when its target was not met (exit 1)."""
+    from evit_deploy import api
+    from evit_deploy.errors import CheckFailed
+
+    try:
+        result = api.export(MODEL, target="tflite", config="tflite-int8", weights=weights, out=out,
+                            resolution=resolution, calib=calib, calib_samples=samples, options=options,
+                            progress=lambda message: print(f"  {message}", flush=True))
+        return result.artifact, None
+    except CheckFailed as failed:
+        (kept,) = out.glob("*.below-min-agreement.tflite")
+        return kept, str(failed)
+
+
+def plot_curve(steps: list[dict[str, Any]], target: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(steps, key=lambda s: s["kept_float"])
+    fig, left = plt.subplots(figsize=(7, 4))
+    kept = [s["kept_float"] for s in steps]
+    left.plot(kept, [s["agreement"] for s in steps], "o-", label="held-out agreement")
+    left.axhline(target, color="grey", linestyle="--", label=f"--min-agreement {target:g}")
+    left.set_xlabel("quantised layers kept float (worst first)")
+    left.set_ylabel("pixel agreement with PyTorch (held-out calibration images)")
+    right = left.twinx()
+    right.plot(kept, [s["ms_per_image"] for s in steps], "s:", color="tab:red", label="ms per image")
+    right.set_ylabel("ms per image (measured during control, shared machine)")
+    left.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resolution", default="512x1024")
+    parser.add_argument("--weights", default="seeded", help="seeded, instrument, or a checkpoint path")
+    parser.add_argument("--min-agreement", type=float, default=0.94)
+    parser.add_argument("--max-float-share", type=float, default=0.25)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    from instrument import _conftest, load_instrument
+
+    from evit_deploy import api
+    from evit_deploy.configs import parse_resolution
+
+    if args.weights == "seeded":
+        weights, label = seeded_weights("efficientvit_seg_b1_cityscapes"), "fixtures' seeded weights"
+    elif args.weights == "instrument":
+        weights, label = load_instrument(), "trained instrument (instrument.py)"
+    else:
+        weights, label = Path(args.weights), args.weights
+    resolution = parse_resolution(args.resolution)
+    conftest = _conftest()
+    options = {"min_agreement": args.min_agreement, "max_float_share": args.max_float_share}
+    with tempfile.TemporaryDirectory(prefix="evit-bench-int8-control-") as tmp_name:
+        tmp = Path(tmp_name)
+        calib = conftest._write_photos(tmp / "calib", conftest.CALIB_PHOTOS, 4)
+        test = conftest._write_photos(tmp / "test", conftest.TEST_PHOTOS, 1)
+        samples = 4 * len(conftest.CALIB_PHOTOS)
+        artifacts: dict[str, Path] = {}
+        for name, config, extra in (("fp32", "tflite-fp32", {}),
+                                    ("int8", "tflite-int8", {"calib": calib, "calib_samples": samples})):
+            print(f"exporting {name}", flush=True)
+            artifacts[name] = api.export(MODEL, target="tflite", config=config, weights=weights, out=tmp / name,
+                                         resolution=resolution, **extra).artifact
+        print("exporting int8 with accuracy control", flush=True)
+        started = time.perf_counter()
+        artifacts["int8_controlled"], failure = _export_controlled(weights, tmp / "controlled", resolution, calib,
+                                                                   samples, options)
+        control_s = time.perf_counter() - started
+        from evit_deploy.manifest import load_manifest
+
+        control = load_manifest(artifacts["int8_controlled"]).details["int8"]["accuracy_control"]
+        checks = {}
+        for name, path in artifacts.items():
+            report = api.verify(path, images=test, threads=args.threads, record=False)
+            checks[name] = {**report.task_metrics, "weights_rounded_alone": report.weight_rounding}
+            print(f"{name}: {checks[name]}", flush=True)
+        timing = interleaved({name: [path] for name, path in artifacts.items()}, rounds=args.rounds,
+                             threads=args.threads, warmup=2, iters=args.iters)
+    p50 = {name: r["p50_ms"] for name, r in timing.items()}
+    plot = plot_curve(control["steps"], args.min_agreement, RESULTS / "int8_control.png")
+    write_result("int8_control", {
+        "model": MODEL,
+        "weights": label,
+        "resolution": args.resolution,
+        "min_agreement": args.min_agreement,
+        "max_float_share": args.max_float_share,
+        "met": control["met"],
+        "failure": failure,
+        "kept_float": control["kept_float"],
+        "held_out": {"images": control["held_out_images"], "plain_int8": control["plain_int8_agreement"],
+                     "controlled": control["agreement"]},
+        "test_photos": checks,
+        "p50_ms": p50,
+        "speedup_vs_fp32": {name: p50["fp32"] / value for name, value in p50.items()},
+        "control_steps": control["steps"],
+        "ranking_top": control["ranking"][:20],
+        "controlled_export_seconds": round(control_s, 1),
+        "plot": str(plot.relative_to(ROOT)),
+        "calibration": f"{len(conftest.CALIB_PHOTOS)} calibration photos x 4 views ({samples} images; "
+                       f"{control['held_out_images']} held out for the control's agreement)",
+        "compared_on": f"{len(conftest.TEST_PHOTOS)} test photos: {', '.join(conftest.TEST_PHOTOS)}",
+        "note": "measured on a shared 2-core machine: latency ratios from one interleaved run; the control's own "
+                "ms per image is indicative only",
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

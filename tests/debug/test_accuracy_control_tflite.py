@@ -1,0 +1,95 @@
+"""``evit export --target tflite --precision int8 --min-agreement A``: layers kept float until A is met.
+
+Seeded seg-B0 at 64x128 on the calibration photos (7 images: 5 give the ranges, 2 are held
+out for agreement); the agreement is re-measured here with LiteRT and PyTorch, independently
+of the export's own measurement.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.debug.conftest import RESOLUTION, SEG
+
+TARGET = 0.97
+
+
+def _export(cli, out, calib, weights, *extra: object):
+    return cli("export", SEG, "--target", "tflite", "--precision", "int8", "--weights", weights, "--resolution",
+               "x".join(map(str, RESOLUTION)), "--calib", calib, "--calib-samples", 7, "--out", out, *extra)
+
+
+@pytest.fixture(scope="module")
+def controlled(tmp_path_factory, seg_weights, calib_photos):
+    from evit_deploy import api
+
+    out = tmp_path_factory.mktemp("controlled")
+    return api.export(SEG, target="tflite", precision="int8", weights=seg_weights, out=out, resolution=RESOLUTION,
+                      calib=calib_photos, calib_samples=7, options={"min_agreement": TARGET, "max_float_share": 1.0})
+
+
+def _held_out_agreement(artifact, weights, calib_photos) -> float:
+    """Pixel agreement of the artifact with PyTorch on the images the export held out."""
+    import torch
+
+    from evit_deploy import zoo
+    from evit_deploy.artifact import open_artifact
+    from evit_deploy.data import input_batches
+    from evit_deploy.tflite.accuracy import split_holdout
+
+    handle = open_artifact(artifact)
+    images = list(input_batches(handle.spec, samples=7, seed=0, source=calib_photos))
+    _, held = split_holdout(images, 0.25)
+    model = zoo.create_model(SEG, weights).eval()
+    agree = total = 0
+    with handle.runner() as runner:
+        for image in held:
+            with torch.inference_mode():
+                expected = model(torch.from_numpy(image)).numpy().argmax(axis=1)
+            got = runner.run({handle.spec.name: image})["logits"].argmax(axis=1)
+            agree, total = agree + int(np.sum(got == expected)), total + expected.size
+    return agree / total
+
+
+def test_the_agreement_target_is_met_with_the_worst_layers_float(controlled, seg_weights, calib_photos):
+    control = controlled.manifest.details["int8"]["accuracy_control"]
+    assert control["met"] and control["target"] == TARGET
+    assert control["plain_int8_agreement"] < TARGET <= control["agreement"]
+    kept = control["kept_float"]
+    named = [name for name in kept if name.startswith(("backbone.", "head."))]  # PyTorch module paths
+    assert kept and len(named) >= 0.8 * len(kept), kept  # the rest: ops no module ends at (tensor names)
+    assert kept == [row["layer"] for row in control["ranking"][:len(kept)]]  # the worst first
+    assert len(control["steps"]) < 12  # bisection: a handful of quantisations, not one per layer
+    assert any(f"{len(kept)} layer(s) float" in note for note in controlled.manifest.notes)
+    # the number recorded is what the artifact computes, measured again here
+    assert _held_out_agreement(controlled.artifact, seg_weights, calib_photos) == pytest.approx(
+        control["agreement"], abs=1e-6)
+
+
+def test_an_unreachable_target_exits_1_keeping_the_best_artifact_under_a_name_that_says_so(
+        cli, tmp_path, seg_weights, calib_photos):
+    result = _export(cli, tmp_path, calib_photos, seg_weights, "--min-agreement", "0.9999")
+    assert result.code == 1, result
+    assert len(result.error_lines) == 1 and "Traceback" not in result.stderr, result
+    line = result.error_lines[0]
+    assert "--min-agreement 0.9999" in line and "below-min-agreement.tflite" in line
+    kept = tmp_path / f"{SEG}.below-min-agreement.tflite"
+    manifest = json.loads((tmp_path / f"{SEG}.below-min-agreement.evit.json").read_text())
+    assert kept.is_file() and not (tmp_path / f"{SEG}.tflite").exists()
+    control = manifest["details"]["int8"]["accuracy_control"]
+    assert not control["met"] and control["agreement"] < 0.9999
+    assert control["agreement"] == max(step["agreement"] for step in control["steps"])  # the best one found
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (("--min-agreement", "1.5"), "min_agreement"),
+    (("--min-agreement", "0.9", "--precision", "fp32"), "controls int8"),
+    (("--min-agreement", "0.9", "--calib-samples", "1"), "at least 2"),
+])
+def test_bad_accuracy_control_options_exit_2_before_writing(cli, tmp_path, seg_weights, calib_photos, extra, needle):
+    result = _export(cli, tmp_path / "out", calib_photos, seg_weights, *extra)
+    assert result.code == 2, result
+    assert len(result.error_lines) == 1 and needle in result.error_lines[0], result
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

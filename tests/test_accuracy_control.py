@@ -1,0 +1,59 @@
+"""The target-neutral control loop: how many of the ranked layers it keeps float, and what it measures.
+
+A candidate here is the set of layers kept float, and its agreement a known function of that
+set, so each test knows the one right answer; the TFLite tests run the loop on real models.
+"""
+from __future__ import annotations
+
+import pytest
+
+from evit_deploy.accuracy_control import Ranked, keep_float_until
+
+RANKING = [Ranked(f"layer{i}", 10.0 - i) for i in range(10)]
+
+
+def _loop(gain: dict[str, float], target: float, base: float = 0.9, **kwargs):
+    built: list[tuple[str, ...]] = []
+
+    def quantise(names: list[str]) -> tuple[str, ...]:
+        built.append(tuple(names))
+        return tuple(names)
+
+    def measure(kept: tuple[str, ...]):
+        return min(1.0, base + sum(gain.get(n, 0.0) for n in kept)), {"kept": len(kept)}
+
+    return keep_float_until(RANKING, quantise, measure, target, **kwargs), built
+
+
+def test_plain_int8_meeting_the_target_keeps_nothing_float():
+    result, built = _loop({}, 0.85)
+    assert result.met and result.kept == [] and built == [()]
+
+
+def test_the_shortest_prefix_meeting_the_target_is_found_by_bisection():
+    gain = {f"layer{i}": 0.01 for i in range(10)}  # each layer float: +1 point
+    result, built = _loop(gain, 0.955)
+    assert result.met and result.kept == [f"layer{i}" for i in range(6)]
+    assert result.agreement == pytest.approx(0.96)
+    assert len(built) <= 2 + 4  # none, all, then log2(10) bisection steps, not one per layer
+    steps = result.to_dict()["steps"]  # every candidate measured, in order of layers kept: the curve
+    assert [s["kept_float"] for s in steps] == sorted(len(b) for b in built)
+    assert all(s["kept"] == s["kept_float"] for s in steps)  # the backend's extras are recorded
+
+
+def test_an_unreachable_target_returns_the_best_candidate_unmet_with_a_reason():
+    gain = {"layer0": 0.02, "layer1": 0.01}
+    result, _ = _loop(gain, 0.9999, max_kept=5)
+    assert not result.met
+    assert result.agreement == pytest.approx(0.93) and len(result.kept) == 5
+    assert "0.9300 < --min-agreement 0.9999" in result.reason and "5 most harmful of 10" in result.reason
+
+
+def test_max_kept_zero_measures_plain_int8_only():
+    result, built = _loop({"layer0": 0.5}, 0.95, max_kept=0)
+    assert not result.met and result.kept == [] and built == [()]
+
+
+def test_a_target_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match="target agreement"):
+        _loop({}, 1.5)
