@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import sys
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from evit_deploy import api
     from evit_deploy.graph import name_nodes
     from evit_deploy.onnx.export import select_islands
+    from evit_deploy.onnx.int8 import module_nodes
     from evit_deploy.onnx.qdq import ORT_SCHEMES, quantize_qdq
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,9 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         path = api.export(MODEL, target="onnx", weights=seeded_weights("efficientvit_seg_b1_cityscapes"),
                           out=Path(tmp) / "fp32", resolution=(h, w)).artifact
         graph = onnx.load(str(path))
+        upsampling = json.loads(path.with_name(path.stem + ".evit.json").read_text())["details"].get(
+            "bicubic_rewrite", [])
     name_nodes(graph)
     head = [n.name for n in graph.graph.node if set(n.output) & {o.name for o in graph.graph.output}]
-    exclude = [n for i in select_islands(graph, ["attention", "resize"]) for n in i.nodes] + head
+    exclude = [n for i in select_islands(graph, ["attention", "resize"]) for n in i.nodes] + head + \
+        [n for path in upsampling for n in module_nodes(graph, path)]
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((1, 3, h, w)).astype(np.float32) for _ in range(2)]
     models = {"fp32": graph}

@@ -210,7 +210,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     elif precision == "int8":
         from evit_deploy.onnx.int8 import quantize
 
-        graph, int8_details, int8_notes = quantize(graph, spec, recipe, options, ctx)
+        graph, int8_details, int8_notes = quantize(graph, spec, recipe, options, ctx, rewritten)
         details.update(int8_details)
         notes += int8_notes
     add_metadata(graph, spec, ctx, precision)
