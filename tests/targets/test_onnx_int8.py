@@ -98,10 +98,13 @@ def test_file_is_int8(seg_int8):
             assert inits[dq.input[0]].data_type == TensorProto.INT8  # weights stored int8
             assert producers[conv.input[0]].op_type == "DequantizeLinear"  # activations too
             quantised.append(conv)
-    assert len(quantised) >= 0.9 * len(convs) and len(convs) - len(quantised) <= 2, (len(quantised), len(convs))
-    floats = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == TensorProto.FLOAT)
-    int8s = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == TensorProto.INT8)
-    assert int8s > 5 * floats
+    details = _manifest(seg_int8)["details"]["int8"]
+    floats = {c.name for c in convs} - {c.name for c in quantised}
+    assert floats == {c.name for c in convs if c.name in details["float_head"] + details["float_upsampling"]}
+    assert len(quantised) >= 0.9 * len(convs), (len(quantised), len(convs))
+    float_values = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == TensorProto.FLOAT)
+    int8_values = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == TensorProto.INT8)
+    assert int8_values > 5 * float_values
 
 
 def test_ort_fuses_the_qdq_convs_into_qlinearconv(seg_int8, tmp_path):
