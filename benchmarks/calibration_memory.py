@@ -94,7 +94,7 @@ def child(impl: str, target: str, resolution: str, weights: str, photos: str, co
         del model
         before = _rss()
         if impl == "streamed":
-            from evit_deploy.trt.calibrate import stream_ranges
+            from evit_deploy.onnx.calibrate import stream_ranges
 
             stream_ranges(graph, images, input_name="input", op_types=["Conv"], method="percentile")
         else:

@@ -28,6 +28,15 @@ class TargetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def comma_list(value: Any) -> Any:
+    """A list option as the CLI gives it: ``--keep-fp32 attention,resize``, or ``none`` for []."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list) and len(value) == 1 and str(value[0]).lower() == "none":
+        return []
+    return value
+
+
 CALIBRATION_NEEDED = "int8 needs calibration images: pass --calib DIR (a folder of representative images)"
 
 

@@ -69,7 +69,7 @@ def test_streamed_qdq_ranges_equal_the_one_shot_ones(seg_onnx, images, tmp_path,
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    from evit_deploy.trt.calibrate import METHODS, stream_ranges
+    from evit_deploy.onnx.calibrate import METHODS, stream_ranges
 
     streamed = stream_ranges(copy.deepcopy(seg_onnx), images, input_name="input", op_types=["Conv"], method=method,
                              **({"budget": budget} if budget else {}))
@@ -107,9 +107,9 @@ def test_a_calibration_that_cannot_fit_is_refused_before_it_starts(seg_onnx, ima
 
 
 def test_required_bytes_grows_with_the_pixels(seg_model, tmp_path):
+    from evit_deploy.onnx.calibrate import required_bytes
     from evit_deploy.onnx.export import export_onnx_graph
     from evit_deploy.onnx.options import OnnxOptions
-    from evit_deploy.trt.calibrate import required_bytes
 
     small = export_onnx_graph(seg_model, GraphIO.image(SPEC), OnnxOptions(), tmp_path)
     large = export_onnx_graph(seg_model, GraphIO.image(SPEC.with_resolution(128, 256)), OnnxOptions(), tmp_path)

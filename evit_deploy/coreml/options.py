@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from evit_deploy.contracts import TargetOptions
+from evit_deploy.contracts import TargetOptions, comma_list
 from evit_deploy.errors import UsageError
 
 COMPUTE_UNITS = {"all": "ALL", "cpu_only": "CPU_ONLY", "cpu_and_gpu": "CPU_AND_GPU", "cpu_and_ne": "CPU_AND_NE"}
@@ -86,7 +86,7 @@ class CoreMLOptions(TargetOptions):
     @field_validator("keep_fp32", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+        return comma_list(value)
 
     @property
     def level(self) -> int:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
+    from evit_deploy.configs import Recipe
+
 
 def export_onnx_graph(model: torch.nn.Module, io: GraphIO, options: OnnxOptions, workdir: Path) -> onnx.ModelProto:
     """The fp32 graph from torch at ``io``'s sizes, with its dynamic dims, checked."""
@@ -168,13 +170,14 @@ def to_fp16(graph: onnx.ModelProto, keep_fp32: list[str]) -> tuple[onnx.ModelPro
     return to_mixed_fp16(graph, islands), islands_summary(islands)
 
 
-def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, options: OnnxOptions,
+def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, options: OnnxOptions,
                     ctx: ExportContext) -> ExportOutput:
-    """``NAME.onnx`` in ``ctx.workdir``: exported, simplified if asked, fp16 with islands, checked."""
+    """``NAME.onnx`` in ``ctx.workdir``: exported, simplified if asked, fp16 with islands or int8, checked."""
     import onnx
 
     from evit_deploy.convert.bicubic import bicubic_upsample_layers
 
+    precision = recipe.precision
     ctx.progress(f"torch.onnx.export ({options.exporter}, opset {options.opset})")
     graph = export_onnx_graph(model, ctx.graph, options, ctx.workdir)
     layer_map = onnx_layer_map(graph)  # before simplifying: onnxslim drops the provenance
@@ -195,6 +198,12 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: str, opt
         details["fp32_islands"] = islands
         notes.append(f"{len(islands)} fp32 island(s) kept in the fp16 graph: " +
                      ", ".join(sorted({i['kind'] for i in islands})))
+    elif precision == "int8":
+        from evit_deploy.onnx.int8 import quantize
+
+        graph, int8_details, int8_notes = quantize(graph, spec, recipe, options, ctx, rewritten)
+        details.update(int8_details)
+        notes += int8_notes
     add_metadata(graph, spec, ctx, precision)
     path = ctx.workdir / f"{ctx.model_name}.onnx"
     final = check_and_save(graph, path)

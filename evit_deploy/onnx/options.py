@@ -8,12 +8,12 @@ with it, here and on devices, so an artifact is timed the way it was measured
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from evit_deploy.contracts import TargetOptions
+from evit_deploy.contracts import TargetOptions, comma_list
 
 INSTALL_HINT = "pip install 'evit-deploy[onnx]'"
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
@@ -33,6 +33,12 @@ class OnnxOptions(TargetOptions):
     bicubic: Literal["exact", "resize"] = "exact"
     keep_fp32: list[Literal["attention", "layernorm", "resize"]] = Field(
         default_factory=lambda: ["attention", "layernorm", "resize"])
+    # int8 (evit_deploy.onnx.int8): the Q/DQ scheme ORT's CPU kernels run fastest, chosen by measurement
+    int8_scheme: Literal["qdq-u8s8", "qdq-s8s8", "qoperator-u8s8"] = "qdq-u8s8"
+    quantize_ops: list[Literal["Conv", "Gemm", "MatMul", "Add", "Mul"]] = Field(default_factory=lambda: ["Conv", "Add"])
+    calib_method: Literal["minmax", "entropy", "percentile"] = "percentile"
+    # more nodes to keep float: node names or module paths (a path keeps every node under it)
+    keep_float: list[str] = Field(default_factory=list)
     # ONNX Runtime session, at load time. "all" adds the NCHWc convolutions (2.2x over "extended"
     # on seg-B1). Spinning keeps idle pool threads polling between operators: it saves a wake-up per
     # operator on an idle machine, and on a busy one takes the CPU the other threads need (seg-B1,
@@ -44,6 +50,11 @@ class OnnxOptions(TargetOptions):
     def runner_section(self) -> dict[str, object]:
         """The ONNX Runtime session settings, for the manifest's ``details.runner``."""
         return self.model_dump(include=set(RUNNER_FIELDS))
+
+    @field_validator("keep_fp32", "quantize_ops", "keep_float", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return comma_list(value)
 
     @model_validator(mode="after")
     def _opset_in_range(self) -> OnnxOptions:

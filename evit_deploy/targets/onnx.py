@@ -1,4 +1,4 @@
-"""ONNX: torch's dynamo exporter, optional simplification, fp16 with fp32 islands, ONNX Runtime.
+"""ONNX: torch's dynamo exporter, optional simplification, fp16 with fp32 islands, int8 (Q/DQ), ONNX Runtime.
 
 The work is in ``evit_deploy.onnx``; this adapter names the target and what it needs.
 """
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class OnnxTarget(Target[OnnxOptions]):
     name = "onnx"
     extensions = (".onnx",)
-    precisions = (Precision.FP32, Precision.FP16)
+    precisions = (Precision.FP32, Precision.FP16, Precision.INT8)
     options_model = OnnxOptions
     description = "ONNX graph, run with ONNX Runtime (any platform)"
     requires = INSTALL_HINT
@@ -38,7 +38,7 @@ class OnnxTarget(Target[OnnxOptions]):
     def export(self, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, ctx: ExportContext) -> ExportOutput:
         from evit_deploy.onnx.export import export_artifact
 
-        return export_artifact(model, spec, recipe.precision, self.options(recipe), ctx)
+        return export_artifact(model, spec, recipe, self.options(recipe), ctx)
 
     def facts(self, manifest: Manifest, path: Path) -> ArtifactFacts:
         from evit_deploy.onnx.export import read_facts

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from evit_deploy.contracts import TargetOptions
+from evit_deploy.contracts import TargetOptions, comma_list
 from evit_deploy.dependencies import missing_modules
 
 INSTALL_HINT = "pip install 'evit-deploy[tflite]'"
@@ -32,9 +32,7 @@ class TfliteOptions(TargetOptions):
     @field_validator("keep_float", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
-        if isinstance(value, str):  # --keep-float attention,hardswish or a single flag value
-            return [v.strip() for v in value.split(",") if v.strip()] if value.lower() != "none" else []
-        return value
+        return comma_list(value)
 
 
 _DISTRIBUTIONS = {"litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert",

@@ -16,7 +16,13 @@ import numpy as np
 from evit_deploy.contracts import ExportContext, ExportOutput
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import ToolchainError
-from evit_deploy.onnx.export import add_metadata, check_and_save, export_onnx_graph, simplify, tensor_infos
+from evit_deploy.onnx.export import (
+    add_metadata,
+    check_and_save,
+    export_onnx_graph,
+    simplify,
+    tensor_infos,
+)
 from evit_deploy.onnx.opset import opset_of, to_opset_17
 from evit_deploy.onnx.options import OnnxOptions
 from evit_deploy.profiling import peak_rss_mb
@@ -120,24 +126,15 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
 
 def _int8(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: TrtOptions,
           islands: list[Any], ctx: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    from evit_deploy.onnx.qdq import key_material
     from evit_deploy.trt import int8
 
     calibration = ctx.calibration_batches(spec)
-    one = spec.with_resolution(spec.height, spec.width, batch=1)
-    material = {
-        "images": int8.image_digests(Path(str(recipe.calibration.source))),
-        "samples": recipe.calibration.samples,
-        "preprocessing": {"size": [one.height, one.width], "mean": list(one.mean), "std": list(one.std),
-                          "color": one.color, "crop_ratio": one.extra.get("crop_ratio"),
-                          "resize": "bicubic, shorter side + centre crop" if one.extra.get("crop_ratio")
-                          else "bicubic to size"},
-        "model": int8.sha256_bytes(graph.SerializeToString()),
-    }
     exclude = [n for island in islands for n in island.nodes]
     ctx.progress(f"int8: Q/DQ on {', '.join(options.quantize_ops)}; {len(exclude)} island node(s) stay fp32")
     return int8.quantize_qdq(graph, calibration, input_name=ctx.graph.inputs[0].name, exclude=exclude,
                              op_types=options.quantize_ops, method=options.calib_method,
-                             key_material=material, progress=ctx.progress)
+                             key_material=key_material(graph, spec, recipe), progress=ctx.progress)
 
 def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profiles: dict[str, Profile], options: TrtOptions,
               ctx: ExportContext) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from evit_deploy.contracts import TargetOptions
+from evit_deploy.contracts import TargetOptions, comma_list
 from evit_deploy.errors import UsageError
 
 if TYPE_CHECKING:
@@ -84,12 +84,7 @@ class TrtOptions(TargetOptions):
     @field_validator("keep_fp32", "quantize_ops", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
-        """``--keep-fp32 attention,resize`` and ``--keep-fp32 none`` from the CLI."""
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list) and value in (["none"], ["None"]):
-            return []
-        return value
+        return comma_list(value)
 
     @field_validator("dim_profile", mode="before")
     @classmethod

@@ -172,7 +172,7 @@ def test_profile_torch_eager(cli):
     (["--target", "openvino-nope"], "unknown target 'openvino-nope'"),
     (["--precision", "fp64"], "--precision 'fp64' is not one of 'fp32', 'fp16' or 'int8'"),
     (["--opset-typo", "18"], "unknown recipe field 'options.opset_typo'"),
-    (["--precision", "int8"], "does not support precision 'int8'"),
+    (["--precision", "int8"], "int8 needs calibration images: pass --calib DIR"),
 ])
 def test_export_usage_errors(cli, tmp_path, args, message):
     result = cli("export", SEG, "--out", tmp_path, *args)

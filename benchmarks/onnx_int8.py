@@ -1,0 +1,106 @@
+"""ONNX Runtime int8 vs fp32 on seg-B1 at 512x1024, 2 threads, and which Q/DQ scheme ORT runs fastest.
+
+Every artifact is timed by ``evit profile`` in its own process, round-robin over several rounds
+(harness.interleaved); the figures are ratios from this one run. The int8 candidates are the
+schemes of ``evit_deploy.onnx.qdq.ORT_SCHEMES`` (QDQ u8s8 / s8s8, QOperator u8s8), calibrated
+once (they share the cached ranges). ``verify`` on photos the calibration never saw gives each
+artifact's pixel agreement with PyTorch and the int8 weight-rounded bound it is held against.
+
+    python benchmarks/onnx_int8.py          # writes benchmarks/results/onnx_int8.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness import ROOT, evit, interleaved, seeded_weights, write_result
+from tflite import CALIB_PHOTOS, TEST_PHOTOS, write_photos
+
+sys.path.insert(0, str(ROOT))
+
+MODEL = "efficientvit-seg-b1-cityscapes"
+SCHEMES = ("qdq-u8s8", "qdq-s8s8", "qoperator-u8s8")
+TARGET_SPEEDUP = 1.4  # int8 over fp32 on ORT's CPU provider (issue 18)
+TARGET_GAP = 0.015  # pixel agreement at most 1.5 points under the int8 weight-rounded bound
+
+
+def parity(artifact: Path, images: Path, threads: int) -> dict[str, Any]:
+    from evit_deploy import api
+
+    report = api.verify(artifact, images=images, threads=threads, record=False)
+    agreement = report.task_metrics["pixel_agreement"]
+    bound = (report.weight_rounding or {}).get("pixel_agreement")
+    return {"pixel_agreement": agreement, "weight_rounded_bound": bound,
+            "gap_to_bound": None if bound is None else bound - agreement,
+            "cosine": report.outputs["logits"].cosine, "passed": report.passed,
+            "failed": [c.name for c in report.failures], "images": report.samples}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resolution", default="512x1024")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--calib-samples", type=int, default=8)
+    parser.add_argument("--schemes", default=",".join(SCHEMES))
+    args = parser.parse_args(argv)
+
+    weights = seeded_weights("efficientvit_seg_b1_cityscapes")
+    schemes = [s for s in args.schemes.split(",") if s]
+    with tempfile.TemporaryDirectory(prefix="evit-bench-onnx-int8-") as tmp_name:
+        tmp = Path(tmp_name)
+        os.environ["EVIT_CALIB_CACHE"] = str(tmp / "calib-cache")  # the schemes share one calibration
+        calib = write_photos(tmp / "calib", CALIB_PHOTOS, 1)
+        test = write_photos(tmp / "test", TEST_PHOTOS, 1)
+        common = ["--resolution", args.resolution, *(["--weights", weights] if weights else []), "-q"]
+        print("exporting onnx_fp32", flush=True)
+        artifacts = {"onnx_fp32": Path(evit("export", MODEL, "--target", "onnx", "--config", "onnx-fp32", *common,
+                                            "--out", tmp / "fp32").strip())}
+        for scheme in schemes:
+            print(f"exporting onnx_int8 {scheme}", flush=True)
+            artifacts[scheme] = Path(evit("export", MODEL, "--target", "onnx", "--config", "onnx-int8", *common,
+                                          "--calib", calib, "--calib-samples", args.calib_samples,
+                                          "--out", tmp / scheme, "--int8-scheme", scheme).strip())
+        sizes = {name: path.stat().st_size for name, path in artifacts.items()}
+        results = interleaved({name: [path] for name, path in artifacts.items()}, rounds=args.rounds,
+                              threads=args.threads, warmup=args.warmup, iters=args.iters)
+        checks = {name: parity(path, test, args.threads) for name, path in artifacts.items() if name != "onnx_fp32"}
+
+    p50 = {name: r["p50_ms"] for name, r in results.items()}
+    speedups = {scheme: p50["onnx_fp32"] / p50[scheme] for scheme in schemes}
+    best = max(speedups, key=speedups.__getitem__)
+    gap = checks[best]["gap_to_bound"]
+    write_result("onnx_int8", {
+        "model": MODEL,
+        "resolution": args.resolution,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "iters_per_round": args.iters,
+        "calibration": f"{args.calib_samples} photo crops (percentile, streamed); parity on {len(TEST_PHOTOS)} "
+                       "other photos",
+        "weights": "fixtures' seeded trained-looking weights" if weights else "random init",
+        "p50_ms": p50,
+        "int8_speedup_over_fp32": speedups,
+        "fastest_scheme": best,
+        "target_int8_speedup": TARGET_SPEEDUP,
+        "meets_speed_target": speedups[best] >= TARGET_SPEEDUP,
+        "target_gap_to_bound": TARGET_GAP,
+        "meets_agreement_target": gap is not None and gap <= TARGET_GAP,
+        "size_bytes": sizes,
+        "parity_on_unseen_photos": checks,
+        "results": results,
+        "note": "measured on a shared 2-core machine: ratios from one interleaved run",
+    })
+    print(json.dumps({"p50_ms": p50, "speedups": speedups, "parity": checks}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

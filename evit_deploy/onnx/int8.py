@@ -1,0 +1,116 @@
+"""int8 for ONNX Runtime on CPUs: the shared Q/DQ quantiser (``evit_deploy.onnx.qdq``) in ORT's scheme.
+
+The LiteMLA attention and the resizes stay float (the same islands as fp16 and TensorRT int8),
+and so do the nodes that write the graph's outputs (the classifier / segmentation head's last
+layer: quantising the logits to 256 levels flips near-tied argmaxes; on seeded seg-B0 and seg-B1
+it cost 0.4-0.5 points of pixel agreement for one small conv), and any node named in ``keep_float`` (node names or module paths: the handle an
+accuracy-control loop turns). Calibration is the streamed, memory-checked, cached one TensorRT uses.
+
+The scheme was chosen by measurement (``benchmarks/onnx_int8_schemes.py``: seg-B1 at 512x1024,
+seeded weights, ORT 1.32 CPU provider, 2 threads, the candidates alternated run by run in one
+process, 12 rounds, on a shared 2-core Xeon with AVX512-VNNI and AMX; medians, ratios to fp32).
+Before main's exact-bicubic export and new attention graph (branch point 98dfb31):
+
+- QDQ, uint8 activations, int8 per-channel weights (u8s8), Q/DQ on Conv and the residual Adds:
+  1.35x fp32 (the chosen default); the same with Conv alone 1.19x; QOperator u8s8 1.17x;
+- QDQ s8s8: 0.73x (slower than fp32: ORT's s8s8 convs lose to u8s8 on x86).
+
+After merging main the same graphs run at 0.57-0.62x fp32 (s8s8 0.43x), same order: ORT runs
+QLinearConv channels-last and wraps the float ops between them (HardSwish, now split into
+HardSigmoid + Mul, and the attention) in Transposes: 37 in the optimised int8 graph where
+there were 23. Pixel agreement on seeded seg-B1 at 128x256 (held-out photos) is the same for
+all schemes within 0.5 points (u8s8 Conv 0.904, Conv+Add 0.912, TensorRT's scheme 0.880); at
+512x1024 u8s8 keeps 0.916 of pixels where int8 weights alone keep 0.952 (``benchmarks/onnx_int8.py``).
+``MEASURED`` carries these figures into every int8 manifest's details.
+"""
+from __future__ import annotations
+
+import ast
+from typing import TYPE_CHECKING, Any
+
+from evit_deploy.errors import UsageError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from evit_deploy.configs import Recipe
+    from evit_deploy.contracts import ExportContext
+    from evit_deploy.onnx.options import OnnxOptions
+    from evit_deploy.spec import InputSpec
+
+# speed-up over the fp32 artifact per scheme and quantised ops, seg-B1 512x1024, 2 threads
+# (benchmarks/results/onnx_int8_schemes.json; a shared machine: ratios from one interleaved run)
+MEASURED: dict[str, Any] = {
+    "benchmark": "benchmarks/onnx_int8_schemes.py, seg-B1 512x1024, ORT CPU, 2 threads",
+    "speedup_over_fp32_at_98dfb31": {"qdq-u8s8 Conv+Add": 1.35, "qdq-u8s8 Conv": 1.19,
+                                     "qoperator-u8s8 Conv": 1.17, "qdq-s8s8 Conv": 0.73},
+    "speedup_over_fp32_after_main_bicubic_attention": {"qdq-u8s8 Conv+Add": 0.57, "qdq-u8s8 Conv": 0.62,
+                                                       "qoperator-u8s8 Conv": 0.54, "qdq-s8s8 Conv": 0.43},
+    "chosen": "qdq-u8s8 Conv+Add",
+}
+
+
+def quantize(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: OnnxOptions, ctx: ExportContext,
+             upsampling: list[str]) -> tuple[onnx.ModelProto, dict[str, Any], list[str]]:
+    """The int8 graph, the manifest details about it, and the notes for the user. ``upsampling``:
+    the module paths of the bicubic upsamplings exported as convolutions (``bicubic: exact``),
+    which stay float with the resizes: quantised, their depthwise convs and the Q/DQ around the
+    pad and pixel shuffle made seg-B1 int8 run at 0.6x fp32 instead of 1.35x."""
+    from evit_deploy.graph import islands_summary, name_nodes, select_islands
+    from evit_deploy.onnx.qdq import ORT_SCHEMES, key_material, quantize_qdq
+
+    if not ctx.image_graph:
+        raise UsageError(f"int8 calibrates from images; {ctx.model_name} takes other inputs")
+    name_nodes(graph)  # the names keep_float, the islands and the manifest share
+    islands = select_islands(graph, options.keep_fp32)
+    kept = keep_float_nodes(graph, options.keep_float)
+    upsampling_nodes = [n for path in upsampling for n in module_nodes(graph, path)] \
+        if "resize" in options.keep_fp32 else []
+    head = [n.name for n in graph.graph.node if set(n.output) & {o.name for o in graph.graph.output}]
+    exclude = list(dict.fromkeys([n for island in islands for n in island.nodes] + upsampling_nodes + head + kept))
+    scheme = ORT_SCHEMES[options.int8_scheme]
+    ctx.progress(f"int8 ({scheme.name}): Q/DQ on {', '.join(options.quantize_ops)}; "
+                 f"{len(exclude)} node(s) stay float")
+    quantized, info = quantize_qdq(graph, ctx.calibration_batches(spec), input_name=spec.name, exclude=exclude,
+                                   op_types=list(options.quantize_ops), method=options.calib_method,
+                                   key_material=key_material(graph, spec, recipe), scheme=scheme,
+                                   progress=ctx.progress)
+    details = {"int8": {**info, "scheme": scheme.name, "keep_float": list(options.keep_float),
+                        "keep_float_nodes": kept, "float_head": head, "float_upsampling": upsampling_nodes,
+                        "measured": MEASURED},
+               "fp32_islands": islands_summary(islands)}
+    notes = [f"int8 ({scheme.name}): {len(islands)} float island(s) "
+             f"({', '.join(sorted({i.kind for i in islands})) or 'none'}) and the output layer"
+             + (f", {len(kept)} node(s) kept float by keep_float" if kept else "")]
+    return quantized, details, notes
+
+
+def keep_float_nodes(graph: onnx.ModelProto, entries: list[str]) -> list[str]:
+    """The nodes ``entries`` name: a node name, or a module path (every node the exporter traced
+    inside that module, e.g. ``backbone.stages.3.op_list.1.context_module``). An entry that names
+    nothing is a usage error, so a typo never silently quantises what was meant to stay float."""
+    found: list[str] = []
+    for entry in entries:
+        hits = [n.name for n in graph.graph.node if n.name == entry] or module_nodes(graph, entry)
+        if not hits:
+            raise UsageError(f"keep_float: {entry!r} names no node or module of the graph; give node names "
+                             "or module paths such as backbone.stages.3.op_list.1.context_module")
+        found += [h for h in hits if h not in found]
+    return found
+
+
+def module_nodes(graph: onnx.ModelProto, path: str) -> list[str]:
+    """The nodes torch's exporter traced inside the module at ``path``."""
+    return [n.name for n in graph.graph.node if path in module_scopes(n)]
+
+
+def module_scopes(node: onnx.NodeProto) -> list[str]:
+    """The module paths torch's exporter recorded for ``node``, outermost first (empty if none)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return []
+            return [s for s in scopes[:-1] if s]  # the last one is the traced op, not a module
+    return []
