@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.debug.conftest import RESOLUTION, SEG
+from .conftest import RESOLUTION, SEG
 
 TARGET = 0.97
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.debug.conftest import (
+from .conftest import (
     DAMAGED,
     DAMAGED_TFLITE_SCOPE,
     FACTOR,

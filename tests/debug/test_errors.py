@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from tests.debug.conftest import copy_artifact
+from .conftest import copy_artifact
 
 
 def _refused(result, *needles: str) -> None:
