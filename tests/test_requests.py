@@ -12,6 +12,7 @@ from evit_deploy import api
 from evit_deploy.errors import UsageError
 from evit_deploy.requests import (
     BenchmarkRequest,
+    DebugRequest,
     EvalRequest,
     ExportRequest,
     ProfileRequest,
@@ -81,16 +82,32 @@ def test_a_folder_given_as_weights_is_named_as_a_folder(tmp_path: Path) -> None:
         ExportRequest.parse(model=MODEL, weights=tmp_path)
 
 
-def test_every_request_field_is_a_flag(cli) -> None:
-    """A field added to a request is a CLI flag too, with its help (no second declaration)."""
+def test_every_request_field_is_a_flag() -> None:
+    """A field added to a request is a CLI flag too, with its help (no second declaration). Read from the
+    commands Typer builds, not from rendered help, whose layout depends on the terminal."""
+    import typer
+
+    from evit_deploy.cli import app
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     for command, request_cls in (("export", ExportRequest), ("verify", VerifyRequest), ("profile", ProfileRequest),
-                                 ("eval", EvalRequest), ("benchmark", BenchmarkRequest), ("segment", SegmentRequest)):
-        text = cli(command, "--help").stdout
+                                 ("eval", EvalRequest), ("benchmark", BenchmarkRequest), ("segment", SegmentRequest),
+                                 ("debug", DebugRequest)):
+        group = commands[command]
+        params = (group.commands["run"] if command == "benchmark" else group).params
+        options = {flag.lower(): param for param in params
+                   for flag in [*param.opts, *getattr(param, "secondary_opts", [])] if flag.startswith("-")}
+        arguments = {param.name for param in params if param.param_type_name == "argument"}
         for name, field in request_cls.model_fields.items():
             extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
             if extra.get("cli", {}).get("hidden") or name == "tolerances":
                 continue
-            assert flag_of(request_cls, name).lower() in text.lower(), (command, name)
+            if extra.get("cli", {}).get("argument"):
+                assert name in arguments, (command, name, sorted(arguments))
+                continue
+            flag = flag_of(request_cls, name).lower()
+            assert flag in options, (command, name, sorted(options))
+            assert (options[flag].help or "").strip(), (command, name)
 
 
 def test_the_device_worker_gets_the_same_request() -> None:
