@@ -16,7 +16,7 @@ from PIL import Image
 
 from .conftest import BROKEN, MODEL, matrix_args
 
-EXPECTED = [f"{t}/{p}/64x128/cpu" for t, p in (("onnx", "fp16"), ("tflite", "fp16"), ("tflite", "int8"),
+EXPECTED = [f"{t}/{p}/64x128/cpu" for t, p in (("onnx", "fp16"), ("onnx", "int8"), ("tflite", "fp16"), ("tflite", "int8"),
                                                 ("coreml", "fp16"), ("trt", "fp16"), ("trt", "int8"),
                                                 (BROKEN, "fp16"), (BROKEN, "int8"))]
 FAILING = {f"{BROKEN}/fp16/64x128/cpu", f"{BROKEN}/int8/64x128/cpu"}

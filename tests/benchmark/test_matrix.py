@@ -22,11 +22,11 @@ def _plan(**options: object):
 def test_the_default_matrix_is_every_target_at_every_precision_it_has() -> None:
     matrix = _plan()
     assert [c.key for c in matrix.cells] == [
-        "onnx/fp32/1024x2048/cpu", "onnx/fp16/1024x2048/cpu",
+        "onnx/fp32/1024x2048/cpu", "onnx/fp16/1024x2048/cpu", "onnx/int8/1024x2048/cpu",
         "tflite/fp32/1024x2048/cpu", "tflite/fp16/1024x2048/cpu", "tflite/int8/1024x2048/cpu",
         "coreml/fp32/1024x2048/cpu", "coreml/fp16/1024x2048/cpu",
         "trt/fp32/1024x2048/cpu", "trt/fp16/1024x2048/cpu", "trt/int8/1024x2048/cpu"]
-    assert matrix.unsupported == ["onnx int8", "coreml int8"]
+    assert matrix.unsupported == ["coreml int8"]
 
 
 def test_resolutions_and_devices_multiply_in_table_order() -> None:

@@ -210,7 +210,7 @@ def test_a_changed_manifest_travels_alone(cli, inventory, onnx_artifact, tmp_pat
     assert cli("profile", artifact, "--device", "loop", "--inventory", inv, *FAST).code == 0
     manifest = manifest_path_for(artifact)
     data = json.loads(manifest.read_text())
-    data["recipe"]["options"]["graph_optimization"] = "basic"  # same bytes, another run-time option
+    data["details"]["runner"]["graph_optimization"] = "basic"  # same bytes, another recorded session setting
     manifest.write_text(json.dumps(data))
     result = cli("profile", artifact, "--device", "loop", "--inventory", inv, *FAST, "--json", "-")
     assert result.code == 0, result
