@@ -115,6 +115,7 @@ def test_onnx_graphs_reproduce_the_official_fixtures(exported: tuple[str, Path, 
         assert _relative(masks, case["masks"]) <= 1e-4 and _relative(scores, case["iou_predictions"]) <= 1e-4
 
 
+@pytest.mark.slow  # eleven photos through both graphs and PyTorch: minutes for L0
 def test_verify_on_the_fixture_photo_and_ten_photos(exported: tuple[str, Path, Path], sam_photos: Path) -> None:
     """ONNX fp32: embeddings and mask logits within 1e-4 relative of PyTorch; mask IoU >= 0.999 on the
     generated prompts (16 clicks + 4 boxes per photo), at 256x256 and on the photo."""
@@ -137,11 +138,13 @@ def test_verify_on_the_fixture_photo_and_ten_photos(exported: tuple[str, Path, P
     assert recorded is not None and recorded.passed and recorded.task["mask_iou"] == task["mask_iou"]
 
 
-def test_onnx_encoder_and_decoder_end_to_end_match_pytorch(exported: tuple[str, Path, Path],
+@pytest.mark.slow
+def test_onnx_encoder_and_decoder_end_to_end_match_pytorch(l0_bundle: Path, l0_weights: Path,
                                                            sam_photos: Path) -> None:
     """The user's chain, no PyTorch in it: ONNX encoder -> ONNX decoder -> numpy postprocessing, against
-    PyTorch's encoder and decoder on the same photo and prompts: IoU >= 0.999 per photo, every mask."""
-    name, bundle, weights = exported
+    PyTorch's encoder and decoder on the same photo and prompts: IoU >= 0.999 per photo, every mask. L0
+    only: XL0 at 1024 goes through the same chain once, in verify on the same photos."""
+    name, bundle, weights = MODEL, l0_bundle, l0_weights
     artifacts = load_bundle(bundle)[1]
     encoder = ort.InferenceSession(str(artifacts["encoder"]), providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(str(artifacts["decoder"]), providers=["CPUExecutionProvider"])

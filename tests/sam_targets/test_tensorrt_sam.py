@@ -136,6 +136,7 @@ def emulated(artifact: Path) -> Any:
     return runner
 
 
+@pytest.mark.slow  # eleven photos through the emulated fp16 encoder and PyTorch
 def test_typed_fp16_encoder_masks_on_eleven_photos(l0_fp16, sam_model, sam_photos):
     model = sam_model(L0)
     with emulated(l0_fp16["encoder"]) as runner:
