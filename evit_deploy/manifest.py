@@ -141,6 +141,21 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+def save_figure_atomic(figure: Any, path: Path, dpi: int = 110) -> None:
+    """A matplotlib figure written beside ``path`` and renamed into place: a plot is whole or absent."""
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        figure.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 STAGING_PREFIX = ".evit-staging-"
 _IMPORTED = time.time()
 

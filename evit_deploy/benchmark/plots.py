@@ -7,14 +7,12 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from evit_deploy.benchmark.render import UNSTABLE, baselines_shown, short_need
 from evit_deploy.benchmark.results import BenchmarkResult, Row
-from evit_deploy.errors import UsageError
+from evit_deploy.manifest import save_figure_atomic
 
 SCATTER, BARS = "latency_vs_accuracy.png", "latency.png"
 MATPLOTLIB_MISSING = "plots left out: matplotlib is not installed (pip install matplotlib)"
@@ -100,25 +98,11 @@ def write_plots(result: BenchmarkResult, out: Path) -> list[Path]:
     for name, draw in ((SCATTER, _scatter), (BARS, _bars)):
         figure = draw(plt, result)
         try:
-            _save(figure, out / name)
+            save_figure_atomic(figure, out / name)
         finally:
             plt.close(figure)
         written.append(out / name)
     return written
-
-
-def _save(figure: Any, path: Path) -> None:
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-        os.close(fd)
-        figure.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _scatter(plt: Any, result: BenchmarkResult) -> Any:

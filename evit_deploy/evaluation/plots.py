@@ -1,14 +1,13 @@
 """The confusion matrix as a PNG (matplotlib, imported only when a plot is asked for)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from evit_deploy.errors import RuntimeMissing, UsageError
+from evit_deploy.errors import RuntimeMissing
 from evit_deploy.evaluation.evaluate import EvalResult
+from evit_deploy.manifest import save_figure_atomic
 
 MAX_CLASSES_SHOWN = 40  # beyond this the labels are unreadable: the most frequent classes are kept
 
@@ -57,15 +56,7 @@ def write_confusion_png(result: EvalResult, path: Path) -> None:
     suffix = f" ({omitted} classes not shown)" if omitted else ""
     figure.suptitle(f"{result.model} · {result.format}: {result.images} image(s){suffix}")
     figure.tight_layout()
-    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-        os.close(fd)
-        figure.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
+        save_figure_atomic(figure, path)
     finally:
         plt.close(figure)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

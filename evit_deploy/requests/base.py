@@ -10,6 +10,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 from typing_extensions import Self
 
@@ -171,3 +173,19 @@ def _weights_of(path: Path | None, model: Any) -> Path | None:
 UNBOUNDED = 2**31  # an image size no prompt reaches: checks a prompt file's form before the images are known
 Seed = Annotated[int, Field(ge=0)]
 Threads = Annotated[int | None, Field(ge=1)]
+
+
+class ZooModelRequest(Request):
+    """A command on a zoo model (``model``) and its checkpoint (``weights``): the two checked once here."""
+
+    @field_validator("model", check_fields=False)
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not value.strip():
+            raise UsageError("MODEL is empty; give a zoo name (see `evit models`)")
+        return value
+
+    @field_validator("weights", check_fields=False)
+    @classmethod
+    def _weights(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _weights_of(value, info.data.get("model"))

@@ -19,6 +19,7 @@ from evit_deploy.requests.base import (
     Resolution,
     Seed,
     Threads,
+    ZooModelRequest,
     _dims,
     _existing_file,
     _names,
@@ -30,7 +31,7 @@ from evit_deploy.sam import read_prompt_file
 from evit_deploy.spec import Precision
 
 
-class ExportRequest(Request):
+class ExportRequest(ZooModelRequest):
     """``evit export``: a zoo model (with its checkpoint) becomes an artifact and its manifest."""
 
     command: ClassVar[str] = "export"
@@ -62,18 +63,6 @@ class ExportRequest(Request):
     seed: Seed = Field(0, description="Seed for random weights when no --weights is given.")
     options: dict[str, Any] = Field(default_factory=dict, description="Target options (after the others).",
                                     json_schema_extra=cli(hidden=True))
-
-    @field_validator("model")
-    @classmethod
-    def _model_name(cls, value: str) -> str:
-        if not value.strip():
-            raise UsageError("MODEL is empty; give a zoo name (see `evit models`)")
-        return value
-
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return _weights_of(value, info.data.get("model"))
 
     @field_validator("name")
     @classmethod

@@ -20,6 +20,7 @@ from evit_deploy.requests.base import (
     Resolution,
     Seed,
     Threads,
+    ZooModelRequest,
     _existing_file,
     _names,
     _path_text,
@@ -211,7 +212,7 @@ def _shard(value: Any) -> Any:
 Names = Annotated[list[str] | None, BeforeValidator(_names)]
 
 
-class BenchmarkRequest(LabelledData):
+class BenchmarkRequest(ZooModelRequest, LabelledData):
     """``evit benchmark``: every target x precision (x resolution x device) exported, checked, scored and timed."""
 
     command: ClassVar[str] = "benchmark"
@@ -249,18 +250,6 @@ class BenchmarkRequest(LabelledData):
         None, description="Run the I-th of N deterministic slices of the matrix (e.g. 1/4); `evit benchmark merge` "
                           "joins the slices' results.", json_schema_extra=cli(metavar="I/N", as_type=str))
     seed: Seed = Field(0, description="Seed of random weights (no --weights) and of the random inputs.")
-
-    @field_validator("model")
-    @classmethod
-    def _model_name(cls, value: str) -> str:
-        if not value.strip():
-            raise UsageError("MODEL is empty; give a zoo name (see `evit models`)")
-        return value
-
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return _weights_of(value, info.data.get("model"))
 
     @field_validator("precisions")
     @classmethod
