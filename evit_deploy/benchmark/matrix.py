@@ -21,13 +21,12 @@ TARGET_ORDER = ("onnx", "tflite", "coreml", "trt")
 PRECISION_ORDER = tuple(p.value for p in Precision)
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One row of the matrix, before it has run."""
+class MatrixPlace:
+    """Where a cell or its result row sits in the matrix: its key, size label and table order."""
 
     target: str
     precision: str
-    resolution: tuple[int, int]
+    resolution: tuple[int, int] | list[int]
     device: str
 
     @property
@@ -41,6 +40,17 @@ class Cell:
 
     def sort_key(self) -> tuple[object, ...]:
         return order_key(self.target, self.precision, self.resolution, self.device)
+
+
+@dataclass(frozen=True)
+class Cell(MatrixPlace):
+    """One row of the matrix, before it has run."""
+
+    target: str
+    precision: str
+    resolution: tuple[int, int]
+    device: str
+
 
 
 def order_key(target: str, precision: str, resolution: tuple[int, int] | list[int], device: str) -> tuple[object, ...]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evit_deploy.benchmark.matrix import Cell, order_key
+from evit_deploy.benchmark.matrix import Cell, MatrixPlace
 
 SCHEMA = 1
 OK, CHECK_FAILED, EXPORT_FAILED, RUN_FAILED, SKIPPED = "ok", "check failed", "export failed", "run failed", "skipped"
@@ -43,7 +43,7 @@ class Metric:
 
 
 @dataclass
-class Row:
+class Row(MatrixPlace):
     """One cell of the matrix and what became of it."""
 
     target: str
@@ -67,17 +67,6 @@ class Row:
     @classmethod
     def of(cls, cell: Cell) -> Row:
         return cls(cell.target, cell.precision, list(cell.resolution), cell.device)
-
-    @property
-    def key(self) -> str:
-        return f"{self.target}/{self.precision}/{self.size}/{self.device}"
-
-    @property
-    def size(self) -> str:
-        return f"{self.resolution[0]}x{self.resolution[1]}"
-
-    def sort_key(self) -> tuple[object, ...]:
-        return order_key(self.target, self.precision, self.resolution, self.device)
 
     def fail(self, status: str, stage: str, reason: str) -> None:
         """Record a failure: the gravest so far decides the status and the reason, the others become notes."""
