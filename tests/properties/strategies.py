@@ -6,9 +6,14 @@ often, so examples reach past "unknown field" into each field's own validation.
 """
 from __future__ import annotations
 
+import shutil
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
@@ -18,6 +23,20 @@ DEEP = 2000
 FAST_CLI = 15
 DEEP_CLI = 300
 QUIET = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
+
+
+@contextmanager
+def scratch(tmp_path_factory: pytest.TempPathFactory, prefix: str) -> Iterator[Path]:
+    """A folder for one Hypothesis example, removed when the example ends.
+
+    The deep suite draws thousands of examples, each copying an artifact: kept until the session
+    ends, they filled CI's disk (27 GB from one test) and every later test failed in setup.
+    """
+    folder = tmp_path_factory.mktemp(prefix)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def fast(n: int = FAST) -> Any:

@@ -19,7 +19,7 @@ from evit_deploy.configs import Recipe, load_recipe, parse_resolution
 from evit_deploy.devices import SSH_OPTIONS_ALLOWED, Device, parse_inventory
 from evit_deploy.errors import UsageError
 
-from .strategies import DEEP_CLI, FAST_CLI, deep, fast, mappings, nested, resolution_text
+from .strategies import DEEP_CLI, FAST_CLI, deep, fast, mappings, nested, resolution_text, scratch
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -89,14 +89,16 @@ def check_recipe(tmp: Path, text: str) -> bool:
 @example("calibration: {source: 3}\n")
 @example("options: 5\n")
 def test_recipe_files(tmp_path_factory, text):
-    check_recipe(tmp_path_factory.mktemp("recipe"), text)
+    with scratch(tmp_path_factory, "recipe") as folder:
+        check_recipe(folder, text)
 
 
 @pytest.mark.slow
 @deep()
 @given(recipe_documents())
 def test_recipe_files_deep(tmp_path_factory, text):
-    check_recipe(tmp_path_factory.mktemp("recipe"), text)
+    with scratch(tmp_path_factory, "recipe") as folder:
+        check_recipe(folder, text)
 
 
 def check_export_refuses(cli, tmp: Path, text: str) -> None:
@@ -112,14 +114,16 @@ def check_export_refuses(cli, tmp: Path, text: str) -> None:
 @fast(FAST_CLI)
 @given(recipe_documents())
 def test_refused_recipes_through_the_cli(cli, tmp_path_factory, text):
-    check_export_refuses(cli, tmp_path_factory.mktemp("cli"), text)
+    with scratch(tmp_path_factory, "cli") as folder:
+        check_export_refuses(cli, folder, text)
 
 
 @pytest.mark.slow
 @deep(DEEP_CLI)
 @given(recipe_documents())
 def test_refused_recipes_through_the_cli_deep(cli, tmp_path_factory, text):
-    check_export_refuses(cli, tmp_path_factory.mktemp("cli"), text)
+    with scratch(tmp_path_factory, "cli") as folder:
+        check_export_refuses(cli, folder, text)
 
 
 # ----------------------------------------------------------------------------- devices.yaml

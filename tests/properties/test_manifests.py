@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from evit_deploy.errors import UsageError
 from evit_deploy.manifest import load_manifest, manifest_path_for, sha256_path
 
-from .strategies import DEEP_CLI, FAST_CLI, deep, fast, nested
+from .strategies import DEEP_CLI, FAST_CLI, deep, fast, nested, scratch
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -140,24 +140,28 @@ def check_verify(cli, root: Path, small_onnx: Path, changes: list[tuple]) -> Non
 @fast(200)
 @given(edits)
 def test_edited_manifests_load_or_are_refused(tmp_path_factory, small_onnx, changes):
-    check_load(tmp_path_factory.mktemp("m"), small_onnx, changes)
+    with scratch(tmp_path_factory, "m") as folder:
+        check_load(folder, small_onnx, changes)
 
 
 @pytest.mark.slow
 @deep()
 @given(edits)
 def test_edited_manifests_load_or_are_refused_deep(tmp_path_factory, small_onnx, changes):
-    check_load(tmp_path_factory.mktemp("m"), small_onnx, changes)
+    with scratch(tmp_path_factory, "m") as folder:
+        check_load(folder, small_onnx, changes)
 
 
 @fast(FAST_CLI)
 @given(edits)
 def test_verify_on_edited_manifests(cli, tmp_path_factory, small_onnx, changes):
-    check_verify(cli, tmp_path_factory.mktemp("v"), small_onnx, changes)
+    with scratch(tmp_path_factory, "v") as folder:
+        check_verify(cli, folder, small_onnx, changes)
 
 
 @pytest.mark.slow
 @deep(DEEP_CLI)
 @given(edits)
 def test_verify_on_edited_manifests_deep(cli, tmp_path_factory, small_onnx, changes):
-    check_verify(cli, tmp_path_factory.mktemp("v"), small_onnx, changes)
+    with scratch(tmp_path_factory, "v") as folder:
+        check_verify(cli, folder, small_onnx, changes)
