@@ -69,9 +69,15 @@ class _Buffer:
         self.host = np.frombuffer(raw, dtype=self.dtype, count=int(np.prod(shape))).reshape(shape)
 
     def free(self) -> None:
+        """Release both allocations; ``host`` becomes empty, so a late read cannot touch freed
+        pinned memory (numpy would segfault, not raise), and a second call does nothing."""
+        if self._host_ptr is None:
+            return
         rt = cudart()
+        self.host = np.empty((0,), dtype=self.dtype)
         rt.cudaFree(self.device)
         rt.cudaFreeHost(self._host_ptr)
+        self.device, self._host_ptr = None, None
 
 
 class TrtRunner(Runner):
