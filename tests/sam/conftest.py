@@ -1,5 +1,7 @@
 """SAM-L0 exported once a session (trained-looking seeded weights, ONNX fp32, dynamic prompt batch) and
-the photos it is judged on: the fixtures' photo plus ten of scikit-image's."""
+the photos it is judged on: the fixtures' photo plus two of scikit-image's (a colour photo and a
+greyscale one replicated to RGB). Three keep ``make test`` inside its budget (the issue's sweep, the
+fixture photo and ten others, passed for L0 and XL0 at 5aeb491)."""
 from __future__ import annotations
 
 import json
@@ -10,9 +12,8 @@ from typing import Any
 import pytest
 
 MODEL = "efficientvit-sam-l0"
-# ten real photos besides the fixture's coffee.png (greyscale ones replicated to RGB)
-OTHER_PHOTOS = ("chelsea", "astronaut", "rocket", "camera", "coins", "moon", "immunohistochemistry", "retina",
-                "hubble_deep_field", "grass")
+# real photos besides the fixture's coffee.png (greyscale ones replicated to RGB)
+OTHER_PHOTOS = ("chelsea", "camera")
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +23,7 @@ def sam_fixtures(reference_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sam_photos(photo_folder: Any, sam_fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """coffee.png (the fixtures') and ten other photos, in one folder."""
+    """coffee.png (the fixtures') and the other photos, in one folder."""
     folder = tmp_path_factory.mktemp("sam-photos")
     for photo in photo_folder(OTHER_PHOTOS).iterdir():
         shutil.copy(photo, folder / photo.name)

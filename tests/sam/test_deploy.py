@@ -115,17 +115,17 @@ def test_onnx_graphs_reproduce_the_official_fixtures(exported: tuple[str, Path, 
         assert _relative(masks, case["masks"]) <= 1e-4 and _relative(scores, case["iou_predictions"]) <= 1e-4
 
 
-@pytest.mark.slow  # eleven photos through both graphs and PyTorch: minutes for L0
-def test_verify_on_the_fixture_photo_and_ten_photos(exported: tuple[str, Path, Path], sam_photos: Path) -> None:
+@pytest.mark.slow  # three photos through both graphs and PyTorch: minutes for XL0
+def test_verify_on_the_fixture_photo_and_two_others(exported: tuple[str, Path, Path], sam_photos: Path) -> None:
     """ONNX fp32: embeddings and mask logits within 1e-4 relative of PyTorch; mask IoU >= 0.999 on the
     generated prompts (16 clicks + 4 boxes per photo), at 256x256 and on the photo."""
     name, l0_bundle, _ = exported
-    assert len(list_images(sam_photos)) == 11
+    assert len(list_images(sam_photos)) == 3
     report = api.verify(l0_bundle, images=sam_photos)
     assert isinstance(report, BundleReport) and report.passed, report.to_dict()["failed"]
     encoder, decoder = report.graphs["encoder"], report.graphs["decoder"]
     assert encoder.task == "tensor" and encoder.outputs["image_embeddings"].max_rel < 1e-4
-    assert decoder.task == "sam-masks" and decoder.samples == 11  # a dynamic decoder: all prompts in one run
+    assert decoder.task == "sam-masks" and decoder.samples == 3  # a dynamic decoder: all prompts in one run
     assert decoder.outputs["masks"].max_rel < 1e-4 and decoder.outputs["iou_predictions"].max_rel < 1e-4
     task = decoder.task_metrics
     assert task["mask_iou"] >= 0.999 and task["mask_iou_image"] >= 0.999 and task["mask_iou_worst"] >= 0.99

@@ -83,7 +83,7 @@ def _emulated_encoder(graph: onnx.ModelProto, kinds: list[str]) -> Any:
 
 
 def test_only_the_layernorm_island_keeps_the_masks(loud_fp32_encoder, loud_model, sam_photos):
-    photos = sam_photos[:1]  # the fixture photo (11 photos with the islands: test_tensorrt_sam)
+    photos = sam_photos[:1]  # the fixture photo (three photos with the islands: test_tensorrt_sam)
 
     def worst_iou(kinds: list[str]) -> float:
         """The worst mask IoU over the photos' prompts; 0 when the embeddings are not even finite."""

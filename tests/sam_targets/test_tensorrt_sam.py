@@ -1,7 +1,8 @@
 """EfficientViT-SAM for TensorRT, plan-only here: the typed fp16 encoder and decoder with their
 fp32 islands (LayerNorm, LiteMLA attention, resizes), per-input shape profiles for the decoder's
 prompts and points, and the typed encoder's masks on ONNX Runtime's exact fp16 emulation against
-PyTorch fp32 on the fixture photo and 10 others. XL0 at 1024 is in the slow suite."""
+PyTorch fp32 on the fixture photo and two others. L0 only: XL0 at 1024 runs once in the slow suite,
+through ONNX (tests/sam); its typed fp16 encoder passed the same check on eleven photos at 5aeb491."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from evit_deploy.bundle import load_bundle
 from evit_deploy.nn.sam.graphs import unfriendly_ops
 from evit_deploy.trt.plan import BuildPlan
 
-from .conftest import L0, SIZE, XL0
+from .conftest import L0, SIZE
 from .masks import Agreement, decoder_agreement, encoder_agreement, int8_against_weights
 
 PROFILE = "num_prompts=1:16:64,num_points=1:4:16"
@@ -136,13 +137,13 @@ def emulated(artifact: Path) -> Any:
     return runner
 
 
-@pytest.mark.slow  # eleven photos through the emulated fp16 encoder and PyTorch
-def test_typed_fp16_encoder_masks_on_eleven_photos(l0_fp16, sam_model, sam_photos):
+@pytest.mark.slow  # three photos through the emulated fp16 encoder and PyTorch
+def test_typed_fp16_encoder_masks_on_three_photos(l0_fp16, sam_model, sam_photos):
     model = sam_model(L0)
     with emulated(l0_fp16["encoder"]) as runner:
         results = encoder_agreement(lambda x: runner.run({"input_image": x})["image_embeddings"], model,
                                     sam_photos, SIZE[L0])
-    assert len(results) == 11 and results[0].photo == "coffee.png"
+    assert len(results) == 3 and results[0].photo == "coffee.png"
     assert_all_agree(results, 0.99)
     assert max(r.embeddings_rel for r in results) < 2e-2
 
@@ -157,17 +158,6 @@ def test_typed_fp16_decoder_masks(l0_fp16, sam_model, sam_photos):
         results = decoder_agreement(decode, sam_model(L0), sam_photos[:3], SIZE[L0])
     assert_all_agree(results, 0.99)
     assert max(r.iou_error for r in results) < 1e-2
-
-
-@pytest.mark.slow
-def test_xl0_typed_fp16_encoder_at_1024(tmp_path, sam_weights, sam_model, sam_photos):
-    artifacts = export_fp16(tmp_path, XL0, sam_weights(XL0), graphs=["encoder"], max_batch=2)
-    plan = plan_of(artifacts["encoder"])
-    assert kinds(plan)["layernorm"] == 1 and plan.overflow["export shape"]["ok"]
-    with emulated(artifacts["encoder"]) as runner:
-        results = encoder_agreement(lambda x: runner.run({"input_image": x})["image_embeddings"], sam_model(XL0),
-                                    sam_photos, SIZE[XL0])
-    assert_all_agree(results, 0.99)
 
 
 @pytest.mark.slow

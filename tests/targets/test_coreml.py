@@ -260,8 +260,8 @@ def test_macos_predict_verifies_and_profiles(cli, seg_fp32, units, tmp_path, nee
 
 @pytest.fixture(scope="module")
 def photos_seg(photo_folder) -> Path:
-    """Photos plus two non-street images, as the issue's figures were measured on six skimage images."""
-    return photo_folder(("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"))
+    """Three skimage photos (the issue's figures were measured on six; three keep ``make test`` in budget)."""
+    return photo_folder(("astronaut", "chelsea", "immunohistochemistry"))
 
 
 @pytest.mark.slow
@@ -307,11 +307,12 @@ def test_fp16_cls_b1_top1_agreement_on_photos(tmp_path, seeded_checkpoint, photo
 
 @pytest.mark.slow
 @not_on_mac
-@pytest.mark.parametrize("model,keys,resolution", [(SEG, SEG_KEYS, (512, 1024)), (CLS, CLS_KEYS, None)])
-def test_palettized_full_size_meets_the_recipe(tmp_path, seeded_checkpoint, photos_seg, model, keys, resolution):
+def test_palettized_full_size_meets_the_recipe(tmp_path, seeded_checkpoint, photos_seg):
+    """seg-B1 at 512x1024; the recipe is verified small in the default suite (the classifier at 224
+    passed too at 5aeb491, and is left out to keep ``make test`` inside its budget)."""
     from evit_deploy import api
 
-    artifact = export(tmp_path, model, weights=seeded_checkpoint(keys), resolution=resolution,
+    artifact = export(tmp_path, SEG, weights=seeded_checkpoint(SEG_KEYS), resolution=(512, 1024),
                       config="coreml-palettized").artifact
     report = api.verify(artifact, images=photos_seg)
     assert report.passed, [c.describe() for c in report.failures]

@@ -36,7 +36,8 @@ TEST_PHOTOS = ("chelsea", "rocket", "immunohistochemistry", "coins", "moon", "cl
 @pytest.fixture(scope="session")
 def photos(photo_folder) -> dict[str, Path]:
     return {"calib": photo_folder(CALIB_PHOTOS, 4),  # 32 images
-            "test": photo_folder(TEST_PHOTOS, 2)}  # 20 images
+            "test": photo_folder(TEST_PHOTOS, 2),  # 20 images: a 95% top-1 is 19 of them
+            "seg_test": photo_folder(TEST_PHOTOS)}  # 10 images at 512x1024
 
 
 def _weights(seeded_weights: ModuleType, reference_dir: Path, keys: str, out: Path) -> Path:
@@ -266,13 +267,13 @@ def cls_b1(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, Path], se
 
 @pytest.mark.slow
 def test_seg_b1_fp32(seg_b1: dict[str, api.ExportResult], photos: dict[str, Path]) -> None:
-    report = api.verify(seg_b1["fp32"].artifact, images=photos["test"], threads=2)
+    report = api.verify(seg_b1["fp32"].artifact, images=photos["seg_test"], threads=2)
     assert report.passed and report.outputs["logits"].max_rel <= 1e-4, [c.describe() for c in report.checks]
 
 
 @pytest.mark.slow
 def test_seg_b1_fp16(seg_b1: dict[str, api.ExportResult], photos: dict[str, Path]) -> None:
-    report = api.verify(seg_b1["fp16"].artifact, images=photos["test"], threads=2)
+    report = api.verify(seg_b1["fp16"].artifact, images=photos["seg_test"], threads=2)
     assert report.task_metrics["pixel_agreement"] >= 0.999, report.task_metrics
 
 
@@ -286,7 +287,7 @@ def test_seg_b1_int8(seg_b1: dict[str, api.ExportResult], photos: dict[str, Path
     verify reports that bound and says the precision, not the export, limits the figure.
     What the export must not do is lose much more than int8 weights alone do.
     """
-    report = api.verify(seg_b1["int8"].artifact, images=photos["test"], threads=2)
+    report = api.verify(seg_b1["int8"].artifact, images=photos["seg_test"], threads=2)
     precision_limited(report, "pixel_agreement", 0.99, slack=0.04)
 
 
