@@ -261,8 +261,9 @@ def cls_b1(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, Path], se
         pytest.skip(f"tflite: {TFLITE.available()}")
     out = tmp_path_factory.mktemp("cls_b1")
     weights = _weights(seeded_weights, reference_dir, "efficientvit_cls_b1", out)
-    return {p: _export("efficientvit-b1-r224", weights, out, p, (224, 224),
-                       photos["calib"] if p == "int8" else None, samples=32) for p in ("fp32", "fp16", "int8")}
+    # int8 alone: the classifier's fp32 and fp16 at full size passed at 5aeb491 and are held small in
+    # the default suite; the 20-photo top-1 of int8 is the figure that needs the full model
+    return {"int8": _export("efficientvit-b1-r224", weights, out, "int8", (224, 224), photos["calib"], samples=32)}
 
 
 @pytest.mark.slow
@@ -289,18 +290,6 @@ def test_seg_b1_int8(seg_b1: dict[str, api.ExportResult], photos: dict[str, Path
     """
     report = api.verify(seg_b1["int8"].artifact, images=photos["seg_test"], threads=2)
     precision_limited(report, "pixel_agreement", 0.99, slack=0.04)
-
-
-@pytest.mark.slow
-def test_cls_b1_fp32(cls_b1: dict[str, api.ExportResult], photos: dict[str, Path]) -> None:
-    report = api.verify(cls_b1["fp32"].artifact, images=photos["test"], threads=2)
-    assert report.passed and report.outputs["logits"].max_rel <= 1e-4, [c.describe() for c in report.checks]
-
-
-@pytest.mark.slow
-def test_cls_b1_fp16(cls_b1: dict[str, api.ExportResult], photos: dict[str, Path]) -> None:
-    report = api.verify(cls_b1["fp16"].artifact, images=photos["test"], threads=2)
-    assert report.task_metrics["top1_agreement"] >= 0.95, report.task_metrics
 
 
 @pytest.mark.slow
