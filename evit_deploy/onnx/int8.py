@@ -50,6 +50,14 @@ MEASURED: dict[str, Any] = {
 }
 
 
+# Said at every ONNX int8 export, so nobody ships it for CPU speed by mistake.
+SLOWER_THAN_FP32 = (
+    "ONNX Runtime's CPU kernels have no int8 HardSwish: the float activations between the int8 convolutions cost "
+    f"more than int8 saves (seg-B1 512x1024, 2 threads: "
+    f"{MEASURED['speedup_over_fp32_after_main_bicubic_attention']['qdq-u8s8 Conv+Add']}x the fp32 artifact's speed). "
+    "Ship fp32 for CPU speed; this int8 file is for size (about 3.3x smaller)")
+
+
 def quantize(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: OnnxOptions, ctx: ExportContext,
              upsampling: list[str]) -> tuple[onnx.ModelProto, dict[str, Any], list[str]]:
     """The int8 graph, the manifest details about it, and the notes for the user. ``upsampling``:
@@ -81,7 +89,8 @@ def quantize(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: O
                "fp32_islands": islands_summary(islands)}
     notes = [f"int8 ({scheme.name}): {len(islands)} float island(s) "
              f"({', '.join(sorted({i.kind for i in islands})) or 'none'}) and the output layer"
-             + (f", {len(kept)} node(s) kept float by keep_float" if kept else "")]
+             + (f", {len(kept)} node(s) kept float by keep_float" if kept else ""),
+             SLOWER_THAN_FP32]
     return quantized, details, notes
 
 
