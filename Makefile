@@ -16,12 +16,13 @@ $(BIN)/evit: pyproject.toml constraints.txt
 	$(PIP) -e '.[all,dev]'
 	touch $@
 
-# Everything this machine can run, fast suite and slow end-to-end matrix in one session: the two
-# workers steal each other's queued tests, so neither idles behind a long test at the end of a
-# suite (two sessions in a row took 34 minutes here, over the 30 the suite is allowed).
+# Everything this machine can run, fast suite and slow end-to-end matrix in one session, slow tests
+# first (tests/conftest.py): the two workers steal each other's queued tests, so neither idles behind
+# a long test at the end (two sessions in a row took 34 minutes here, over the 30 allowed). The 25
+# slowest are listed, to keep an eye on that budget.
 # Tests that need a GPU or macOS skip with the reason (-ra prints it).
 test: install
-	$(BIN)/pytest -n 2 --dist worksteal tests
+	$(BIN)/pytest -n 2 --dist worksteal --durations=25 tests
 
 test-fast: install
 	$(BIN)/pytest -n 2 --dist worksteal -m "not slow" tests

@@ -26,6 +26,12 @@ def _share_the_cores() -> None:
 
 
 _share_the_cores()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow end-to-end tests first: started last, a few minutes-long tests left one worker
+    running alone at the end of ``make test`` while the other idled."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EVIT_SHARED", REPO.parent / "shared")).resolve()
 REFERENCE = SHARED / "reference"

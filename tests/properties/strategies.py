@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 FAST = 60
-DEEP = 600
+DEEP = 300
 # CLI runs build models and sessions: no per-example deadline, fewer examples
 FAST_CLI = 15
-DEEP_CLI = 60
+DEEP_CLI = 30
 QUIET = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
 
 

@@ -250,8 +250,9 @@ def seg_b1(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, Path], se
         pytest.skip(f"tflite: {TFLITE.available()}")
     out = tmp_path_factory.mktemp("seg_b1")
     weights = _weights(seeded_weights, reference_dir, "efficientvit_seg_b1_cityscapes", out)
-    return {p: _export("efficientvit-seg-b1-cityscapes", weights, out, p, (512, 1024),
-                       photos["calib"] if p == "int8" else None, samples=32) for p in ("fp32", "fp16", "int8")}
+    # fp32 alone: fp16 and int8 at this size passed at 5aeb491 (int8 within 4 points of the int8-weights
+    # bound, fp16 >= 99.9%) and are held at small sizes in the default suite, for make test's 30 minutes
+    return {"fp32": _export("efficientvit-seg-b1-cityscapes", weights, out, "fp32", (512, 1024))}
 
 
 @pytest.fixture(scope="module")
@@ -270,26 +271,6 @@ def cls_b1(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, Path], se
 def test_seg_b1_fp32(seg_b1: dict[str, api.ExportResult], photos: dict[str, Path]) -> None:
     report = api.verify(seg_b1["fp32"].artifact, images=photos["seg_test"], threads=2)
     assert report.passed and report.outputs["logits"].max_rel <= 1e-4, [c.describe() for c in report.checks]
-
-
-@pytest.mark.slow
-def test_seg_b1_fp16(seg_b1: dict[str, api.ExportResult], photos: dict[str, Path]) -> None:
-    report = api.verify(seg_b1["fp16"].artifact, images=photos["seg_test"], threads=2)
-    assert report.task_metrics["pixel_agreement"] >= 0.999, report.task_metrics
-
-
-@pytest.mark.slow
-def test_seg_b1_int8(seg_b1: dict[str, api.ExportResult], photos: dict[str, Path], precision_limited) -> None:
-    """int8 on test photos the calibration never saw.
-
-    The issue asks 99% pixel agreement. These seeded weights cannot show it: their logits'
-    top-2 margins are tiny (1% of pixels within 0.03 of a tie, logit std 3.3), so the
-    reference with only its weights rounded to int8 (activations float) already misses 99%;
-    verify reports that bound and says the precision, not the export, limits the figure.
-    What the export must not do is lose much more than int8 weights alone do.
-    """
-    report = api.verify(seg_b1["int8"].artifact, images=photos["seg_test"], threads=2)
-    precision_limited(report, "pixel_agreement", 0.99, slack=0.04)
 
 
 @pytest.mark.slow
