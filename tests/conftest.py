@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,6 +28,25 @@ def _share_the_cores() -> None:
 
 
 _share_the_cores()
+
+
+@contextmanager
+def _registered_model(builder: str, build: Callable[..., Any], card: Any) -> Iterator[None]:
+    from evit_deploy.nn import BUILDERS
+    from evit_deploy.zoo import registry
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(BUILDERS, builder, build)
+        patch.setitem(registry._REGISTERED, card.name, card)
+        yield
+
+
+@pytest.fixture(scope="session")
+def registered_model() -> Callable[..., Any]:
+    """``with registered_model(builder, build, card):`` a test's builder and card exist for the block
+    only. Left registered, they leaked into later tests of the same worker
+    (test_every_builder_has_a_key_file saw them once the slow tests ran first)."""
+    return _registered_model
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

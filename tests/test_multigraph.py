@@ -4,6 +4,7 @@ one bundle manifest naming both."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from evit_deploy import api, zoo
 from evit_deploy.bundle import load_bundle
 from evit_deploy.errors import UsageError
 from evit_deploy.manifest import load_manifest
-from evit_deploy.nn import EfficientViTSeg, register_builder
+from evit_deploy.nn import EfficientViTSeg
 from evit_deploy.nn.builders import efficientvit_seg_b0
 from evit_deploy.parity import BundleReport
 
@@ -58,8 +59,7 @@ def _feature(name: str, channels: int, stride: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def two_graph_card() -> zoo.ModelCard:
-    register_builder("test_two_graph_seg", _two_graph_builder)
+def two_graph_card(registered_model: Any) -> Iterator[zoo.ModelCard]:
     base = zoo.get_card("efficientvit-seg-b0-cityscapes").to_dict()
     base.pop("computed")
     features = [_feature("stage2", 32, 8), _feature("stage3", 64, 16), _feature("stage4", 128, 32)]
@@ -69,8 +69,8 @@ def two_graph_card() -> zoo.ModelCard:
         {"name": "decoder", "inputs": [{**f, "feed": f"encoder.{f['name']}"} for f in features],
          "outputs": [{"name": "logits", "shape": ["batch", 19, 8, 16]}], "verify": "logits"},
     ]})
-    zoo.register_card(card)
-    return card
+    with registered_model("test_two_graph_seg", _two_graph_builder, card):
+        yield card
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,15 @@ version and its own error line, with the whole story in a log file (not exit 2: 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from evit_deploy import zoo
-from evit_deploy.nn import register_builder
 from evit_deploy.nn.builders import efficientvit_seg_b0
 
 MODEL = "efficientvit-test-unconvertible"
@@ -28,11 +29,12 @@ class Unconvertible(torch.nn.Module):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def unconvertible_card() -> None:
-    register_builder("test_unconvertible", Unconvertible)
+def unconvertible_card(registered_model: Any) -> Iterator[None]:
     base = zoo.get_card("efficientvit-seg-b0-cityscapes").to_dict()
     base.pop("computed")
-    zoo.register_card(zoo.ModelCard.model_validate({**base, "name": MODEL, "builder": "test_unconvertible"}))
+    card = zoo.ModelCard.model_validate({**base, "name": MODEL, "builder": "test_unconvertible"})
+    with registered_model("test_unconvertible", Unconvertible, card):
+        yield
 
 
 @pytest.mark.parametrize(("target", "tool"), [("tflite", "litert-torch"), ("coreml", "coremltools")])
