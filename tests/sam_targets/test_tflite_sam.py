@@ -96,7 +96,7 @@ def test_fp16_keeps_the_masks_on_three_photos(tmp_path, sam_weights, sam_model, 
     assert min(r.min_iou for r in results) >= 0.99 and all(r.best_agreement == 1.0 for r in results)
     runner, decode = run_decoder(artifacts["decoder"])
     with runner:
-        results = decoder_agreement(decode, model, sam_photos[:2], SIZE[L0], rows=1)
+        results = decoder_agreement(decode, model, sam_photos[:1], SIZE[L0], rows=1)
     assert min(r.min_iou for r in results) >= 0.99
 
 
