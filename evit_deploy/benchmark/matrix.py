@@ -52,7 +52,6 @@ class Cell(MatrixPlace):
     device: str
 
 
-
 def order_key(target: str, precision: str, resolution: tuple[int, int] | list[int], device: str) -> tuple[object, ...]:
     """Where a row sits in the table: by target, precision, resolution (small first), device."""
     rank = TARGET_ORDER.index(target) if target in TARGET_ORDER else len(TARGET_ORDER)
