@@ -1,14 +1,19 @@
-"""Accuracy-controlled TFLite int8 (``--min-agreement``) against plain int8 and fp32, seg-B1.
+"""Accuracy-controlled int8 (``--min-agreement``) against plain int8 and fp32, seg-B1, per target.
 
-Three artifacts from one set of weights: fp32, plain int8 (recipe tflite-int8) and int8 with
-accuracy control (the same recipe plus ``min_agreement``; a quarter of the calibration images
-held out for the agreement the control steers by). Each is then checked on the test photos,
-which neither calibration nor control saw (``verify``: pixel agreement with PyTorch, and the
-bound of int8 weights alone), and timed round-robin in one run (ratios to fp32). The
-control's own curve (layers kept float -> held-out agreement, ms per image) goes to a PNG.
+Three artifacts from one set of weights: fp32, plain int8 (the target's int8 recipe) and int8
+with accuracy control (the same recipe plus ``min_agreement``; a quarter of the calibration
+images held out for the agreement the control steers by). Each is then checked on the test
+photos, which neither calibration nor control saw (pixel agreement with PyTorch; ``verify``
+also gives the bound of int8 weights alone), and timed round-robin in one run (ratios to fp32).
+The control's own curve (layers kept float -> held-out agreement, ms per image) goes to a PNG.
+
+``--target trt`` writes TensorRT's Q/DQ ONNX (plan only: no GPU here) and checks it on ONNX
+Runtime, as its control measured it; nothing is timed, since ORT's speed says nothing of an
+engine's.
 
     python benchmarks/int8_control.py --resolution 256x512 --min-agreement 0.94     # seeded weights
     python benchmarks/int8_control.py --weights instrument --min-agreement 0.99     # the trained instrument
+    python benchmarks/int8_control.py --target trt --min-agreement 0.94 --max-float-share 0.5
 """
 from __future__ import annotations
 
@@ -24,22 +29,50 @@ from harness import RESULTS, ROOT, interleaved, seeded_weights, write_result
 sys.path.insert(0, str(ROOT))
 
 MODEL = "efficientvit-seg-b1-cityscapes"
+# target -> fp32 recipe (None: not timed here), int8 recipe, options every export of it takes
+RECIPES: dict[str, tuple[str | None, str, dict[str, Any]]] = {
+    "tflite": ("tflite-fp32", "tflite-int8", {}),
+    "onnx": ("onnx-fp32", "onnx-int8", {}),
+    "trt": (None, "trt-int8", {"plan_only": True}),
+}
 
 
-def _export_controlled(weights: Path, out: Path, resolution: tuple[int, int], calib: Path, samples: int,
-                       options: dict[str, Any]) -> tuple[Path, str | None]:
+def _export_controlled(target: str, weights: Path, out: Path, resolution: tuple[int, int], calib: Path,
+                       samples: int, options: dict[str, Any]) -> tuple[Path, str | None]:
     """The controlled artifact, and the one-line reason when its target was not met (exit 1)."""
     from evit_deploy import api
     from evit_deploy.errors import CheckFailed
 
     try:
-        result = api.export(MODEL, target="tflite", config="tflite-int8", weights=weights, out=out,
+        result = api.export(MODEL, target=target, config=RECIPES[target][1], weights=weights, out=out,
                             resolution=resolution, calib=calib, calib_samples=samples, options=options,
                             progress=lambda message: print(f"  {message}", flush=True))
         return result.artifact, None
     except CheckFailed as failed:
-        (kept,) = out.glob("*.below-min-agreement.tflite")
+        (kept,) = [p for p in out.glob("*.below-min-agreement.*") if not p.name.endswith((".json", ".sh"))]
         return kept, str(failed)
+
+
+def _ort_agreement(path: Path, weights: Path, images: Path) -> dict[str, float]:
+    """Pixel agreement with PyTorch of a Q/DQ ONNX run on ONNX Runtime, on every image of ``images``."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from evit_deploy import zoo
+    from evit_deploy.artifact import open_artifact
+    from evit_deploy.data import input_batches, list_images
+
+    spec = open_artifact(path).spec
+    model = zoo.create_model(MODEL, weights).eval()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    agree = total = 0
+    for image in input_batches(spec, samples=len(list_images(images)), seed=0, source=images):
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(image)).numpy().argmax(axis=1)
+        got = session.run(None, {spec.name: image})[0].argmax(axis=1)
+        agree, total = agree + int(np.sum(got == expected)), total + expected.size
+    return {"pixel_agreement": agree / total}
 
 
 def plot_curve(steps: list[dict[str, Any]], target: float, path: Path) -> Path:
@@ -67,6 +100,7 @@ def plot_curve(steps: list[dict[str, Any]], target: float, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", choices=sorted(RECIPES), default="tflite")
     parser.add_argument("--resolution", default="512x1024")
     parser.add_argument("--weights", default="seeded", help="seeded, instrument, or a checkpoint path")
     parser.add_argument("--min-agreement", type=float, default=0.94)
@@ -89,37 +123,43 @@ def main(argv: list[str] | None = None) -> int:
         weights, label = Path(args.weights), args.weights
     resolution = parse_resolution(args.resolution)
     conftest = _conftest()
-    options = {"min_agreement": args.min_agreement, "max_float_share": args.max_float_share}
+    fp32_config, int8_config, always = RECIPES[args.target]
+    options = {"min_agreement": args.min_agreement, "max_float_share": args.max_float_share, **always}
     with tempfile.TemporaryDirectory(prefix="evit-bench-int8-control-") as tmp_name:
         tmp = Path(tmp_name)
         calib = conftest._write_photos(tmp / "calib", conftest.CALIB_PHOTOS, 4)
         test = conftest._write_photos(tmp / "test", conftest.TEST_PHOTOS, 1)
         samples = 4 * len(conftest.CALIB_PHOTOS)
         artifacts: dict[str, Path] = {}
-        for name, config, extra in (("fp32", "tflite-fp32", {}),
-                                    ("int8", "tflite-int8", {"calib": calib, "calib_samples": samples})):
+        plain = [("int8", int8_config, {"calib": calib, "calib_samples": samples})]
+        for name, config, extra in ([("fp32", fp32_config, {})] if fp32_config else []) + plain:
             print(f"exporting {name}", flush=True)
-            artifacts[name] = api.export(MODEL, target="tflite", config=config, weights=weights, out=tmp / name,
-                                         resolution=resolution, **extra).artifact
+            artifacts[name] = api.export(MODEL, target=args.target, config=config, weights=weights, out=tmp / name,
+                                         resolution=resolution, options=always, **extra).artifact
         print("exporting int8 with accuracy control", flush=True)
         started = time.perf_counter()
-        artifacts["int8_controlled"], failure = _export_controlled(weights, tmp / "controlled", resolution, calib,
-                                                                   samples, options)
+        artifacts["int8_controlled"], failure = _export_controlled(args.target, weights, tmp / "controlled",
+                                                                   resolution, calib, samples, options)
         control_s = time.perf_counter() - started
         from evit_deploy.manifest import load_manifest
 
         control = load_manifest(artifacts["int8_controlled"]).details["int8"]["accuracy_control"]
         checks = {}
         for name, path in artifacts.items():
-            report = api.verify(path, images=test, threads=args.threads, record=False)
-            checks[name] = {**report.task_metrics, "weights_rounded_alone": report.weight_rounding}
+            if args.target == "trt":
+                checks[name] = _ort_agreement(path, weights, test)
+            else:
+                report = api.verify(path, images=test, threads=args.threads, record=False)
+                checks[name] = {**report.task_metrics, "weights_rounded_alone": report.weight_rounding}
             print(f"{name}: {checks[name]}", flush=True)
         timing = interleaved({name: [path] for name, path in artifacts.items()}, rounds=args.rounds,
-                             threads=args.threads, warmup=2, iters=args.iters)
+                             threads=args.threads, warmup=2, iters=args.iters) if fp32_config else {}
     p50 = {name: r["p50_ms"] for name, r in timing.items()}
-    plot = plot_curve(control["steps"], args.min_agreement, RESULTS / "int8_control.png")
-    write_result("int8_control", {
+    stem = "int8_control" if args.target == "tflite" else f"int8_control_{args.target}"
+    plot = plot_curve(control["steps"], args.min_agreement, RESULTS / f"{stem}.png")
+    write_result(stem, {
         "model": MODEL,
+        "target": args.target,
         "weights": label,
         "resolution": args.resolution,
         "min_agreement": args.min_agreement,
@@ -131,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                      "controlled": control["agreement"]},
         "test_photos": checks,
         "p50_ms": p50,
-        "speedup_vs_fp32": {name: p50["fp32"] / value for name, value in p50.items()},
+        "speedup_vs_fp32": {name: p50["fp32"] / value for name, value in p50.items()} if p50 else None,
         "control_steps": control["steps"],
         "ranking_top": control["ranking"][:20],
         "controlled_export_seconds": round(control_s, 1),

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from evit_deploy import api
     from evit_deploy.graph import name_nodes, select_islands
-    from evit_deploy.onnx.int8 import module_nodes
+    from evit_deploy.onnx.layer_map import module_nodes
     from evit_deploy.onnx.qdq import ORT_SCHEMES, quantize_qdq
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,9 +20,84 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import numpy as np
+from pydantic import Field
+
+from evit_deploy.contracts import TargetOptions
+from evit_deploy.errors import UsageError
+from evit_deploy.spec import Precision
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from evit_deploy.configs import Recipe
+    from evit_deploy.contracts import ExportContext
+    from evit_deploy.spec import InputSpec
 
 Candidate = TypeVar("Candidate")
+
+
+class ControlOptions(TargetOptions):
+    """The recipe options of int8 accuracy control, the same for every target that offers it."""
+
+    # keep the layers adding the most quantisation noise float until the agreement with PyTorch
+    # on the held-out share of the calibration images reaches min_agreement
+    min_agreement: float | None = Field(None, gt=0.0, le=1.0)
+    holdout: float = Field(0.25, gt=0.0, lt=1.0)  # share of the calibration images held out for agreement
+    max_float_share: float = Field(0.25, ge=0.0, le=1.0)  # at most this share of the quantised layers kept float
+
+
+def check_control(recipe: Recipe, options: ControlOptions) -> None:
+    """Refuse, before anything is built, an accuracy control the recipe cannot give."""
+    if options.min_agreement is None:
+        return
+    if recipe.precision != Precision.INT8:
+        raise UsageError(f"--min-agreement controls int8 quantisation; this export is {recipe.precision}: "
+                         "add --precision int8 or drop --min-agreement")
+    if recipe.batch != 1:
+        raise UsageError(f"--min-agreement measures agreement image by image: export with --batch 1 "
+                         f"(got {recipe.batch})")
+    if recipe.calibration.samples is not None and recipe.calibration.samples < 2:
+        raise UsageError("--min-agreement holds out part of the calibration images to measure agreement "
+                         f"on: give at least 2 (--calib-samples {recipe.calibration.samples})")
+
+
+def control_images(ctx: ExportContext, spec: InputSpec) -> list[np.ndarray]:
+    """The calibration images, held in memory: split, and the held-out ones run for every candidate."""
+    singles = list(ctx.calibration_batches(spec))
+    if len(singles) < 2:
+        raise UsageError("--min-agreement holds out part of the calibration images to measure agreement on: "
+                         f"give at least 2 (got {len(singles)})")
+    return singles
+
+
+def split_holdout(images: list[np.ndarray], share: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(ranges from, agreement on): every k-th image held out, so both halves span the set."""
+    count = max(1, round(len(images) * share))
+    step = len(images) / count
+    held = {min(len(images) - 1, int(i * step + step / 2)) for i in range(count)}
+    return [x for i, x in enumerate(images) if i not in held], [x for i, x in enumerate(images) if i in held]
+
+
+def reference_labels(model: torch.nn.Module, images: list[np.ndarray], class_axis: int) -> list[np.ndarray]:
+    """PyTorch's class per pixel (or per image) on ``images`` (NCHW), the agreement's reference."""
+    import torch
+
+    labels = []
+    with torch.inference_mode():
+        for image in images:
+            out = model(torch.from_numpy(np.ascontiguousarray(image)))
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            labels.append(out.float().numpy().argmax(axis=class_axis))
+    return labels
+
+
+def agreement(predicted: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
+    """Share of pixels (or images) whose class is PyTorch's."""
+    agree = sum(int(np.sum(p == label)) for p, label in zip(predicted, labels))
+    return agree / max(1, sum(label.size for label in labels))
 
 
 @dataclass(frozen=True)
@@ -69,6 +144,32 @@ class ControlResult(Generic[Candidate]):
         return {"target": self.target, "met": self.met, "agreement": self.agreement, "kept_float": self.kept,
                 "ranking": [{"layer": r.name, "score": r.score} for r in self.ranking],
                 "steps": [s.to_dict() for s in sorted(self.steps, key=lambda s: s.kept)]}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the export says about a controlled quantisation: its note, why it failed (None when
+    the target was met), and the artifact's stem (a failure is kept under a name that says so)."""
+
+    note: str
+    failure: str | None
+    stem: str
+
+
+def outcome(result: ControlResult[Any], plain: float, held: int, model_name: str) -> Outcome:
+    kept = ", ".join(result.kept[:5]) + (f" and {len(result.kept) - 5} more" if len(result.kept) > 5 else "")
+    if result.met:
+        note = (f"accuracy control: agreement {result.agreement:.4f} >= {result.target:g} on {held} held-out "
+                f"calibration image(s) (plain int8 {plain:.4f}) with {len(result.kept)} layer(s) float"
+                + (f": {kept}" if kept else ""))
+        return Outcome(note, None, model_name)
+    note = f"accuracy control: {result.reason}; plain int8 {plain:.4f}" + (f"; float: {kept}" if kept else "")
+    return Outcome(note, result.reason, f"{model_name}.below-min-agreement")
+
+
+def control_details(result: ControlResult[Any], plain: float, held: int, ranked_by: str) -> dict[str, Any]:
+    """``details.int8.accuracy_control`` of the manifest."""
+    return {**result.to_dict(), "plain_int8_agreement": plain, "held_out_images": held, "ranked_by": ranked_by}
 
 
 Measured = tuple[float, dict[str, Any]]  # agreement, and anything else worth recording (latency)
@@ -119,4 +220,5 @@ def keep_float_until(ranking: Sequence[Ranked], quantise: Callable[[list[str]], 
     return result(meeting, True)
 
 
-__all__ = ["ControlResult", "Measured", "Ranked", "Step", "keep_float_until"]
+__all__ = ["ControlOptions", "ControlResult", "Measured", "Outcome", "Ranked", "Step", "agreement", "check_control",
+           "control_details", "control_images", "keep_float_until", "outcome", "reference_labels", "split_holdout"]

@@ -112,23 +112,18 @@ class OnnxCapture(Capture):
         return np.asarray(value).astype(np.float32, copy=False)
 
     def _cut(self, entry: LayerEntry) -> Path:
-        import onnx
+        from evit_deploy.onnx.cut import CutError, cut, extractor
 
         assert self._model is not None
         if not entry.inputs:
             raise CannotRunAlone("its input tensors are not in the artifact")
         if self._extractor is None:
-            self._extractor = onnx.utils.Extractor(self._model)
+            self._extractor = extractor(self._model)
         try:
-            cut = self._extractor.extract_model(list(entry.inputs), [entry.tensor])
-        except Exception as err:  # noqa: BLE001 - onnx raises assorted errors for a cut it cannot make
-            raise CannotRunAlone(f"the graph cannot be cut at its inputs ({type(err).__name__})") from None
-        known = {i.name for i in cut.graph.input} | {i.name for i in cut.graph.initializer}
-        made = {o for node in cut.graph.node for o in node.output}
-        loose = sorted({i for node in cut.graph.node for i in node.input if i and i not in known and i not in made})
-        if loose:
-            raise CannotRunAlone(f"it also reads {loose[0]}, which is not one of its mapped inputs")
-        return self._save(cut, f"alone-{len(self._alone)}.onnx")
+            made = cut(self._extractor, list(entry.inputs), [entry.tensor])
+        except CutError as err:
+            raise CannotRunAlone(str(err)) from None
+        return self._save(made, f"alone-{len(self._alone)}.onnx")
 
     def close(self) -> None:
         if self._exposed is not None:

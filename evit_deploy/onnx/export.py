@@ -188,6 +188,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
                                "nodes": len(graph.graph.node), "runner": options.runner_section()}
     notes: list[str] = []
     rewritten = bicubic_upsample_layers(model) if options.bicubic == "exact" else []
+    control = None
     if rewritten:
         details["bicubic_rewrite"] = rewritten
         notes.append(f"{len(rewritten)} bicubic upsampling(s) exported as edge pad + depthwise conv + pixel "
@@ -201,11 +202,12 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     elif precision == "int8":
         from evit_deploy.onnx.int8 import quantize
 
-        graph, int8_details, int8_notes = quantize(graph, spec, recipe, options, ctx, rewritten)
-        details.update(int8_details)
-        notes += int8_notes
+        int8 = quantize(graph, model, spec, recipe, options, ctx, rewritten)
+        graph, control = int8.graph, int8.control
+        details.update(int8.details)
+        notes += int8.notes
     add_metadata(graph, spec, ctx, precision)
-    path = ctx.workdir / f"{ctx.model_name}.onnx"
+    path = ctx.workdir / f"{control.stem if control else ctx.model_name}.onnx"
     final = check_and_save(graph, path)
     details["layer_map"] = layer_map.restricted_to(onnx_tensor_names(final)).to_dict()
     return ExportOutput(
@@ -215,6 +217,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
         outputs=tensor_infos(final, "output"),
         notes=notes,
         details=details,
+        failure=control.failure if control else None,
     )
 
 

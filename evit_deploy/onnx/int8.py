@@ -25,14 +25,20 @@ all schemes within 0.5 points (u8s8 Conv 0.904, Conv+Add 0.912, TensorRT's schem
 """
 from __future__ import annotations
 
-import ast
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from evit_deploy.errors import UsageError
+from evit_deploy.onnx.layer_map import module_nodes
 
 if TYPE_CHECKING:
     import onnx
+    import torch
 
+    from evit_deploy.accuracy_control import Outcome
     from evit_deploy.configs import Recipe
     from evit_deploy.contracts import ExportContext
     from evit_deploy.onnx.options import OnnxOptions
@@ -58,12 +64,23 @@ SLOWER_THAN_FP32 = (
     "Ship fp32 for CPU speed; this int8 file is for size (about 3.3x smaller)")
 
 
-def quantize(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: OnnxOptions, ctx: ExportContext,
-             upsampling: list[str]) -> tuple[onnx.ModelProto, dict[str, Any], list[str]]:
-    """The int8 graph, the manifest details about it, and the notes for the user. ``upsampling``:
-    the module paths of the bicubic upsamplings exported as convolutions (``bicubic: exact``),
-    which stay float with the resizes: quantised, their depthwise convs and the Q/DQ around the
-    pad and pixel shuffle made seg-B1 int8 run at 0.6x fp32 instead of 1.35x."""
+@dataclass
+class Int8Graph:
+    """The int8 graph, the manifest's details about it, the notes for the user, and, under
+    ``--min-agreement``, what the accuracy control concluded (None without it)."""
+
+    graph: onnx.ModelProto
+    details: dict[str, Any]
+    notes: list[str]
+    control: Outcome | None = None
+
+
+def quantize(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, options: OnnxOptions,
+             ctx: ExportContext, upsampling: list[str]) -> Int8Graph:
+    """The int8 graph in ORT's scheme. ``upsampling``: the module paths of the bicubic
+    upsamplings exported as convolutions (``bicubic: exact``), which stay float with the resizes:
+    quantised, their depthwise convs and the Q/DQ around the pad and pixel shuffle made seg-B1
+    int8 run at 0.6x fp32 instead of 1.35x."""
     from evit_deploy.graph import islands_summary, name_nodes, select_islands
     from evit_deploy.onnx.qdq import ORT_SCHEMES, key_material, quantize_qdq
 
@@ -79,10 +96,21 @@ def quantize(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: O
     scheme = ORT_SCHEMES[options.int8_scheme]
     ctx.progress(f"int8 ({scheme.name}): Q/DQ on {', '.join(options.quantize_ops)}; "
                  f"{len(exclude)} node(s) stay float")
-    quantized, info = quantize_qdq(graph, ctx.calibration_batches(spec), input_name=spec.name, exclude=exclude,
-                                   op_types=list(options.quantize_ops), method=options.calib_method,
-                                   key_material=key_material(graph, spec, recipe), scheme=scheme,
-                                   progress=ctx.progress)
+
+    def quantise(float_nodes: list[str], images: Iterable[np.ndarray],
+                 material: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        return quantize_qdq(graph, images, input_name=spec.name, exclude=exclude + float_nodes,
+                            op_types=list(options.quantize_ops), method=options.calib_method, key_material=material,
+                            scheme=scheme, progress=ctx.progress)
+
+    control = None
+    if options.min_agreement is None:
+        quantized, info = quantise([], ctx.calibration_batches(spec), key_material(graph, spec, recipe))
+    else:
+        from evit_deploy.onnx.accuracy import controlled_int8
+
+        quantized, info, control = controlled_int8(graph, model, spec, ctx, options, options, list(options.quantize_ops), quantise,
+                                                   key_material(graph, spec, recipe))
     details = {"int8": {**info, "scheme": scheme.name, "keep_float": list(options.keep_float),
                         "keep_float_nodes": kept, "float_head": head, "float_upsampling": upsampling_nodes,
                         "measured": MEASURED},
@@ -90,8 +118,8 @@ def quantize(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: O
     notes = [f"int8 ({scheme.name}): {len(islands)} float island(s) "
              f"({', '.join(sorted({i.kind for i in islands})) or 'none'}) and the output layer"
              + (f", {len(kept)} node(s) kept float by keep_float" if kept else ""),
-             SLOWER_THAN_FP32]
-    return quantized, details, notes
+             *([control.note] if control else []), SLOWER_THAN_FP32]
+    return Int8Graph(quantized, details, notes, control)
 
 
 def keep_float_nodes(graph: onnx.ModelProto, entries: list[str]) -> list[str]:
@@ -106,20 +134,3 @@ def keep_float_nodes(graph: onnx.ModelProto, entries: list[str]) -> list[str]:
                              "or module paths such as backbone.stages.3.op_list.1.context_module")
         found += [h for h in hits if h not in found]
     return found
-
-
-def module_nodes(graph: onnx.ModelProto, path: str) -> list[str]:
-    """The nodes torch's exporter traced inside the module at ``path``."""
-    return [n.name for n in graph.graph.node if path in module_scopes(n)]
-
-
-def module_scopes(node: onnx.NodeProto) -> list[str]:
-    """The module paths torch's exporter recorded for ``node``, outermost first (empty if none)."""
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = ast.literal_eval(prop.value)
-            except (ValueError, SyntaxError):
-                return []
-            return [s for s in scopes[:-1] if s]  # the last one is the traced op, not a module
-    return []

@@ -2,6 +2,7 @@
 (``pkg.torch.onnx.name_scopes`` and ``pkg.torch.onnx.class_hierarchy``, torch 2.13)."""
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,13 +45,28 @@ def onnx_tensor_names(model: onnx.ModelProto) -> set[str]:
     return names | {i.name for i in model.graph.input} | {o.name for o in model.graph.output}
 
 
+def module_nodes(graph: onnx.ModelProto, path: str) -> list[str]:
+    """The nodes torch's exporter traced inside the module at ``path``."""
+    return [n.name for n in graph.graph.node if path in module_scopes(n)]
+
+
+def module_scopes(node: onnx.NodeProto) -> list[str]:
+    """The module paths torch's exporter recorded for ``node``, outermost first (empty if none)."""
+    for prop in node.metadata_props:
+        if prop.key == ONNX_SCOPES:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return []
+            return [s for s in scopes[:-1] if s]  # the last one is the traced op, not a module
+    return []
+
+
 def _onnx_scopes(props: dict[str, str]) -> tuple[Scope, ...]:
     """``name_scopes`` ['', 'backbone', ..., 'add'] with the matching classes; the last item names
     the op itself (an FX node), not a module."""
     if ONNX_SCOPES not in props or ONNX_CLASSES not in props:
         return ()
-    import ast
-
     try:
         paths, classes = ast.literal_eval(props[ONNX_SCOPES]), ast.literal_eval(props[ONNX_CLASSES])
     except (ValueError, SyntaxError):

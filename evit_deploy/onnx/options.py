@@ -13,7 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from evit_deploy.contracts import TargetOptions, comma_list
+from evit_deploy.accuracy_control import ControlOptions
+from evit_deploy.contracts import comma_list
 
 INSTALL_HINT = "pip install 'evit-deploy[onnx]'"
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
@@ -23,7 +24,9 @@ RUNNER_FIELDS = frozenset({"graph_optimization", "spinning", "memory_arena"})
 OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
 
 
-class OnnxOptions(TargetOptions):
+class OnnxOptions(ControlOptions):
+    """``options:`` of a ``target: onnx`` recipe; int8 accuracy control (``min_agreement``) from ``ControlOptions``."""
+
     opset: int = 18
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     simplify: Literal["onnxslim", "onnxsim", "none"] = "none"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, cast
 
+from evit_deploy.accuracy_control import ControlOptions, check_control
 from evit_deploy.configs import validate_options
 from evit_deploy.contracts import ArtifactFacts, ExportContext, ExportOutput, Runner, TargetOptions
 from evit_deploy.errors import UsageError
@@ -96,7 +97,9 @@ class Target(ABC, Generic[OptionsT]):
                 f"target {self.name!r} does not support precision '{recipe.precision}'; "
                 f"choose one of {', '.join(self.precisions)}"
             )
-        self.options(recipe)
+        options = self.options(recipe)
+        if isinstance(options, ControlOptions):  # int8 accuracy control: the same rules on every target
+            check_control(recipe, options)
 
     def check_dims(self, recipe: Recipe, dims: dict[str, tuple[int, int]]) -> None:
         """Refuse options that name dynamic dims the exported graphs lack (``dims``: the named dims of

@@ -78,17 +78,6 @@ class TfliteTarget(Target[TfliteOptions]):
         if recipe.dynamic:
             raise UsageError("TFLite artifacts here are static: drop --dynamic and export one artifact per "
                              "input size (--resolution HxW, --batch N)")
-        options = self.options(recipe)
-        if options.min_agreement is not None:
-            if recipe.precision != Precision.INT8:
-                raise UsageError(f"--min-agreement controls int8 quantisation; this export is {recipe.precision}: "
-                                 "add --precision int8 or drop --min-agreement")
-            if recipe.batch != 1:
-                raise UsageError(f"--min-agreement measures agreement image by image: export with --batch 1 "
-                                 f"(got {recipe.batch})")
-            if recipe.calibration.samples is not None and recipe.calibration.samples < 2:
-                raise UsageError("--min-agreement holds out part of the calibration images to measure agreement "
-                                 f"on: give at least 2 (--calib-samples {recipe.calibration.samples})")
 
     def export(self, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, ctx: ExportContext) -> ExportOutput:
         from evit_deploy.tflite.export import export_artifact

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evit_deploy.accuracy_control import ControlResult, Measured, Ranked, keep_float_until
+from evit_deploy.accuracy_control import ControlResult, Measured, Ranked, keep_float_until, reference_labels
 from evit_deploy.tflite.cut import CutError, cut, dequantised, is_constant, quantised
 from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8
 from evit_deploy.tflite.layer_map import tflite_layer_map
@@ -46,27 +46,6 @@ class Layer:
     name: str
     tensor: str
     selects: tuple[str, ...]
-
-
-def split_holdout(images: list[np.ndarray], share: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(ranges from, agreement on): every k-th image held out, so both halves span the set."""
-    count = max(1, round(len(images) * share))
-    step = len(images) / count
-    held = {min(len(images) - 1, int(i * step + step / 2)) for i in range(count)}
-    return [x for i, x in enumerate(images) if i not in held], [x for i, x in enumerate(images) if i in held]
-
-
-def reference_labels(model: torch.nn.Module, images: list[np.ndarray], class_axis: int) -> list[np.ndarray]:
-    """PyTorch's class per pixel (or per image) on ``images`` (NCHW), the agreement's reference."""
-    import torch
-
-    labels = []
-    with torch.inference_mode():
-        for image in images:
-            out = model(torch.from_numpy(np.ascontiguousarray(image)))
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            labels.append(out.float().numpy().argmax(axis=class_axis))
-    return labels
 
 
 def _interpreter(content: bytes, threads: int | None, preserve: bool = False) -> Any:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evit_deploy.accuracy_control import Outcome, control_details, control_images, outcome, split_holdout
 from evit_deploy.contracts import ExportContext, ExportOutput, Images
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import CheckFailed, UsageError
@@ -114,24 +115,14 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
                         inputs=inputs, outputs=outputs, notes=notes, details=details, failure=failure)
 
 
-@dataclass
-class _Controlled:
-    note: str
-    failure: str | None
-    stem: str
-
-
 def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, options: TfliteOptions,
-                     ctx: ExportContext) -> tuple[bytes, dict[str, Any], _Controlled]:
+                     ctx: ExportContext) -> tuple[bytes, dict[str, Any], Outcome]:
     """int8 with the fewest worst layers float that meets ``options.min_agreement`` on the held-out
     calibration images (``tflite.accuracy``); below it, the best candidate under a name that says so."""
-    from evit_deploy.tflite.accuracy import control_int8, split_holdout
+    from evit_deploy.tflite.accuracy import control_int8
 
     assert options.min_agreement is not None
-    singles = list(ctx.calibration_batches(spec))  # held in memory: split, and run again for every candidate
-    if len(singles) < 2:
-        raise UsageError("--min-agreement holds out part of the calibration images to measure agreement on: "
-                         f"give at least 2 (got {len(singles)})")
+    singles = control_images(ctx, spec)
     _, held_nchw = split_holdout(singles, options.holdout)
     nhwc = options.layout == "nhwc"
     layout = [to_layout(x.astype(np.float32), "NCHW", "NHWC") if nhwc else x.astype(np.float32) for x in singles]
@@ -144,19 +135,10 @@ def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, optio
                                  held_out=held, held_out_nchw=held_nchw, class_axis=class_axis,
                                  max_float_share=options.max_float_share, threads=None, progress=ctx.progress)
     details = plan.details(result.candidate, options, len(ranged))
-    details["accuracy_control"] = {
-        **result.to_dict(), "plain_int8_agreement": plain, "held_out_images": len(held),
-        "ranked_by": "error each quantised layer adds alone (its int8 op run on the float model's inputs; "
-                     "relative noise power against float), over calibration images",
-    }
-    kept = ", ".join(result.kept[:5]) + (f" and {len(result.kept) - 5} more" if len(result.kept) > 5 else "")
-    if result.met:
-        note = (f"accuracy control: agreement {result.agreement:.4f} >= {options.min_agreement:g} on {len(held)} "
-                f"held-out calibration image(s) (plain int8 {plain:.4f}) with {len(result.kept)} layer(s) float"
-                + (f": {kept}" if kept else ""))
-        return result.candidate, details, _Controlled(note, None, ctx.model_name)
-    note = f"accuracy control: {result.reason}; plain int8 {plain:.4f}" + (f"; float: {kept}" if kept else "")
-    return result.candidate, details, _Controlled(note, result.reason, f"{ctx.model_name}.below-min-agreement")
+    details["accuracy_control"] = control_details(
+        result, plain, len(held), "error each quantised layer adds alone (its int8 op run on the float model's "
+        "inputs; relative noise power against float), over calibration images")
+    return result.candidate, details, outcome(result, plain, len(held), ctx.model_name)
 
 
 def _smoke_test(path: Path, io: GraphIO, inputs: list[TensorInfo], outputs: list[TensorInfo],

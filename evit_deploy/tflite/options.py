@@ -5,24 +5,22 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from evit_deploy.contracts import TargetOptions, comma_list
+from evit_deploy.accuracy_control import ControlOptions
+from evit_deploy.contracts import comma_list
 from evit_deploy.dependencies import missing_modules
 
 INSTALL_HINT = "pip install 'evit-deploy[tflite]'"
 
 FloatIsland = Literal["attention", "hardswish", "head"]
 
-class TfliteOptions(TargetOptions):
+class TfliteOptions(ControlOptions):
+    """``options:`` of a ``target: tflite`` recipe; int8 accuracy control (``min_agreement``) from ``ControlOptions``."""
+
     layout: Literal["nhwc", "nchw"] = "nhwc"  # of the input and of 4-D outputs
     bicubic: Literal["exact", "converter"] = "exact"  # conv rewrite, or litert-torch's gather lowering
     keep_float: list[FloatIsland] = Field(default_factory=lambda: ["attention", "hardswish", "head"])  # int8 islands
     fp16_fp32_share: float = Field(0.1, ge=0.0, le=1.0)  # fp16: smallest weight tensors, up to this share, stay fp32
     int8_ranges: Literal["min_max", "moving_average"] = "min_max"  # how calibration images' ranges combine
-    # int8 accuracy control: keep the layers adding the most quantisation noise float until the
-    # agreement with PyTorch on the held-out share of the calibration images reaches min_agreement
-    min_agreement: float | None = Field(None, gt=0.0, le=1.0)
-    holdout: float = Field(0.25, gt=0.0, lt=1.0)  # share of the calibration images held out for agreement
-    max_float_share: float = Field(0.25, ge=0.0, le=1.0)  # at most this share of the quantised layers kept float
 
     @field_validator("layout", "bicubic", "int8_ranges", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ chosen TensorRT major, and (unless ``--plan-only``) built with ``evit_deploy.trt
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
+    from evit_deploy.accuracy_control import Outcome
     from evit_deploy.configs import Recipe
 
 
@@ -63,9 +64,11 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     details: dict[str, Any] = {}
 
     # the graph TensorRT builds
-    int8_info = None
+    int8_info, control = None, None
     if precision == Precision.INT8:
-        build, int8_info = _int8(graph, spec, recipe, options, islands, ctx)
+        build, int8_info, control = _int8(graph, model, spec, recipe, options, islands, ctx)
+        if control is not None:
+            notes.append(control.note)
     elif precision == Precision.FP16 and options.typing_mode == "strong":
         ctx.progress("fp16 with fp32 islands behind Casts")
         build = typed.to_fp16(graph, islands)
@@ -84,14 +87,15 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
     if opset_of(build) != opset:
         raise ToolchainError(f"the typed ONNX came out at opset {opset_of(build)}, not the {opset} its TensorRT "
                              f"{options.trt_version} parser was planned for")
-    onnx_path = ctx.workdir / f"{ctx.model_name}.onnx"
+    stem = control.stem if control else ctx.model_name  # a failed accuracy control: a name that says so
+    onnx_path = ctx.workdir / f"{stem}.onnx"
     final = check_and_save(build, onnx_path)  # onnx.checker at the graph's own opset: every op must exist there
-    plan = _plan(final, onnx_path, islands, profiles, recipe, options, ctx, int8_info, overflow)
-    plan_path = ctx.workdir / f"{ctx.model_name}.trt-plan.json"
+    plan = _plan(final, onnx_path, islands, profiles, recipe, options, ctx, int8_info, overflow, stem)
+    plan_path = ctx.workdir / f"{stem}.trt-plan.json"
     plan.save(plan_path)
     from evit_deploy.trt.plan import script
 
-    script_path = ctx.workdir / f"{ctx.model_name}.trtexec.sh"
+    script_path = ctx.workdir / f"{stem}.trtexec.sh"
     script_path.write_text(script(plan, plan_path.name))
     script_path.chmod(0o755)
     files = [onnx_path, plan_path, script_path]
@@ -122,19 +126,31 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
         details["peak_rss_mb"] = round(peak_rss_mb(), 1)  # the process's high-water mark, calibration included
     converter = {"onnx": onnx.__version__, **package_versions("onnxscript", "onnxruntime", "tensorrt")}
     return ExportOutput(files=files, converter=converter, inputs=tensor_infos(final, "input"),
-                        outputs=tensor_infos(final, "output"), notes=notes, details=details)
+                        outputs=tensor_infos(final, "output"), notes=notes, details=details,
+                        failure=control.failure if control else None)
 
-def _int8(graph: onnx.ModelProto, spec: InputSpec, recipe: Recipe, options: TrtOptions,
-          islands: list[Any], ctx: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def _int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, options: TrtOptions,
+          islands: list[Any], ctx: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any], Outcome | None]:
     from evit_deploy.onnx.qdq import key_material
     from evit_deploy.trt import int8
 
-    calibration = ctx.calibration_batches(spec)
     exclude = [n for island in islands for n in island.nodes]
     ctx.progress(f"int8: Q/DQ on {', '.join(options.quantize_ops)}; {len(exclude)} island node(s) stay fp32")
-    return int8.quantize_qdq(graph, calibration, input_name=ctx.graph.inputs[0].name, exclude=exclude,
-                             op_types=options.quantize_ops, method=options.calib_method,
-                             key_material=key_material(graph, spec, recipe), progress=ctx.progress)
+
+    def quantise(float_nodes: list[str], images: Iterable[np.ndarray],
+                 material: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        return int8.quantize_qdq(graph, images, input_name=ctx.graph.inputs[0].name, exclude=exclude + float_nodes,
+                                 op_types=options.quantize_ops, method=options.calib_method,
+                                 key_material=material, progress=ctx.progress)
+
+    if options.min_agreement is None:
+        return (*quantise([], ctx.calibration_batches(spec), key_material(graph, spec, recipe)), None)
+    from evit_deploy.onnx.accuracy import controlled_int8
+
+    # the agreement is measured on ONNX Runtime, which computes the Q/DQ as TensorRT defines it
+    return controlled_int8(graph, model, spec, ctx, options, OnnxOptions(), options.quantize_ops, quantise,
+                           key_material(graph, spec, recipe))
+
 
 def _overflow(simulated: onnx.ModelProto, spec: InputSpec, profiles: dict[str, Profile], options: TrtOptions,
               ctx: ExportContext) -> dict[str, Any]:
@@ -187,7 +203,7 @@ def _overflow_feeds(spec: InputSpec, profiles: dict[str, Profile], options: TrtO
 
 def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], profiles: dict[str, Profile],
           recipe: Recipe, options: TrtOptions, ctx: ExportContext,
-          int8_info: dict[str, Any] | None, overflow: dict[str, Any] | None) -> Any:
+          int8_info: dict[str, Any] | None, overflow: dict[str, Any] | None, name: str) -> Any:
     from evit_deploy.graph import islands_summary
     from evit_deploy.manifest import sha256_path
     from evit_deploy.trt import plan as p
@@ -201,7 +217,6 @@ def _plan(final: onnx.ModelProto, onnx_path: Path, islands: list[Any], profiles:
     precisions, output_types = ({}, {})
     if options.typing_mode == "weak" and recipe.precision != Precision.FP32:
         precisions, output_types = p.weak_typing_constraints(expected, typed.output_counts(final))
-    name = ctx.model_name
     plan = p.BuildPlan(
         model=ctx.model_name, task=ctx.task, precision=recipe.precision, trt_version=options.trt_version,
         trt_major=options.major, typing=options.typing_mode, platform=options.platform,

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from evit_deploy.contracts import TargetOptions, comma_list
+from evit_deploy.accuracy_control import ControlOptions
+from evit_deploy.contracts import comma_list
 from evit_deploy.errors import UsageError
 
 if TYPE_CHECKING:
@@ -41,8 +42,9 @@ Typing = Literal["strong", "weak"]
 _DIM_ENTRY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\d+):(\d+):(\d+)\s*$")
 
 
-class TrtOptions(TargetOptions):
-    """``options:`` of a ``target: trt`` recipe (CLI: ``--trt-version 10`` -> ``trt_version``)."""
+class TrtOptions(ControlOptions):
+    """``options:`` of a ``target: trt`` recipe (CLI: ``--trt-version 10`` -> ``trt_version``); int8 accuracy
+    control (``min_agreement``, measured on ONNX Runtime) from ``ControlOptions``."""
 
     trt_version: str = "10"
     typing: Typing | None = None  # None: strong on 10/11, weak on 8.x

@@ -35,9 +35,9 @@ def _held_out_agreement(artifact, weights, calib_photos) -> float:
     import torch
 
     from evit_deploy import zoo
+    from evit_deploy.accuracy_control import split_holdout
     from evit_deploy.artifact import open_artifact
     from evit_deploy.data import input_batches
-    from evit_deploy.tflite.accuracy import split_holdout
 
     handle = open_artifact(artifact)
     images = list(input_batches(handle.spec, samples=7, seed=0, source=calib_photos))

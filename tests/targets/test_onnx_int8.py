@@ -141,7 +141,8 @@ def test_keep_float_module_path_keeps_its_convs_float(seg_int8):
     """The handle an accuracy-control loop turns: a module path keeps every node under it float."""
     import onnx
 
-    from evit_deploy.onnx.int8 import keep_float_nodes, module_scopes
+    from evit_deploy.onnx.int8 import keep_float_nodes
+    from evit_deploy.onnx.layer_map import module_scopes
 
     model = onnx.load(str(seg_int8))
     convs = [n for n in model.graph.node if n.op_type == "Conv" and "backbone.input_stem" in module_scopes(n)]

@@ -1,0 +1,122 @@
+"""``--min-agreement`` on the Q/DQ targets: ``--target onnx`` (ORT's scheme) and ``--target trt``
+(TensorRT's Q/DQ ONNX, agreement measured on ONNX Runtime): nodes kept float until A is met.
+
+Seeded seg-B0 at 64x128 on the calibration photos (7 images: 5 give the ranges, 2 are held
+out for agreement); the agreement is re-measured here on ONNX Runtime and PyTorch, apart from
+the export's own measurement, and the kept nodes are checked in the graph: no Q/DQ feeds them.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from .conftest import RESOLUTION, SEG
+
+TARGETS = {"onnx": 0.95, "trt": 0.95}
+
+
+def _export(cli, out, calib, weights, target: str, *extra: object):
+    plan_only = ("--plan-only",) if target == "trt" else ()
+    return cli("export", SEG, "--target", target, "--precision", "int8", "--weights", weights, "--resolution",
+               "x".join(map(str, RESOLUTION)), "--calib", calib, "--calib-samples", 7, "--out", out, *extra,
+               *plan_only)
+
+
+@pytest.fixture(scope="module", params=sorted(TARGETS))
+def controlled(request, tmp_path_factory, seg_weights, calib_photos):
+    from evit_deploy import api
+
+    target = request.param
+    out = tmp_path_factory.mktemp(f"controlled-{target}")
+    options = {"min_agreement": TARGETS[target], "max_float_share": 1.0, **({"plan_only": True} if target == "trt" else {})}
+    return target, api.export(SEG, target=target, precision="int8", weights=seg_weights, out=out,
+                              resolution=RESOLUTION, calib=calib_photos, calib_samples=7, options=options)
+
+
+def _held_out_agreement(artifact, weights, calib_photos) -> float:
+    """Pixel agreement of the Q/DQ ONNX on ONNX Runtime with PyTorch on the images the export held out."""
+    import onnxruntime as ort
+    import torch
+
+    from evit_deploy import zoo
+    from evit_deploy.accuracy_control import split_holdout
+    from evit_deploy.artifact import open_artifact
+    from evit_deploy.data import input_batches
+
+    spec = open_artifact(artifact).spec
+    images = list(input_batches(spec, samples=7, seed=0, source=calib_photos))
+    _, held = split_holdout(images, 0.25)
+    model = zoo.create_model(SEG, weights).eval()
+    session = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    agree = total = 0
+    for image in held:
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(image)).numpy().argmax(axis=1)
+        got = session.run(None, {spec.name: image})[0].argmax(axis=1)
+        agree, total = agree + int(np.sum(got == expected)), total + expected.size
+    return agree / total
+
+
+def test_the_agreement_target_is_met_with_the_worst_nodes_float(controlled, seg_weights, calib_photos):
+    import onnx
+
+    target, result = controlled
+    control = result.manifest.details["int8"]["accuracy_control"]
+    assert control["met"] and control["target"] == TARGETS[target]
+    assert control["plain_int8_agreement"] < TARGETS[target] <= control["agreement"]
+    kept = control["kept_float"]
+    assert kept and all(name.split(".")[0].split(":")[0] in ("backbone", "head") for name in kept), kept  # module paths
+    assert kept == [row["layer"] for row in control["ranking"][:len(kept)]]  # the worst first
+    assert len(kept) < len(control["ranking"])  # not everything
+    assert len(control["steps"]) < 12  # bisection: a handful of quantisations, not one per node
+    assert any(f"{len(kept)} layer(s) float" in note for note in result.manifest.notes)
+    # the kept nodes compute in float (float weights, no int8 ones dequantised), and the others are still int8
+    graph = onnx.load(str(result.artifact))
+    producer = {o: n.op_type for n in graph.graph.node for o in n.output}
+    float_nodes = set(result.manifest.details["int8"]["accuracy_control_float_nodes"])
+    assert len(float_nodes) == len(kept)
+    convs = [n for n in graph.graph.node if n.op_type == "Conv"]
+    assert all(producer.get(n.input[1]) != "DequantizeLinear" for n in convs if n.name in float_nodes)
+    assert sum(producer.get(n.input[1]) == "DequantizeLinear" for n in convs) > 0
+    if target == "trt":  # the build plan lists them too
+        plan = json.loads(result.artifact.with_name(f"{SEG}.trt-plan.json").read_text())
+        assert plan["int8"]["accuracy_control"]["kept_float"] == kept
+    # the number recorded is what the graph computes on ONNX Runtime, measured again here
+    assert _held_out_agreement(result.artifact, seg_weights, calib_photos) == pytest.approx(
+        control["agreement"], abs=1e-6)
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_an_unreachable_target_exits_1_keeping_the_best_artifact_under_a_name_that_says_so(
+        cli, tmp_path, seg_weights, calib_photos, target):
+    result = _export(cli, tmp_path, calib_photos, seg_weights, target, "--min-agreement", "0.9999")
+    assert result.code == 1, result
+    assert len(result.error_lines) == 1 and "Traceback" not in result.stderr, result
+    line = result.error_lines[0]
+    assert "--min-agreement 0.9999" in line and "below-min-agreement.onnx" in line
+    kept = tmp_path / f"{SEG}.below-min-agreement.onnx"
+    manifest = json.loads((tmp_path / f"{SEG}.below-min-agreement.evit.json").read_text())
+    assert kept.is_file() and not (tmp_path / f"{SEG}.onnx").exists()
+    control = manifest["details"]["int8"]["accuracy_control"]
+    assert not control["met"] and control["agreement"] < 0.9999
+    assert control["agreement"] == max(step["agreement"] for step in control["steps"])  # the best one found
+    if target == "trt":  # the plan and script build the kept ONNX, under the same name
+        plan = json.loads((tmp_path / f"{SEG}.below-min-agreement.trt-plan.json").read_text())
+        assert plan["onnx"] == kept.name and plan["engine"] == f"{SEG}.below-min-agreement.engine"
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize(("extra", "needle"), [
+    (("--min-agreement", "0"), "min_agreement"),
+    (("--min-agreement", "0.9", "--precision", "fp16"), "controls int8"),
+    (("--min-agreement", "0.9", "--calib-samples", "1"), "at least 2"),
+    (("--min-agreement", "0.9", "--holdout", "1"), "holdout"),
+])
+def test_bad_accuracy_control_options_exit_2_before_writing(cli, tmp_path, seg_weights, calib_photos, target, extra,
+                                                           needle):
+    result = _export(cli, tmp_path / "out", calib_photos, seg_weights, target, *extra)
+    assert result.code == 2, result
+    assert len(result.error_lines) == 1 and needle in result.error_lines[0], result
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
