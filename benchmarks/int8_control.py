@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         timing = interleaved({name: [path] for name, path in artifacts.items()}, rounds=args.rounds,
                              threads=args.threads, warmup=2, iters=args.iters) if fp32_config else {}
     p50 = {name: r["p50_ms"] for name, r in timing.items()}
-    stem = "int8_control" if args.target == "tflite" else f"int8_control_{args.target}"
+    stem = "int8_control" + ("" if args.target == "tflite" else f"_{args.target}") + \
+        ("_instrument" if args.weights == "instrument" else "")
     plot = plot_curve(control["steps"], args.min_agreement, RESULTS / f"{stem}.png")
     write_result(stem, {
         "model": MODEL,
