@@ -168,8 +168,11 @@ def outcome(result: ControlResult[Any], plain: float, held: int, model_name: str
 
 
 def control_details(result: ControlResult[Any], plain: float, held: int, ranked_by: str) -> dict[str, Any]:
-    """``details.int8.accuracy_control`` of the manifest."""
-    return {**result.to_dict(), "plain_int8_agreement": plain, "held_out_images": held, "ranked_by": ranked_by}
+    """``details.int8.accuracy_control`` of the manifest; ``latency_ms``: per image on the held-out
+    images, plain int8 against the chosen candidate (measured during the control)."""
+    times = {s.kept: s.extra.get("ms_per_image") for s in result.steps}
+    return {**result.to_dict(), "plain_int8_agreement": plain, "held_out_images": held, "ranked_by": ranked_by,
+            "latency_ms": {"plain_int8": times.get(0), "chosen": times.get(len(result.kept))}}
 
 
 Measured = tuple[float, dict[str, Any]]  # agreement, and anything else worth recording (latency)

@@ -161,15 +161,19 @@ def rank_nodes(graph: onnx.ModelProto, quantized: onnx.ModelProto, nodes: list[Q
 
 def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.ModelProto], model: torch.nn.Module, *,
                 target: float, ranged: list[np.ndarray], held_out: list[np.ndarray], input_name: str,
-                op_types: list[str], session: OnnxOptions, max_float_share: float,
-                progress: Callable[[str], None]) -> tuple[ControlResult[onnx.ModelProto], float]:
+                op_types: list[str], session: OnnxOptions | None, max_float_share: float,
+                progress: Callable[[str], None]) -> tuple[ControlResult[onnx.ModelProto], float, list[dict[str, Any]]]:
     """The Q/DQ graph with the fewest worst nodes float that agrees with PyTorch on ``held_out``
     to ``target``, and the plain int8 graph's agreement.
 
     ``quantise(nodes)`` quantises ``graph`` with those node names float too (on ranges taken from
-    ``ranged``); ``session``: the ONNX Runtime settings the agreement is measured with."""
+    ``ranged``); ``session``: the ONNX Runtime settings the artifact runs with, or None when ONNX
+    Runtime only stands in for another runtime (TensorRT): then the agreement is measured with
+    the defaults and the kept nodes are not timed. The third value: per kept node, its kernel
+    time in the plain int8 graph and in the returned one (ORT's profiler, on a held-out image)."""
     import onnx
 
+    from evit_deploy.onnx.options import OnnxOptions
     from evit_deploy.onnx.runner import OnnxRunner
 
     progress("accuracy control: PyTorch on the held-out images")
@@ -177,6 +181,7 @@ def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.Mod
     plain = quantise([])
     nodes = quantised_nodes(graph, plain, op_types)
     node_of = {n.name: n.node for n in nodes}
+    output_of = {n.name: n.output for n in nodes}
     progress(f"accuracy control: ranking {len(nodes)} quantised nodes by the noise each adds")
     ranking = rank_nodes(graph, plain, nodes, ranged[:4], input_name)
 
@@ -188,7 +193,7 @@ def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.Mod
             path = Path(tmp) / "candidate.onnx"
             onnx.save(quantized, str(path))
             seconds, predicted = 0.0, []
-            with OnnxRunner(path, session=session) as runner:
+            with OnnxRunner(path, session=session or OnnxOptions()) as runner:
                 output = runner.outputs[0].name
                 for image in held_out:
                     started = time.perf_counter()
@@ -199,15 +204,46 @@ def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.Mod
 
         result = keep_float_until(ranking, candidate, measure, target,
                                   max_kept=int(max_float_share * len(ranking)), progress=progress)
+        costs = []
+        if session is not None and result.kept:
+            progress("accuracy control: timing the kept nodes, int8 and float")
+            before = _node_times(plain, Path(tmp) / "plain.onnx", session, {input_name: held_out[0]})
+            after = _node_times(result.candidate, Path(tmp) / "chosen.onnx", session, {input_name: held_out[0]})
+            costs = [{"layer": name, "node": node_of[name], "int8_ms": _of(before, node_of[name], output_of[name]),
+                      "float_ms": _of(after, node_of[name], output_of[name])} for name in result.kept]
     plain_step = next(s for s in result.steps if s.kept == 0)
-    return result, plain_step.agreement
+    return result, plain_step.agreement, costs
+
+
+PROFILE_ITERS = 5
+
+
+def _node_times(model: onnx.ModelProto, path: Path, session: OnnxOptions,
+                feed: dict[str, np.ndarray]) -> dict[str, float]:
+    """ms per run of every kernel ONNX Runtime ran (by its node's name, fused ones included)."""
+    import onnx
+
+    from evit_deploy.onnx.runner import OnnxRunner
+
+    onnx.save(model, str(path))
+    with OnnxRunner(path, session=session) as runner:
+        return {row.name: row.total_ms for row in runner.per_layer(feed, PROFILE_ITERS)}
+
+
+def _of(times: dict[str, float], node: str, output: str) -> float | None:
+    """The kernel time of ``node`` (writing ``output``): ORT names a fused kernel after the first
+    node it took in (``node_Conv_12_token_3``: a QLinearConv made of node_Conv_12 and its Q/DQ), and
+    a blocked-layout convolution after its output (``getitem_3_nchwc``)."""
+    hits = [ms for name, ms in times.items()
+            if name == node or name.startswith(f"{node}_") or name == f"{output}_nchwc"]
+    return round(sum(hits), 3) if hits else None
 
 
 Quantise = Callable[[list[str], list[np.ndarray], dict[str, Any]], "tuple[onnx.ModelProto, dict[str, Any]]"]
 
 
 def controlled_int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, ctx: ExportContext,
-                    options: ControlOptions, session: OnnxOptions, op_types: list[str], quantise: Quantise,
+                    options: ControlOptions, session: OnnxOptions | None, op_types: list[str], quantise: Quantise,
                     material: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any], Outcome]:
     """A target's int8 graph under ``--min-agreement``: its details (``accuracy_control`` added) and
     what the export says. ``op_types``: the quantised op types; ``quantise(float_nodes, images, key_material)`` is the target's Q/DQ
@@ -223,9 +259,14 @@ def controlled_int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputS
         infos[id(quantized)] = {**info, "accuracy_control_float_nodes": float_nodes}
         return quantized
 
-    result, plain = control_qdq(graph, candidate, model, target=options.min_agreement, ranged=ranged,
+    result, plain, costs = control_qdq(graph, candidate, model, target=options.min_agreement, ranged=ranged,
                                 held_out=held, input_name=spec.name, op_types=op_types, session=session,
                                 max_float_share=options.max_float_share, progress=ctx.progress)
-    details = {**infos[id(result.candidate)],
-               "accuracy_control": control_details(result, plain, len(held), RANKED_BY)}
+    control = control_details(result, plain, len(held), RANKED_BY)
+    if costs:
+        control["kept_float_latency"] = {
+            "per_node": costs, "measured": f"ONNX Runtime's profiler, {PROFILE_ITERS} runs of a held-out image: "
+            "each kept node's own kernel, quantised (plain int8) and float (this artifact); the Q/DQ around "
+            "them is not included, the whole-model cost is in steps' ms_per_image"}
+    details = {**infos[id(result.candidate)], "accuracy_control": control}
     return result.candidate, details, outcome(result, plain, len(held), ctx.model_name)

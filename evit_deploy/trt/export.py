@@ -148,7 +148,7 @@ def _int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, recip
     from evit_deploy.onnx.accuracy import controlled_int8
 
     # the agreement is measured on ONNX Runtime, which computes the Q/DQ as TensorRT defines it
-    return controlled_int8(graph, model, spec, ctx, options, OnnxOptions(), options.quantize_ops, quantise,
+    return controlled_int8(graph, model, spec, ctx, options, None, options.quantize_ops, quantise,
                            key_material(graph, spec, recipe))
 
 

@@ -73,6 +73,14 @@ def test_the_agreement_target_is_met_with_the_worst_nodes_float(controlled, seg_
     convs = [n for n in graph.graph.node if n.op_type == "Conv"]
     assert all(producer.get(n.input[1]) != "DequantizeLinear" for n in convs if n.name in float_nodes)
     assert sum(producer.get(n.input[1]) == "DequantizeLinear" for n in convs) > 0
+    assert control["latency_ms"]["plain_int8"] > 0 and control["latency_ms"]["chosen"] > 0
+    if target == "onnx":  # each kept node's own kernel, timed int8 (plain) and float (chosen) by ORT's profiler
+        per_node = control["kept_float_latency"]["per_node"]
+        assert [row["layer"] for row in per_node] == kept
+        timed = [row for row in per_node if row["int8_ms"] is not None and row["float_ms"] is not None]
+        assert len(timed) >= 0.8 * len(kept) and all(row["int8_ms"] > 0 and row["float_ms"] > 0 for row in timed)
+    else:  # ONNX Runtime's speed says nothing of an engine's
+        assert "kept_float_latency" not in control
     if target == "trt":  # the build plan lists them too
         plan = json.loads(result.artifact.with_name(f"{SEG}.trt-plan.json").read_text())
         assert plan["int8"]["accuracy_control"]["kept_float"] == kept
