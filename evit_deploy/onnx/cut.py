@@ -1,8 +1,7 @@
 """A piece of an ONNX graph as a graph of its own: from some of its tensors to another.
 
-``evit debug`` runs a layer alone in such a cut, fed the PyTorch reference's values; int8
-accuracy control runs each quantised node alone in a cut of the Q/DQ graph, fed the float
-graph's values, to rank the nodes by the error each adds by itself.
+``evit debug`` runs a layer alone in such a cut, fed the PyTorch reference's values, to tell
+the error a layer adds from the error it inherits.
 """
 from __future__ import annotations
 

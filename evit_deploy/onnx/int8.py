@@ -109,7 +109,8 @@ def quantize(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, re
     else:
         from evit_deploy.onnx.accuracy import controlled_int8
 
-        quantized, info, control = controlled_int8(graph, model, spec, ctx, options, options, list(options.quantize_ops), quantise,
+        quantized, info, control = controlled_int8(graph, model, spec, ctx, options, options, scheme,
+                                                   list(options.quantize_ops), quantise,
                                                    key_material(graph, spec, recipe))
     details = {"int8": {**info, "scheme": scheme.name, "keep_float": list(options.keep_float),
                         "keep_float_nodes": kept, "float_head": head, "float_upsampling": upsampling_nodes,

@@ -131,7 +131,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
 
 def _int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, options: TrtOptions,
           islands: list[Any], ctx: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any], Outcome | None]:
-    from evit_deploy.onnx.qdq import key_material
+    from evit_deploy.onnx.qdq import TENSORRT, key_material
     from evit_deploy.trt import int8
 
     exclude = [n for island in islands for n in island.nodes]
@@ -148,7 +148,7 @@ def _int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, recip
     from evit_deploy.onnx.accuracy import controlled_int8
 
     # the agreement is measured on ONNX Runtime, which computes the Q/DQ as TensorRT defines it
-    return controlled_int8(graph, model, spec, ctx, options, None, options.quantize_ops, quantise,
+    return controlled_int8(graph, model, spec, ctx, options, None, TENSORRT, options.quantize_ops, quantise,
                            key_material(graph, spec, recipe))
 
 
