@@ -5,10 +5,11 @@ fp32 graph with the same islands and min/max ranges (speed does not depend on th
 side by side and timed round-robin, run by run, so the load of a shared machine falls on all alike;
 the figures are each candidate's median over the rounds and its ratio to fp32.
 
-One candidate is an experiment, not a scheme evit offers: ``HardSwish as Add/Clip/Mul`` rewrites
-each HardSwish outside the islands as ``x * Clip(x + 3, 0, 6) * 1/6`` so ONNX Runtime can run it
-in int8 (QLinearAdd, the Clip folded into the quantisation range, QLinearMul) instead of a float
-HardSigmoid + Mul between a DequantizeLinear and a QuantizeLinear (it has no int8 HardSwish).
+``HardSwish as Add/Clip/Mul`` is evit's int8 HardSwish (``evit_deploy.onnx.hardswish``, the
+default since): each HardSwish outside the islands as ``x * Clip(x + 3, 0, 6) / 6``, the ``/ 6``
+folded into the convolutions reading it, so ONNX Runtime runs it in int8 (QLinearAdd, the Clip
+folded into the quantisation range, QLinearMul) instead of a float HardSigmoid + Mul between a
+DequantizeLinear and a QuantizeLinear (it has no int8 HardSwish).
 
     python benchmarks/onnx_int8_schemes.py     # writes benchmarks/results/onnx_int8_schemes.json
 """
@@ -23,7 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from harness import ROOT, seeded_weights, write_result
@@ -37,36 +37,13 @@ CANDIDATES = {"qdq-u8s8 Conv": ("qdq-u8s8", ["Conv"]), "qdq-s8s8 Conv": ("qdq-s8
 DECOMPOSED = "qdq-u8s8 Conv+Add, HardSwish as Add/Clip/Mul"
 
 
-def decompose_hardswish(graph: Any, exclude: list[str]) -> Any:
-    """``graph`` with every HardSwish not in ``exclude`` written as ``x * Clip(x + 3, 0, 6) * 1/6``."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    out = onnx.ModelProto()
-    out.CopyFrom(graph)
-    constants = {"hs_three": 3.0, "hs_zero": 0.0, "hs_six": 6.0, "hs_sixth": 1 / 6}
-    out.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), k) for k, v in constants.items())
-    nodes = []
-    for node in out.graph.node:
-        if node.op_type != "HardSwish" or node.name in exclude:
-            nodes.append(node)
-            continue
-        x, y, name = node.input[0], node.output[0], node.name
-        nodes += [helper.make_node("Add", [x, "hs_three"], [f"{name}_plus3"], name=f"{name}_add"),
-                  helper.make_node("Clip", [f"{name}_plus3", "hs_zero", "hs_six"], [f"{name}_relu6"], name=f"{name}_clip"),
-                  helper.make_node("Mul", [x, f"{name}_relu6"], [f"{name}_times"], name=f"{name}_mul"),
-                  helper.make_node("Mul", [f"{name}_times", "hs_sixth"], [y], name=f"{name}_sixth")]
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     import onnx
     import onnxruntime as ort
 
     from evit_deploy import api
     from evit_deploy.graph import name_nodes, select_islands
+    from evit_deploy.onnx.hardswish import decompose_hardswish
     from evit_deploy.onnx.layer_map import module_nodes
     from evit_deploy.onnx.qdq import ORT_SCHEMES, quantize_qdq
 
@@ -94,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["EVIT_CALIB_CACHE"] = tmp
         for name, (scheme, ops) in CANDIDATES.items():
             print(f"quantising {name}", flush=True)
-            source = decompose_hardswish(graph, exclude) if name == DECOMPOSED else copy.deepcopy(graph)
+            source = decompose_hardswish(graph, exclude)[0] if name == DECOMPOSED else copy.deepcopy(graph)
             models[name], _ = quantize_qdq(source, calib, input_name="input", exclude=exclude,
                                            op_types=ops, method="minmax", key_material={"speed": 1},
                                            scheme=ORT_SCHEMES[scheme])

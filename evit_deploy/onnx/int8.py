@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evit_deploy.errors import UsageError
+from evit_deploy.onnx.hardswish import OP_TYPES as HARDSWISH_OP_TYPES
+from evit_deploy.onnx.hardswish import decompose_hardswish
 from evit_deploy.onnx.layer_map import module_nodes
 
 if TYPE_CHECKING:
@@ -94,13 +96,17 @@ def quantize(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, re
     head = [n.name for n in graph.graph.node if set(n.output) & {o.name for o in graph.graph.output}]
     exclude = list(dict.fromkeys([n for island in islands for n in island.nodes] + upsampling_nodes + head + kept))
     scheme = ORT_SCHEMES[options.int8_scheme]
-    ctx.progress(f"int8 ({scheme.name}): Q/DQ on {', '.join(options.quantize_ops)}; "
-                 f"{len(exclude)} node(s) stay float")
+    op_types = list(options.quantize_ops)
+    rewrite: dict[str, int] = {}
+    if options.int8_hardswish == "int8":
+        graph, rewrite = decompose_hardswish(graph, keep=exclude)
+        op_types = list(dict.fromkeys(op_types + list(HARDSWISH_OP_TYPES)))
+    ctx.progress(f"int8 ({scheme.name}): Q/DQ on {', '.join(op_types)}; {len(exclude)} node(s) stay float")
 
     def quantise(float_nodes: list[str], images: Iterable[np.ndarray],
                  material: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any]]:
         return quantize_qdq(graph, images, input_name=spec.name, exclude=exclude + float_nodes,
-                            op_types=list(options.quantize_ops), method=options.calib_method, key_material=material,
+                            op_types=op_types, method=options.calib_method, key_material=material,
                             scheme=scheme, progress=ctx.progress)
 
     control = None
@@ -109,12 +115,11 @@ def quantize(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, re
     else:
         from evit_deploy.onnx.accuracy import controlled_int8
 
-        quantized, info, control = controlled_int8(graph, model, spec, ctx, options, options, scheme,
-                                                   list(options.quantize_ops), quantise,
-                                                   key_material(graph, spec, recipe))
+        quantized, info, control = controlled_int8(graph, model, spec, ctx, options, options, scheme, op_types,
+                                                   quantise, key_material(graph, spec, recipe))
     details = {"int8": {**info, "scheme": scheme.name, "keep_float": list(options.keep_float),
                         "keep_float_nodes": kept, "float_head": head, "float_upsampling": upsampling_nodes,
-                        "measured": MEASURED},
+                        "hardswish": {"mode": options.int8_hardswish, **rewrite}, "measured": MEASURED},
                "fp32_islands": islands_summary(islands)}
     notes = [f"int8 ({scheme.name}): {len(islands)} float island(s) "
              f"({', '.join(sorted({i.kind for i in islands})) or 'none'}) and the output layer"

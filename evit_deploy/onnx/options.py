@@ -39,6 +39,9 @@ class OnnxOptions(ControlOptions):
     # int8 (evit_deploy.onnx.int8): the Q/DQ scheme ORT's CPU kernels run fastest, chosen by measurement
     int8_scheme: Literal["qdq-u8s8", "qdq-s8s8", "qoperator-u8s8"] = "qdq-u8s8"
     quantize_ops: list[Literal["Conv", "Gemm", "MatMul", "Add", "Mul"]] = Field(default_factory=lambda: ["Conv", "Add"])
+    # "int8": each HardSwish written as x * Clip(x + 3, 0, 6) / 6 and quantised (evit_deploy.onnx.hardswish:
+    # ORT has no int8 HardSwish); "float": ORT runs it in float between DequantizeLinear and QuantizeLinear
+    int8_hardswish: Literal["int8", "float"] = "int8"
     calib_method: Literal["minmax", "entropy", "percentile"] = "percentile"
     # more nodes to keep float: node names or module paths (a path keeps every node under it)
     keep_float: list[str] = Field(default_factory=list)
