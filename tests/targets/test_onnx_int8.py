@@ -56,8 +56,10 @@ def test_manifest_records_the_scheme_and_the_islands(seg_int8):
     assert details["quantize_nodes"] > 0 and details["excluded_nodes"] > 0
     assert {i["kind"] for i in manifest["details"]["fp32_islands"]} >= {"attention", "resize"}
     assert details["float_head"] and details["keep_float"] == [] and details["keep_float_nodes"] == []
-    # the user is told int8 is for size here, with the measured speed ratio
-    assert any("Ship fp32 for CPU speed" in note and "0.57x" in note for note in manifest["notes"]), manifest["notes"]
+    # the user is told what int8 gained where it was measured, and how to check on their CPU
+    assert any("HardSwish in int8" in note and "1.2x the fp32 artifact's speed" in note and "evit profile" in note
+               for note in manifest["notes"]), manifest["notes"]
+    assert details["hardswish"]["mode"] == "int8" and details["hardswish"]["rewritten"] > 0
 
 
 def test_attention_and_resize_nodes_get_no_qdq(seg_int8):
