@@ -134,11 +134,18 @@ def only_quantised(graph: onnx.ModelProto, quantized: onnx.ModelProto, node: Qdq
     present = {i.name for i in out.graph.initializer}
     out.graph.initializer.extend(i for i in quantized.graph.initializer if i.name in constants and i.name not in present)
     rename: dict[str, str] = {}
+    # a float op the quantiser folded into the node's output rounding (a Clip or Relu after it: the
+    # int8 node writes that op's output name) goes: the rounding's saturation does its work
+    made = set(target.output) | {o for n in copied for o in n.output}
+    absorbed = {n.name for n in out.graph.node if n.name != node.node and made & set(n.output)}
     nodes = []
     for n in out.graph.node:
+        if n.name in absorbed:
+            continue
         if n.name == node.node:  # its input Q/DQ, its int8 self (outputs named as the int8 graph names them), its output Q/DQ
-            if dequantize and dequantize[0].output[0] != n.output[0]:
-                rename[n.output[0]] = dequantize[0].output[0]  # the float graph's readers take the rounded value
+            for name in {n.output[0], target.output[0]} if dequantize else ():
+                if name != dequantize[0].output[0]:
+                    rename[name] = dequantize[0].output[0]  # the float graph's readers take the rounded value
             nodes += copied[:len(copied) - (2 if dequantize else 0)]
             nodes.append(onnx.NodeProto())
             nodes[-1].CopyFrom(target)
@@ -150,8 +157,7 @@ def only_quantised(graph: onnx.ModelProto, quantized: onnx.ModelProto, node: Qdq
         nodes.append(n)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    made = {o for n in copied for o in n.output}  # a dequantised bias keeps the float bias's name
-    kept = [i for i in out.graph.initializer if i.name not in made]
+    kept = [i for i in out.graph.initializer if i.name not in made]  # a dequantised bias keeps the float bias's name
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
     return out

@@ -23,7 +23,8 @@ def _export(cli, out, calib, weights, target: str, *extra: object):
 @pytest.mark.parametrize("target", TARGETS)
 def test_an_unreachable_target_exits_1_keeping_the_best_artifact_under_a_name_that_says_so(
         cli, tmp_path, seg_weights, calib_photos, target):
-    result = _export(cli, tmp_path, calib_photos, seg_weights, target, "--min-agreement", "0.9999")
+    result = _export(cli, tmp_path, calib_photos, seg_weights, target, "--min-agreement", "0.9999",
+                     "--max-float-share", "0.1")  # two candidates: plain, and the most it may keep float
     assert result.code == 1, result
     assert len(result.error_lines) == 1 and "Traceback" not in result.stderr, result
     line = result.error_lines[0]
