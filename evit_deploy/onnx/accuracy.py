@@ -164,31 +164,41 @@ def only_quantised(graph: onnx.ModelProto, quantized: onnx.ModelProto, node: Qdq
 
 
 def rank_nodes(graph: onnx.ModelProto, quantized: onnx.ModelProto, nodes: list[QdqNode], images: list[np.ndarray],
-               input_name: str, outputs_quantised: bool, progress: Callable[[str], None]) -> list[Ranked]:
-    """``nodes`` by the noise each alone puts on the output (worst first), over ``images``."""
+               input_name: str, outputs_quantised: bool,
+               progress: Callable[[str], None]) -> tuple[list[Ranked], dict[str, str]]:
+    """``nodes`` by the noise each alone puts on the output (worst first), over ``images``, and the
+    nodes whose graph ONNX Runtime refused, each with its one-line reason (ranked last, score 0)."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph
+
     reference = _outputs(graph, images, input_name)
     power = sum(float(np.sum(r ** 2)) for r in reference) or 1.0
     scores: dict[str, float] = {}
+    unranked: dict[str, str] = {}
     for index, node in enumerate(nodes):
         if index % 10 == 0:
             progress(f"accuracy control: node {index + 1}/{len(nodes)} quantised alone")
-        alone = _outputs(only_quantised(graph, quantized, node, outputs_quantised), images, input_name)
+        try:
+            alone = _outputs(only_quantised(graph, quantized, node, outputs_quantised), images, input_name)
+        except (Fail, InvalidGraph) as err:
+            scores[node.name], unranked[node.name] = 0.0, str(err).strip().splitlines()[0]
+            continue
         scores[node.name] = sum(float(np.sum((a - r) ** 2)) for a, r in zip(alone, reference)) / power
-    return sorted((Ranked(n.name, scores[n.name]) for n in nodes), key=lambda r: -r.score)
+    return sorted((Ranked(n.name, scores[n.name]) for n in nodes), key=lambda r: -r.score), unranked
 
 
 def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.ModelProto], model: torch.nn.Module, *,
                 target: float, ranged: list[np.ndarray], held_out: list[np.ndarray], input_name: str,
                 op_types: list[str], outputs_quantised: bool, session: OnnxOptions | None, max_float_share: float,
-                progress: Callable[[str], None]) -> tuple[ControlResult[onnx.ModelProto], float, list[dict[str, Any]]]:
+                progress: Callable[[str], None]) -> tuple[ControlResult[onnx.ModelProto], float, dict[str, Any]]:
     """The Q/DQ graph with the fewest worst nodes float that agrees with PyTorch on ``held_out``
     to ``target``, and the plain int8 graph's agreement.
 
     ``quantise(nodes)`` quantises ``graph`` with those node names float too (on ranges taken from
     ``ranged``); ``session``: the ONNX Runtime settings the artifact runs with, or None when ONNX
     Runtime only stands in for another runtime (TensorRT): then the agreement is measured with
-    the defaults and the kept nodes are not timed. The third value: per kept node, its kernel
-    time in the plain int8 graph and in the returned one (ORT's profiler, on a held-out image)."""
+    the defaults and the kept nodes are not timed. The third value, for the manifest: per kept
+    node, its kernel time in the plain int8 graph and in the returned one (ORT's profiler, on a
+    held-out image), and the nodes that could not be ranked, with why."""
     import onnx
 
     from evit_deploy.onnx.options import OnnxOptions
@@ -201,7 +211,8 @@ def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.Mod
     node_of = {n.name: n.node for n in nodes}
     output_of = {n.name: n.output for n in nodes}
     progress(f"accuracy control: ranking {len(nodes)} quantised nodes by the noise each alone puts on the output")
-    ranking = rank_nodes(graph, plain, nodes, ranged[:RANKING_IMAGES], input_name, outputs_quantised, progress)
+    ranking, unranked = rank_nodes(graph, plain, nodes, ranged[:RANKING_IMAGES], input_name, outputs_quantised,
+                                   progress)
 
     def candidate(names: list[str]) -> onnx.ModelProto:
         return plain if not names else quantise([node_of[n] for n in names])
@@ -222,15 +233,20 @@ def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.Mod
 
         result = keep_float_until(ranking, candidate, measure, target,
                                   max_kept=int(max_float_share * len(ranking)), progress=progress)
-        costs = []
+        extra: dict[str, Any] = {"unranked": unranked} if unranked else {}
         if session is not None and result.kept:
             progress("accuracy control: timing the kept nodes, int8 and float")
             before = _node_times(plain, Path(tmp) / "plain.onnx", session, {input_name: held_out[0]})
             after = _node_times(result.candidate, Path(tmp) / "chosen.onnx", session, {input_name: held_out[0]})
-            costs = [{"layer": name, "node": node_of[name], "int8_ms": _of(before, node_of[name], output_of[name]),
-                      "float_ms": _of(after, node_of[name], output_of[name])} for name in result.kept]
+            extra["kept_float_latency"] = {
+                "per_node": [{"layer": name, "node": node_of[name],
+                              "int8_ms": _of(before, node_of[name], output_of[name]),
+                              "float_ms": _of(after, node_of[name], output_of[name])} for name in result.kept],
+                "measured": f"ONNX Runtime's profiler, {PROFILE_ITERS} runs of a held-out image: each kept node's "
+                            "own kernel, quantised (plain int8) and float (this artifact); the Q/DQ around them is "
+                            "not included, the whole-model cost is in steps' ms_per_image"}
     plain_step = next(s for s in result.steps if s.kept == 0)
-    return result, plain_step.agreement, costs
+    return result, plain_step.agreement, extra
 
 
 PROFILE_ITERS = 5
@@ -278,15 +294,10 @@ def controlled_int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputS
         infos[id(quantized)] = {**info, "accuracy_control_float_nodes": float_nodes}
         return quantized
 
-    result, plain, costs = control_qdq(graph, candidate, model, target=options.min_agreement, ranged=ranged,
-                                held_out=held, input_name=spec.name, op_types=op_types,
-                                outputs_quantised=scheme.quantize_outputs, session=session,
-                                max_float_share=options.max_float_share, progress=ctx.progress)
-    control = control_details(result, plain, len(held), RANKED_BY)
-    if costs:
-        control["kept_float_latency"] = {
-            "per_node": costs, "measured": f"ONNX Runtime's profiler, {PROFILE_ITERS} runs of a held-out image: "
-            "each kept node's own kernel, quantised (plain int8) and float (this artifact); the Q/DQ around "
-            "them is not included, the whole-model cost is in steps' ms_per_image"}
+    result, plain, extra = control_qdq(graph, candidate, model, target=options.min_agreement, ranged=ranged,
+                                       held_out=held, input_name=spec.name, op_types=op_types,
+                                       outputs_quantised=scheme.quantize_outputs, session=session,
+                                       max_float_share=options.max_float_share, progress=ctx.progress)
+    control = {**control_details(result, plain, len(held), RANKED_BY), **extra}
     details = {**infos[id(result.candidate)], "accuracy_control": control}
     return result.candidate, details, outcome(result, plain, len(held), ctx.model_name)

@@ -87,3 +87,40 @@ def test_the_agreement_target_is_met_with_the_worst_nodes_float(controlled, seg_
     # the number recorded is what the graph computes on ONNX Runtime, measured again here
     assert _held_out_agreement(result.artifact, seg_weights, calib_photos) == pytest.approx(
         control["agreement"], abs=1e-6)
+
+
+def test_a_node_onnx_runtime_refuses_alone_is_ranked_last_with_its_reason(tmp_path, monkeypatch):
+    """A graph ORT will not load for one node (here: a name defined twice) leaves that node unranked,
+    with ORT's line, instead of ending the export in a traceback."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from evit_deploy.onnx import accuracy
+    from evit_deploy.onnx.qdq import TENSORRT, quantize_qdq
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32), f"w{i}") for i in range(2)]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w1"], ["y"], name="conv1", pads=[1, 1, 1, 1])]
+    graph = helper.make_model(helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], weights),
+        opset_imports=[helper.make_opsetid("", 18)])
+    monkeypatch.setenv("EVIT_CALIB_CACHE", str(tmp_path))
+    images = [rng.standard_normal((1, 4, 8, 8)).astype(np.float32) for _ in range(2)]
+    plain, _ = quantize_qdq(graph, images, input_name="x", exclude=[], op_types=["Conv"], method="minmax",
+                            key_material={"test": 1}, scheme=TENSORRT)
+    found = accuracy.quantised_nodes(graph, plain, ["Conv"])
+    assert [n.node for n in found] == ["conv0", "conv1"]
+    real = accuracy.only_quantised
+
+    def broken(graph, quantized, node, outputs_quantised):
+        made = real(graph, quantized, node, outputs_quantised)
+        if node.node == "conv1":
+            made.graph.node.append(onnx.helper.make_node("Identity", ["x"], ["a"], name="twice"))
+        return made
+
+    monkeypatch.setattr(accuracy, "only_quantised", broken)
+    ranking, unranked = accuracy.rank_nodes(graph, plain, found, images, "x", False, lambda message: None)
+    assert [r.name for r in ranking][-1] == "conv1" and ranking[-1].score == 0.0 and ranking[0].score > 0
+    assert list(unranked) == ["conv1"] and "a" in unranked["conv1"] and "\n" not in unranked["conv1"]
