@@ -19,7 +19,7 @@ it behaves like a trained model on them (wide margins) while nothing is download
   run resumes from its last checkpoint.
 - the training curve and the margins before/after go to ``results/instrument.json``.
 
-    nice -n 19 python benchmarks/instrument.py     # ~40 min on a quiet 2-core VM, hours on a busy one
+    python benchmarks/instrument.py --threads 2    # ~40 min on a quiet 2-core VM, hours on a busy one
 """
 from __future__ import annotations
 
@@ -78,11 +78,11 @@ def weights_path() -> Path:
     return CACHE / f"instrument-seg-b1-{recipe_key()}.safetensors"
 
 
-def load_instrument() -> Path:
+def load_instrument(threads: int = 1) -> Path:
     """The trained seg-B1 weights (official layout, .safetensors); trains them first if not cached."""
     path = weights_path()
     if not path.exists():
-        train()
+        train(threads)
     return path
 
 
@@ -205,14 +205,16 @@ def evaluate(model: Any, inputs: list[tuple[Any, Any]]) -> dict[str, float]:
 # --------------------------------------------------------------------------- training
 
 
-def train() -> Path:
+def train(threads: int = 1) -> Path:
+    """Fit (or resume) the instrument; ``threads``: PyTorch's, for this run (the result does not
+    depend on them beyond float summation order, so a resumed run may use others)."""
     import torch
     import torch.nn.functional as F
     from safetensors.torch import save_file
 
     from evit_deploy.zoo import create_model, get_card
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     torch.manual_seed(RECIPE["seed"])
     conftest = _conftest()
     card = get_card(MODEL)
@@ -308,10 +310,14 @@ def train() -> Path:
         "note": "median_top2_gap: median over all logit pixels of (top-1 - top-2 logit) on the whole photos "
                 "resized to eval_resolution (training saw 256x512 crops of rescaled photos); pixel_accuracy "
                 "against their colour-region pseudo-labels. "
-                "Trained with torch.set_num_threads(1) under nice on a shared machine.",
+                "Trained on a shared 2-core machine, 1 or 2 PyTorch threads, resumed from checkpoints.",
     })
     return path
 
 
 if __name__ == "__main__":
-    print(load_instrument())
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1, help="PyTorch threads (a resumed run may change them)")
+    print(load_instrument(parser.parse_args().threads))
