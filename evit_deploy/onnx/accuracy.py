@@ -62,31 +62,47 @@ RANKING_IMAGES = 2  # per node: this many runs of the graph with it alone quanti
 
 @dataclass(frozen=True)
 class QdqNode:
-    """A quantised node: its PyTorch name, its node name, and the tensor it writes."""
+    """A quantised node: its PyTorch name, its node name, the tensor it writes, and the nodes that go
+    float with it (itself first; with its companions, such as the int8 HardSwish after a conv)."""
 
     name: str
     node: str
     output: str
+    members: tuple[str, ...]
 
 
-def quantised_nodes(graph: onnx.ModelProto, quantized: onnx.ModelProto, op_types: list[str]) -> list[QdqNode]:
+def quantised_nodes(graph: onnx.ModelProto, quantized: onnx.ModelProto, op_types: list[str],
+                    companions: dict[str, list[str]] | None = None) -> list[QdqNode]:
     """The nodes of ``op_types`` in ``quantized`` with a quantised activation input (Q -> DQ -> node), in
-    graph order (a float node reading a dequantised tensor is not one: keeping it float changes nothing)."""
+    graph order (a float node reading a dequantised tensor is not one: keeping it float changes nothing).
+    ``companions``: node -> nodes that go float with it; a quantised companion joins its node's unit
+    (or, where that node is not quantised, the unit of the first quantised companion)."""
     producer = {o: n for n in quantized.graph.node for o in n.output}
     float_nodes = {n.name: n for n in graph.graph.node}
-    found, seen = [], set()
+    quantised = []
     for node in quantized.graph.node:
         if node.op_type not in op_types or node.name not in float_nodes:
             continue
         dequantised = [producer.get(name) for name in node.input]
-        if not any(dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in producer
-                   and producer[dq.input[0]].op_type == "QuantizeLinear" for dq in dequantised):
+        if any(dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in producer
+               and producer[dq.input[0]].op_type == "QuantizeLinear" for dq in dequantised):
+            quantised.append(node)
+    names = {n.name for n in quantised}
+    owner: dict[str, str] = {}
+    for lead, group in (companions or {}).items():
+        inside = [c for c in group if c in names]
+        head = lead if lead in names else (inside[0] if inside else None)
+        owner.update({c: head for c in inside if head is not None and c != head})
+    found, seen = [], set()
+    for node in quantised:
+        if node.name in owner:
             continue
         scopes = module_scopes(float_nodes[node.name])
         name = scopes[-1] if scopes else node.name
         name = name if name not in seen else f"{name}:{node.name}"
         seen.add(name)
-        found.append(QdqNode(name, node.name, node.output[0]))
+        members = (node.name, *[c.name for c in quantised if owner.get(c.name) == node.name])
+        found.append(QdqNode(name, node.name, node.output[0], members))
     return found
 
 
@@ -106,10 +122,11 @@ def _outputs(model: onnx.ModelProto, images: list[np.ndarray], input_name: str) 
 
 def only_quantised(graph: onnx.ModelProto, quantized: onnx.ModelProto, node: QdqNode,
                    outputs_quantised: bool) -> onnx.ModelProto:
-    """``graph`` (float) with ``node`` alone quantised as in ``quantized``: its Q/DQ inputs, weights and
-    bias, and (``outputs_quantised``: the scheme rounds the quantised ops' outputs) its output's Q/DQ,
-    copied over with their constants. Only the node's own rounding: ``quantize_static`` with every
-    other node excluded would also hand the rounded input to the float nodes reading the same tensor."""
+    """``graph`` (float) with ``node`` (its members) alone quantised as in ``quantized``: their Q/DQ
+    inputs, weights and bias, and (``outputs_quantised``: the scheme rounds the quantised ops' outputs)
+    their outputs' Q/DQ, copied over with their constants. Only the nodes' own rounding:
+    ``quantize_static`` with every other node excluded would also hand the rounded input to the
+    float nodes reading the same tensor."""
     import onnx
 
     producer = {o: n for n in quantized.graph.node for o in n.output}
@@ -117,39 +134,49 @@ def only_quantised(graph: onnx.ModelProto, quantized: onnx.ModelProto, node: Qdq
     for n in quantized.graph.node:
         for name in n.input:
             readers.setdefault(name, []).append(n)
-    (target,) = [n for n in quantized.graph.node if n.name == node.node]
-    copied: list[Any] = []
-    for name in target.input:  # DQ <- (Q <- float tensor) or DQ <- int8 constant
-        dq = producer.get(name)
-        if dq is not None and dq.op_type == "DequantizeLinear":
-            q = producer.get(dq.input[0])
-            copied += ([q] if q is not None and q.op_type == "QuantizeLinear" else []) + [dq]
-    quantize = [r for r in readers.get(node.output, []) if r.op_type == "QuantizeLinear"] if outputs_quantised else []
-    dequantize = [r for r in readers.get(quantize[0].output[0], []) if r.op_type == "DequantizeLinear"] \
-        if quantize else []
-    copied += [quantize[0], dequantize[0]] if dequantize else []
-    constants = {i for n in copied for i in n.input} | set(target.input)
+    int8 = {n.name: n for n in quantized.graph.node if n.name in node.members}
+    before: dict[str, list[Any]] = {}  # member -> its input Q/DQ
+    after: dict[str, list[Any]] = {}  # member -> its output Q and DQ
+    for name, target in int8.items():
+        before[name] = []
+        for tensor in target.input:  # DQ <- (Q <- float tensor) or DQ <- int8 constant
+            dq = producer.get(tensor)
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                q = producer.get(dq.input[0])
+                before[name] += ([q] if q is not None and q.op_type == "QuantizeLinear" else []) + [dq]
+        quantize = [r for r in readers.get(target.output[0], []) if r.op_type == "QuantizeLinear"] \
+            if outputs_quantised else []
+        dequantize = [r for r in readers.get(quantize[0].output[0], []) if r.op_type == "DequantizeLinear"] \
+            if quantize else []
+        after[name] = [quantize[0], dequantize[0]] if dequantize else []
+    copied = [n for name in int8 for n in before[name] + after[name]]
+    constants = {i for n in copied for i in n.input} | {i for t in int8.values() for i in t.input}
     out = onnx.ModelProto()
     out.CopyFrom(graph)
     present = {i.name for i in out.graph.initializer}
     out.graph.initializer.extend(i for i in quantized.graph.initializer if i.name in constants and i.name not in present)
-    rename: dict[str, str] = {}
-    # a float op the quantiser folded into the node's output rounding (a Clip or Relu after it: the
+    # a float op the quantiser folded into a member's output rounding (a Clip or Relu after it: the
     # int8 node writes that op's output name) goes: the rounding's saturation does its work
-    made = set(target.output) | {o for n in copied for o in n.output}
-    absorbed = {n.name for n in out.graph.node if n.name != node.node and made & set(n.output)}
-    nodes = []
+    made = {o for t in int8.values() for o in t.output} | {o for n in copied for o in n.output}
+    absorbed = {n.name for n in out.graph.node if n.name not in int8 and made & set(n.output)}
+    rename: dict[str, str] = {}
+    nodes, added = [], set()
     for n in out.graph.node:
         if n.name in absorbed:
             continue
-        if n.name == node.node:  # its input Q/DQ, its int8 self (outputs named as the int8 graph names them), its output Q/DQ
-            for name in {n.output[0], target.output[0]} if dequantize else ():
-                if name != dequantize[0].output[0]:
-                    rename[name] = dequantize[0].output[0]  # the float graph's readers take the rounded value
-            nodes += copied[:len(copied) - (2 if dequantize else 0)]
+        if n.name in int8:  # its input Q/DQ, its int8 self (outputs named as the int8 graph names them), its output Q/DQ
+            target = int8[n.name]
+            if after[n.name]:
+                for name in {n.output[0], target.output[0]} - {after[n.name][1].output[0]}:
+                    rename[name] = after[n.name][1].output[0]  # the float graph's readers take the rounded value
+            for q in before[n.name]:  # a Q/DQ two members share goes in once
+                if q.name not in added:
+                    nodes.append(q)
+                    added.add(q.name)
             nodes.append(onnx.NodeProto())
             nodes[-1].CopyFrom(target)
-            nodes += copied[len(copied) - 2:] if dequantize else []
+            nodes += after[n.name]
+            added |= {q.name for q in after[n.name]}
             continue
         for k, name in enumerate(n.input):
             if name in rename:
@@ -189,12 +216,13 @@ def rank_nodes(graph: onnx.ModelProto, quantized: onnx.ModelProto, nodes: list[Q
 def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.ModelProto], model: torch.nn.Module, *,
                 target: float, ranged: list[np.ndarray], held_out: list[np.ndarray], input_name: str,
                 op_types: list[str], outputs_quantised: bool, session: OnnxOptions | None, max_float_share: float,
+                companions: dict[str, list[str]],
                 progress: Callable[[str], None]) -> tuple[ControlResult[onnx.ModelProto], float, dict[str, Any]]:
     """The Q/DQ graph with the fewest worst nodes float that agrees with PyTorch on ``held_out``
     to ``target``, and the plain int8 graph's agreement.
 
     ``quantise(nodes)`` quantises ``graph`` with those node names float too (on ranges taken from
-    ``ranged``); ``session``: the ONNX Runtime settings the artifact runs with, or None when ONNX
+    ``ranged``); ``companions``: node -> nodes kept float with it (``quantised_nodes``); ``session``: the ONNX Runtime settings the artifact runs with, or None when ONNX
     Runtime only stands in for another runtime (TensorRT): then the agreement is measured with
     the defaults and the kept nodes are not timed. The third value, for the manifest: per kept
     node, its kernel time in the plain int8 graph and in the returned one (ORT's profiler, on a
@@ -207,15 +235,16 @@ def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.Mod
     progress("accuracy control: PyTorch on the held-out images")
     labels = reference_labels(model, held_out, 1)
     plain = quantise([])
-    nodes = quantised_nodes(graph, plain, op_types)
+    nodes = quantised_nodes(graph, plain, op_types, companions)
     node_of = {n.name: n.node for n in nodes}
+    members_of = {n.name: list(n.members) for n in nodes}
     output_of = {n.name: n.output for n in nodes}
     progress(f"accuracy control: ranking {len(nodes)} quantised nodes by the noise each alone puts on the output")
     ranking, unranked = rank_nodes(graph, plain, nodes, ranged[:RANKING_IMAGES], input_name, outputs_quantised,
                                    progress)
 
     def candidate(names: list[str]) -> onnx.ModelProto:
-        return plain if not names else quantise([node_of[n] for n in names])
+        return plain if not names else quantise([m for n in names for m in members_of[n]])
 
     with tempfile.TemporaryDirectory(prefix="evit-control-") as tmp:
         def measure(quantized: onnx.ModelProto) -> Measured:
@@ -278,8 +307,8 @@ Quantise = Callable[[list[str], list[np.ndarray], dict[str, Any]], "tuple[onnx.M
 
 def controlled_int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, ctx: ExportContext,
                     options: ControlOptions, session: OnnxOptions | None, scheme: QdqScheme, op_types: list[str],
-                    quantise: Quantise,
-                    material: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any], Outcome]:
+                    quantise: Quantise, material: dict[str, Any],
+                    companions: dict[str, list[str]] | None = None) -> tuple[onnx.ModelProto, dict[str, Any], Outcome]:
     """A target's int8 graph under ``--min-agreement``: its details (``accuracy_control`` added) and
     what the export says. ``op_types``: the quantised op types; ``quantise(float_nodes, images, key_material)`` is the target's Q/DQ
     quantisation with those nodes float too, calibrated on ``images`` (cached under the key)."""
@@ -297,7 +326,8 @@ def controlled_int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputS
     result, plain, extra = control_qdq(graph, candidate, model, target=options.min_agreement, ranged=ranged,
                                        held_out=held, input_name=spec.name, op_types=op_types,
                                        outputs_quantised=scheme.quantize_outputs, session=session,
-                                       max_float_share=options.max_float_share, progress=ctx.progress)
+                                       max_float_share=options.max_float_share, companions=companions or {},
+                                       progress=ctx.progress)
     control = {**control_details(result, plain, len(held), RANKED_BY), **extra}
     details = {**infos[id(result.candidate)], "accuracy_control": control}
     return result.candidate, details, outcome(result, plain, len(held), ctx.model_name)

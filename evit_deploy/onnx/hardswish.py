@@ -25,8 +25,12 @@ THREE, ZERO, SIX, SIXTH = "evit_hardswish_three", "evit_hardswish_zero", "evit_h
 OP_TYPES = ("Add", "Clip", "Mul")  # what the rewritten HardSwish needs quantised
 
 
-def decompose_hardswish(model: onnx.ModelProto, keep: Iterable[str] = ()) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """``model`` with every HardSwish not named in ``keep`` rewritten; counts of what was done."""
+def decompose_hardswish(model: onnx.ModelProto,
+                        keep: Iterable[str] = ()) -> tuple[onnx.ModelProto, dict[str, int], dict[str, list[str]]]:
+    """``model`` with every HardSwish not named in ``keep`` rewritten; counts of what was done; and
+    the new nodes by the node that computes the HardSwish's input (its conv), which an accuracy
+    control keeps float with them: an int8 HardSwish between a float conv and its readers would
+    add a rounding and two layout changes where it saves none."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -39,6 +43,8 @@ def decompose_hardswish(model: onnx.ModelProto, keep: Iterable[str] = ()) -> tup
         for name in node.input:
             readers.setdefault(name, []).append(node)
     weights = {init.name: init for init in graph.initializer}
+    producer = {o: node.name for node in graph.node for o in node.output}
+    companions: dict[str, list[str]] = {}
     outputs = {o.name for o in graph.output}
     nodes, counts = [], {"rewritten": 0, "sixth_in_convs": 0}
     for node in graph.node:
@@ -63,10 +69,11 @@ def decompose_hardswish(model: onnx.ModelProto, keep: Iterable[str] = ()) -> tup
         for new in made:  # the exporter's module path, so layer maps and accuracy control name them
             new.metadata_props.extend(node.metadata_props)
         nodes += made
+        companions.setdefault(producer.get(x, made[0].name), []).extend(n.name for n in made)
         counts["rewritten"] += 1
     if counts["rewritten"]:
         constants = {THREE: 3.0, ZERO: 0.0, SIX: 6.0, SIXTH: 1 / 6}
         graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), k) for k, v in constants.items())
     del graph.node[:]
     graph.node.extend(nodes)
-    return out, counts
+    return out, counts, companions

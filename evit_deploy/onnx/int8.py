@@ -106,8 +106,9 @@ def quantize(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, re
     scheme = ORT_SCHEMES[options.int8_scheme]
     op_types = list(options.quantize_ops)
     rewrite: dict[str, int] = {}
+    companions: dict[str, list[str]] = {}  # a conv's int8 HardSwish goes float with it
     if options.int8_hardswish == "int8":
-        graph, rewrite = decompose_hardswish(graph, keep=exclude)
+        graph, rewrite, companions = decompose_hardswish(graph, keep=exclude)
         op_types = list(dict.fromkeys(op_types + list(HARDSWISH_OP_TYPES)))
     ctx.progress(f"int8 ({scheme.name}): Q/DQ on {', '.join(op_types)}; {len(exclude)} node(s) stay float")
 
@@ -124,7 +125,7 @@ def quantize(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, re
         from evit_deploy.onnx.accuracy import controlled_int8
 
         quantized, info, control = controlled_int8(graph, model, spec, ctx, options, options, scheme, op_types,
-                                                   quantise, key_material(graph, spec, recipe))
+                                                   quantise, key_material(graph, spec, recipe), companions)
     details = {"int8": {**info, "scheme": scheme.name, "keep_float": list(options.keep_float),
                         "keep_float_nodes": kept, "float_head": head, "float_upsampling": upsampling_nodes,
                         "hardswish": {"mode": options.int8_hardswish, **rewrite}, "measured": MEASURED},

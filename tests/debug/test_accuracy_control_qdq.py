@@ -69,7 +69,9 @@ def test_the_agreement_target_is_met_with_the_worst_nodes_float(controlled, seg_
     graph = onnx.load(str(result.artifact))
     producer = {o: n.op_type for n in graph.graph.node for o in n.output}
     float_nodes = set(result.manifest.details["int8"]["accuracy_control_float_nodes"])
-    assert len(float_nodes) == len(kept)
+    assert len(float_nodes) >= len(kept)
+    if target == "onnx":  # a conv's int8 HardSwish (x * Clip(x + 3, 0, 6) / 6) goes float with it
+        assert any(name.endswith("_mul") for name in float_nodes), sorted(float_nodes)
     convs = [n for n in graph.graph.node if n.op_type == "Conv"]
     assert all(producer.get(n.input[1]) != "DequantizeLinear" for n in convs if n.name in float_nodes)
     assert sum(producer.get(n.input[1]) == "DequantizeLinear" for n in convs) > 0

@@ -47,8 +47,11 @@ def test_the_rewrite_computes_hardswish(seed, scale):
     from evit_deploy.onnx.hardswish import decompose_hardswish
 
     model = _graph(seed)
-    rewritten, counts = decompose_hardswish(model)
+    rewritten, counts, companions = decompose_hardswish(model)
     assert counts == {"rewritten": 2, "sixth_in_convs": 1}  # hs0 is read by the residual Add too
+    # each HardSwish's new nodes go with what computes its input, for accuracy control to keep float together
+    assert companions == {"conv0": ["hs0_add", "hs0_clip", "hs0_mul", "hs0_sixth"],
+                          "residual": ["hs1_add", "hs1_clip", "hs1_mul"]}
     x = (np.random.default_rng(seed).standard_normal((1, 4, 8, 8)) * scale).astype(np.float32)
     expected = _run(model, x)
     np.testing.assert_allclose(_run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
@@ -60,7 +63,7 @@ def test_the_sixth_is_folded_only_where_convolutions_alone_read():
     from evit_deploy.onnx.hardswish import decompose_hardswish
 
     model = _graph(0)
-    rewritten, _ = decompose_hardswish(model)
+    rewritten, _, _ = decompose_hardswish(model)
     ops = {n.name: n.op_type for n in rewritten.graph.node}
     assert "HardSwish" not in ops.values()
     assert "hs0_sixth" in ops and "hs1_sixth" not in ops  # hs1 feeds conv2 only: its weights took the 1/6
@@ -68,7 +71,7 @@ def test_the_sixth_is_folded_only_where_convolutions_alone_read():
     after = {i.name: onnx.numpy_helper.to_array(i) for i in rewritten.graph.initializer}
     np.testing.assert_allclose(after["w2"], before["w2"] / 6, rtol=1e-7)
     np.testing.assert_array_equal(after["w1"], before["w1"])  # read after hs0, which kept its Mul
-    kept, counts = decompose_hardswish(model, keep=["hs1"])
+    kept, counts, _ = decompose_hardswish(model, keep=["hs1"])
     assert counts["rewritten"] == 1 and "HardSwish" in {n.op_type for n in kept.graph.node}
 
 
