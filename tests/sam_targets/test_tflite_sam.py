@@ -87,17 +87,15 @@ def test_fp32_matches_pytorch_on_the_fixture(l0_fp32, sam_model, reference_dir):
 
 
 @pytest.mark.slow
-def test_fp16_keeps_the_masks_on_three_photos(tmp_path, sam_weights, sam_model, sam_photos):
-    artifacts = export(tmp_path, sam_weights(L0), "fp16")
-    model = sam_model(L0)
+def test_fp16_encoder_keeps_the_masks_on_two_photos(tmp_path, sam_weights, sam_model, sam_photos):
+    """The encoder only, on the fixture photo and one other: the fp16 decoder (on the fixture photo)
+    and the third photo passed here at aa097a9, and were cut to keep make test inside 30 minutes
+    (this test took 188 s of it)."""
+    artifacts = export(tmp_path, sam_weights(L0), "fp16", graphs=["encoder"])
     runner, encode = run_encoder(artifacts["encoder"])
     with runner:
-        results = encoder_agreement(encode, model, sam_photos, SIZE[L0])
+        results = encoder_agreement(encode, sam_model(L0), sam_photos[:2], SIZE[L0])
     assert min(r.min_iou for r in results) >= 0.99 and all(r.best_agreement == 1.0 for r in results)
-    runner, decode = run_decoder(artifacts["decoder"])
-    with runner:
-        results = decoder_agreement(decode, model, sam_photos[:1], SIZE[L0], rows=1)
-    assert min(r.min_iou for r in results) >= 0.99
 
 
 @pytest.mark.slow
