@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -115,17 +116,25 @@ def test_onnx_graphs_reproduce_the_official_fixtures(exported: tuple[str, Path, 
         assert _relative(masks, case["masks"]) <= 1e-4 and _relative(scores, case["iou_predictions"]) <= 1e-4
 
 
-@pytest.mark.slow  # three photos through both graphs and PyTorch: minutes for XL0
-def test_verify_on_the_fixture_photo_and_two_others(exported: tuple[str, Path, Path], sam_photos: Path) -> None:
+@pytest.mark.slow  # three photos through both graphs and PyTorch for L0; XL0 at 1024 on the fixture photo
+def test_verify_on_the_fixture_photo_and_others(exported: tuple[str, Path, Path], sam_photos: Path,
+                                                tmp_path: Path) -> None:
     """ONNX fp32: embeddings and mask logits within 1e-4 relative of PyTorch; mask IoU >= 0.999 on the
-    generated prompts (16 clicks + 4 boxes per photo), at 256x256 and on the photo."""
+    generated prompts (16 clicks + 4 boxes per photo), at 256x256 and on the photo. XL0 is judged on
+    the fixture photo alone (its three-photo run, 70 s of make test, passed at a73bb4e)."""
     name, l0_bundle, _ = exported
-    assert len(list_images(sam_photos)) == 3
-    report = api.verify(l0_bundle, images=sam_photos)
+    photos = sam_photos
+    if name != MODEL:
+        photos = tmp_path / "fixture-photo"
+        photos.mkdir()
+        shutil.copy(sam_photos / "coffee.png", photos / "coffee.png")
+    count = len(list_images(photos))
+    assert count == (3 if name == MODEL else 1)
+    report = api.verify(l0_bundle, images=photos)
     assert isinstance(report, BundleReport) and report.passed, report.to_dict()["failed"]
     encoder, decoder = report.graphs["encoder"], report.graphs["decoder"]
     assert encoder.task == "tensor" and encoder.outputs["image_embeddings"].max_rel < 1e-4
-    assert decoder.task == "sam-masks" and decoder.samples == 3  # a dynamic decoder: all prompts in one run
+    assert decoder.task == "sam-masks" and decoder.samples == count  # a dynamic decoder: all prompts in one run
     assert decoder.outputs["masks"].max_rel < 1e-4 and decoder.outputs["iou_predictions"].max_rel < 1e-4
     task = decoder.task_metrics
     assert task["mask_iou"] >= 0.999 and task["mask_iou_image"] >= 0.999 and task["mask_iou_worst"] >= 0.99
