@@ -222,9 +222,10 @@ def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.Mod
     to ``target``, and the plain int8 graph's agreement.
 
     ``quantise(nodes)`` quantises ``graph`` with those node names float too (on ranges taken from
-    ``ranged``); ``companions``: node -> nodes kept float with it (``quantised_nodes``); ``session``: the ONNX Runtime settings the artifact runs with, or None when ONNX
-    Runtime only stands in for another runtime (TensorRT): then the agreement is measured with
-    the defaults and the kept nodes are not timed. The third value, for the manifest: per kept
+    ``ranged``); ``companions``: node -> nodes kept float with it (``quantised_nodes``);
+    ``session``: the ONNX Runtime settings the artifact runs with, or None when ONNX Runtime only
+    stands in for another runtime (TensorRT): then the agreement is measured with the defaults
+    and the kept nodes are not timed. The third value, for the manifest: per kept
     node, its kernel time in the plain int8 graph and in the returned one (ORT's profiler, on a
     held-out image), and the nodes that could not be ranked, with why."""
     import onnx
@@ -310,8 +311,9 @@ def controlled_int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputS
                     quantise: Quantise, material: dict[str, Any],
                     companions: dict[str, list[str]] | None = None) -> tuple[onnx.ModelProto, dict[str, Any], Outcome]:
     """A target's int8 graph under ``--min-agreement``: its details (``accuracy_control`` added) and
-    what the export says. ``op_types``: the quantised op types; ``quantise(float_nodes, images, key_material)`` is the target's Q/DQ
-    quantisation with those nodes float too, calibrated on ``images`` (cached under the key)."""
+    what the export says. ``op_types``: the quantised op types; ``quantise(float_nodes, images,
+    key_material)`` is the target's Q/DQ quantisation with those nodes float too, calibrated on
+    ``images`` (cached under the key); ``companions``: see ``quantised_nodes``."""
     assert options.min_agreement is not None
     ranged, held = split_holdout(control_images(ctx, spec), options.holdout)
     ctx.progress(f"accuracy control: {len(held)} calibration image(s) held out for agreement")

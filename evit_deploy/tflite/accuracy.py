@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evit_deploy.accuracy_control import ControlResult, Measured, Ranked, keep_float_until, reference_labels
+from evit_deploy.accuracy_control import (
+    ControlResult,
+    Measured,
+    Ranked,
+    agreement,
+    keep_float_until,
+    reference_labels,
+)
 from evit_deploy.tflite.cut import CutError, cut, dequantised, is_constant, quantised
 from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8
 from evit_deploy.tflite.layer_map import tflite_layer_map
@@ -174,16 +181,13 @@ def control_int8(plan: Int8Plan, ranges: dict[str, Any], model: torch.nn.Module,
     def measure(content: bytes) -> Measured:
         interpreter = _interpreter(content, threads)
         (out,) = interpreter.get_output_details()[:1]
-        agree = total = 0
-        seconds = 0.0
-        for image, label in zip(held_out, labels):
+        seconds, predicted = 0.0, []
+        for image in held_out:
             started = time.perf_counter()
             _run(interpreter, image)
             seconds += time.perf_counter() - started
-            predicted = interpreter.get_tensor(out["index"]).argmax(axis=class_axis)
-            agree += int(np.sum(predicted == label))
-            total += label.size
-        return agree / total, {"ms_per_image": round(1000 * seconds / len(held_out), 1)}
+            predicted.append(interpreter.get_tensor(out["index"]).argmax(axis=class_axis))
+        return agreement(predicted, labels), {"ms_per_image": round(1000 * seconds / len(held_out), 1)}
 
     result = keep_float_until(ranking, quantise, measure, target,
                               max_kept=int(max_float_share * len(ranking)), progress=progress)
