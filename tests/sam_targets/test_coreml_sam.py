@@ -81,7 +81,8 @@ def test_fp16_keeps_layernorms_fp32_and_the_masks(tmp_path, sam_weights, sam_mod
     model = sam_model(L0)
     runner, encode = encoder(artifacts["encoder"])
     with runner:
-        results = encoder_agreement(encode, model, sam_photos[:2], SIZE[L0])
+        # the fixture photo: a second one took 30 s of make test through the MIL interpreter (it passed)
+        results = encoder_agreement(encode, model, sam_photos[:1], SIZE[L0])
     assert min(r.min_iou for r in results) >= 0.99
     runner, decode = decoder(artifacts["decoder"])
     with runner:

@@ -137,13 +137,13 @@ def emulated(artifact: Path) -> Any:
     return runner
 
 
-@pytest.mark.slow  # three photos through the emulated fp16 encoder and PyTorch
-def test_typed_fp16_encoder_masks_on_three_photos(l0_fp16, sam_model, sam_photos):
+@pytest.mark.slow  # two photos through the emulated fp16 encoder and PyTorch (three passed at 66223a3: 113 s)
+def test_typed_fp16_encoder_masks_on_two_photos(l0_fp16, sam_model, sam_photos):
     model = sam_model(L0)
     with emulated(l0_fp16["encoder"]) as runner:
         results = encoder_agreement(lambda x: runner.run({"input_image": x})["image_embeddings"], model,
-                                    sam_photos, SIZE[L0])
-    assert len(results) == 3 and results[0].photo == "coffee.png"
+                                    sam_photos[:2], SIZE[L0])
+    assert len(results) == 2 and results[0].photo == "coffee.png"
     assert_all_agree(results, 0.99)
     assert max(r.embeddings_rel for r in results) < 2e-2
 
@@ -164,9 +164,10 @@ def test_typed_fp16_decoder_masks(l0_fp16, sam_model, sam_photos):
 def test_int8_qdq_encoder_against_what_int8_weights_keep(tmp_path, sam_weights, sam_model, sam_photos, calib_photos):
     """Q/DQ on the convs, the islands (LayerNorm2d, LiteMLA attention, resizes) unquantised, on ONNX
     Runtime: its masks beside those of PyTorch with only its weights rounded to int8 (verify's
-    weight-rounded bound). Judged on photos it was not calibrated on (coffee.png calibrates)."""
+    weight-rounded bound). Judged on a photo it was not calibrated on (coffee.png calibrates). Four
+    calibration images and one judged photo: seven and two passed at 66223a3 (171 s of make test)."""
     result = api.export(L0, target="trt", precision="int8", weights=sam_weights(L0), out=tmp_path, graphs=["encoder"],
-                        calib=calib_photos, calib_samples=7, options={"plan_only": True})
+                        calib=calib_photos, calib_samples=4, options={"plan_only": True})
     artifact = result.graphs["encoder"].artifact
     plan = plan_of(artifact)
     assert kinds(plan) == {"attention": 4, "resize": 3, "layernorm": 1}
@@ -179,6 +180,6 @@ def test_int8_qdq_encoder_against_what_int8_weights_keep(tmp_path, sam_weights, 
     with runner:
         assert runner.describe()["backend"] == "onnxruntime"
         artifact_iou, bound_iou = int8_against_weights(lambda x: runner.run({"input_image": x})["image_embeddings"],
-                                                       sam_model(L0), sam_photos[1:], SIZE[L0])
+                                                       sam_model(L0), sam_photos[1:2], SIZE[L0])
     print(f"TensorRT Q/DQ int8 encoder: mean mask IoU {artifact_iou:.3f}; int8 weights alone {bound_iou:.3f}")
     assert artifact_iou >= 0.8 and artifact_iou >= bound_iou - 0.15, (artifact_iou, bound_iou)

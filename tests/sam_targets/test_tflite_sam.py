@@ -1,8 +1,8 @@
 """EfficientViT-SAM for TFLite (LiteRT): encoder and decoder both convert with litert-torch, static
 (the card's sizes: one prompt of two points), and run in the LiteRT interpreter.
 
-Default suite: the L0 fp32 bundle against PyTorch on the fixture photo. ``slow``: fp16 on the
-fixture photo and two others, and the int8 encoder against what int8 weights alone keep."""
+Default suite: the L0 fp32 bundle against PyTorch on the fixture photo. ``slow``: the fp16 encoder on
+the fixture photo, and the int8 encoder against what int8 weights alone keep."""
 from __future__ import annotations
 
 import json
@@ -87,14 +87,13 @@ def test_fp32_matches_pytorch_on_the_fixture(l0_fp32, sam_model, reference_dir):
 
 
 @pytest.mark.slow
-def test_fp16_encoder_keeps_the_masks_on_two_photos(tmp_path, sam_weights, sam_model, sam_photos):
-    """The encoder only, on the fixture photo and one other: the fp16 decoder (on the fixture photo)
-    and the third photo passed here at aa097a9, and were cut to keep make test inside 30 minutes
-    (this test took 188 s of it)."""
+def test_fp16_encoder_keeps_the_masks_on_the_fixture_photo(tmp_path, sam_weights, sam_model, sam_photos):
+    """The encoder only, on the fixture photo: the fp16 decoder and two more photos passed here at
+    aa097a9 and 66223a3, and were cut to keep make test inside 30 minutes (188 s, then 130 s of it)."""
     artifacts = export(tmp_path, sam_weights(L0), "fp16", graphs=["encoder"])
     runner, encode = run_encoder(artifacts["encoder"])
     with runner:
-        results = encoder_agreement(encode, sam_model(L0), sam_photos[:2], SIZE[L0])
+        results = encoder_agreement(encode, sam_model(L0), sam_photos[:1], SIZE[L0])
     assert min(r.min_iou for r in results) >= 0.99 and all(r.best_agreement == 1.0 for r in results)
 
 
@@ -102,14 +101,15 @@ def test_fp16_encoder_keeps_the_masks_on_two_photos(tmp_path, sam_weights, sam_m
 def test_int8_encoder_against_what_int8_weights_keep(tmp_path, sam_weights, sam_model, sam_photos, calib_photos):
     """int8 activations on top of int8 weights: the masks it keeps, beside the masks the PyTorch model
     with only its weights rounded to int8 keeps (verify's weight-rounded bound). Calibrated on photos
-    none of the judged ones are (the fixture photo, coffee, is a calibration photo: left out)."""
+    none of the judged ones are (the fixture photo, coffee, is a calibration photo: left out). Four
+    calibration images and one judged photo: seven and two passed at 66223a3 (144 s of make test)."""
     artifacts = export(tmp_path, sam_weights(L0), "int8", graphs=["encoder"], calib=calib_photos,
-                       calib_samples=7)
+                       calib_samples=4)
     details = manifest_of(artifacts["encoder"])["details"]["int8"]["float_ops"]
     assert len(details["attention"]) == 5  # 4 LiteMLA cores + the LayerNorm (its DIV) stay float
     runner, encode = run_encoder(artifacts["encoder"])
     with runner:
-        artifact_iou, bound_iou = int8_against_weights(encode, sam_model(L0), sam_photos[1:], SIZE[L0])
+        artifact_iou, bound_iou = int8_against_weights(encode, sam_model(L0), sam_photos[1:2], SIZE[L0])
     # int8 activations cost something beyond the weights, but the masks stay the same objects
     assert artifact_iou >= 0.8 and artifact_iou >= bound_iou - 0.15, (artifact_iou, bound_iou)
     print(f"int8 encoder: mean mask IoU {artifact_iou:.3f}; int8 weights alone {bound_iou:.3f}")
