@@ -172,6 +172,48 @@ def test_streamed_tflite_int8_equals_the_one_shot_one(seg_tflite, images, mode):
     assert quantized(streamed) == quantized(expected)
 
 
+def test_mse_ranges_in_output_groups_are_those_of_every_tensor_kept(seg_tflite, images, monkeypatch):
+    """The histogram pass run in groups of graph outputs (here many tiny groups) chooses the ranges
+    the preserved tensors of whole inferences give; each narrowed range lies inside its min/max."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from test_activation_ranges import error
+
+    from evit_deploy.activation_ranges import BINS, Histogram
+    from evit_deploy.tflite import ranges as mse
+    from evit_deploy.tflite.export import _Batches
+
+    options, plan, _ = seg_tflite
+    batches = _Batches(images, 1, nhwc=options.layout == "nhwc")
+    extremes = plan.calibrate(batches, "min_max")
+    monkeypatch.setattr(mse, "GROUP_BYTES", 64 * 2**10)
+    assert len(mse._groups(list(range(len(plan.graph.tensors))),
+                           dict.fromkeys(range(len(plan.graph.tensors)), 2**14))) > 10
+    narrowed = mse.mse_ranges(plan.marked, extremes, batches)
+    whole = Interpreter(model_content=plan.marked, experimental_preserve_all_tensors=True,
+                        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    whole.allocate_tensors()
+    index = {d["name"]: d["index"] for d in whole.get_tensor_details()}
+    histograms = {name: Histogram(float(r["min"].min()), float(r["max"].max())) for name, r in extremes.items()
+                  if name in index and index[name] in plan.graph.producer and r["max"].max() > r["min"].min()}
+    for image in batches:
+        whole.set_tensor(whole.get_input_details()[0]["index"], image)
+        whole.invoke()
+        for name, histogram in histograms.items():
+            histogram.add(whole.get_tensor(index[name]))
+    assert len(histograms) > 50
+    clipped = 0
+    for name, histogram in histograms.items():
+        width = (histogram.high - histogram.low) / BINS
+        got = (float(narrowed[name]["min"].min()), float(narrowed[name]["max"].max()))
+        # XNNPACK and the reference kernels may round a value into the next bin, and the error is flat
+        # near its least: the range chosen is judged by its error on the preserved tensors' counts
+        best = error(histogram.counts, histogram.low, histogram.high, *histogram.mse_range(), 256)
+        assert error(histogram.counts, histogram.low, histogram.high, *got, 256) <= 1.01 * best + 1e-12, name
+        assert min(histogram.low, 0) - 1e-6 <= got[0] <= 0 <= got[1] <= max(histogram.high, 0) + 1e-6
+        clipped += got[1] < histogram.high - width or got[0] > histogram.low + width
+    assert clipped > len(histograms) // 4
+
+
 def test_a_tflite_calibration_that_cannot_fit_is_refused_before_it_starts(seg_tflite, images, monkeypatch):
     from evit_deploy import memory
     from evit_deploy.errors import UsageError
@@ -183,7 +225,8 @@ def test_a_tflite_calibration_that_cannot_fit_is_refused_before_it_starts(seg_tf
     started = []
     batches = _Batches(images, 1, nhwc=options.layout == "nhwc")
     with pytest.raises(UsageError, match=r"^int8 calibration of this TFLite graph needs about .*iB of memory but "
-                                         r"1 MiB are available; calibrate at a lower --resolution"):
+                                         r"1 MiB are available; calibrate at a lower --resolution, use "
+                                         r"--int8-ranges min_max \(its histogram pass needs more\), or free memory$"):
         quantize_int8(content, options, batches, started.append)
     assert not any("calibrating" in m for m in started)
 

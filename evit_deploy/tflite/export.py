@@ -19,7 +19,7 @@ from evit_deploy.tflite.graph import Graph
 from evit_deploy.tflite.layer_map import tflite_layer_map
 from evit_deploy.tflite.metadata import add_metadata
 from evit_deploy.tflite.options import TfliteOptions
-from evit_deploy.tflite.quantize import int8_plan, quantize_fp16, quantize_int8
+from evit_deploy.tflite.quantize import chosen_ranges, int8_plan, quantize_fp16, quantize_int8
 from evit_deploy.tflite.runner import TfliteRunner
 from evit_deploy.toolchain import toolchain_error
 
@@ -75,6 +75,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
         ctx.progress("casting weights to fp16")
         content, details["fp16"] = quantize_fp16(content, options)
     elif precision == Precision.INT8 and calibration is not None:
+        options = options.model_copy(update={"int8_ranges": chosen_ranges(options.int8_ranges, ctx.task)})
         if options.min_agreement is None:
             content, details["int8"] = quantize_int8(content, options, calibration, ctx.progress)
         else:

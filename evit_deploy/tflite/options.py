@@ -20,7 +20,10 @@ class TfliteOptions(ControlOptions):
     bicubic: Literal["exact", "converter"] = "exact"  # conv rewrite, or litert-torch's gather lowering
     keep_float: list[FloatIsland] = Field(default_factory=lambda: ["attention", "hardswish", "head"])  # int8 islands
     fp16_fp32_share: float = Field(0.1, ge=0.0, le=1.0)  # fp16: smallest weight tensors, up to this share, stay fp32
-    int8_ranges: Literal["min_max", "moving_average"] = "min_max"  # how calibration images' ranges combine
+    # activation ranges: the least-error clip of the extremes (evit_deploy.activation_ranges), the
+    # extremes over the calibration images, ai-edge-quantizer's moving average, or by task (auto:
+    # tflite.quantize.chosen_ranges)
+    int8_ranges: Literal["auto", "mse", "min_max", "moving_average"] = "auto"
 
     @field_validator("layout", "bicubic", "int8_ranges", mode="before")
     @classmethod

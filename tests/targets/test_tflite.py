@@ -22,6 +22,7 @@ from evit_deploy import api
 from evit_deploy.cli import app
 from evit_deploy.pipeline.reference import quiet_model
 from evit_deploy.targets.base import get_target
+from evit_deploy.tflite.quantize import RANGES
 
 TFLITE = get_target("tflite")
 needs_tflite = pytest.mark.skipif(TFLITE.available() is not None, reason=f"tflite: {TFLITE.available()}")
@@ -174,6 +175,7 @@ def test_seg_small_end_to_end(tmp_path: Path, photos: dict[str, Path], seeded_we
     assert all(i["ops"].get("DIV") == 1 and i["ops"].get("BATCH_MATMUL") == 2 for i in islands), islands
     assert all("LiteMLA" in i["block"] for i in islands)
     assert int8["float_ops"]["hardswish"] > 0 and int8["calibration_images"] == 8
+    assert RANGES["mse"] in int8["scheme"]  # int8_ranges auto: a segmenter's ranges are MSE-clipped
     float_types = int8["float_ops"]["float_op_types"]
     assert set(float_types) <= {"HARD_SWISH", "CONCATENATION", "TRANSPOSE", "RESHAPE", "SLICE", "RELU", "PADV2",
                                 "BATCH_MATMUL", "ADD", "DIV", "SUM", "CONV_2D"}, float_types
@@ -195,29 +197,32 @@ def test_seg_small_end_to_end(tmp_path: Path, photos: dict[str, Path], seeded_we
 
 
 @needs_tflite
-def test_min_max_ranges_hold_what_every_calibration_image_reaches(tmp_path: Path, photos: dict[str, Path],
-                                                                  seeded_weights: ModuleType,
-                                                                  reference_dir: Path) -> None:
+def test_ranges_min_max_hold_every_image_and_mse_clips_inside_them(tmp_path: Path, photos: dict[str, Path],
+                                                                     seeded_weights: ModuleType,
+                                                                     reference_dir: Path) -> None:
     """Whole-set min/max ranges contain ai-edge-quantizer's moving average of per-image ranges,
-    which sits inside the extremes (seeded by the first image) and so clips the rarer large ones."""
+    which sits inside the extremes (seeded by the first image) and so clips the rarer large ones;
+    MSE ranges (the default) clip inside min/max, and on many tensors."""
     from evit_deploy.tflite.graph import Graph
 
     weights = _weights(seeded_weights, reference_dir, "efficientvit_seg_b0_cityscapes", tmp_path)
     scales = {}
-    for ranges in ("min_max", "moving_average"):
+    for ranges in ("min_max", "moving_average", "mse"):
         result = _export("efficientvit-seg-b0-cityscapes", weights, tmp_path / ranges, "int8", (64, 128),
                          photos["calib"], samples=8, int8_ranges=ranges)
         graph = Graph(result.artifact.read_bytes())
         scales[ranges] = {graph.tensor_name(i): float(t.quantization.scale[0]) for i, t in enumerate(graph.tensors)
                           if t.type == 9 and t.quantization is not None and t.quantization.scale is not None
                           and len(t.quantization.scale) == 1}  # per-tensor int8: the activations
-        assert ranges.replace("_", " ") in result.manifest.details["int8"]["scheme"]
-    shared = scales["min_max"].keys() & scales["moving_average"].keys()
+        assert RANGES[ranges] in result.manifest.details["int8"]["scheme"]
+    shared = scales["min_max"].keys() & scales["moving_average"].keys() & scales["mse"].keys()
     assert len(shared) > 50
-    wider = [n for n in shared if scales["min_max"][n] > scales["moving_average"][n] * (1 + 1e-6)]
-    narrower = [n for n in shared if scales["min_max"][n] < scales["moving_average"][n] * (1 - 1e-4)]
-    assert not narrower, narrower[:5]
-    assert len(wider) > len(shared) // 2
+
+    def wider(a: str, b: str) -> list[str]:
+        return [n for n in shared if scales[a][n] > scales[b][n] * (1 + 1e-4)]
+
+    assert not wider("moving_average", "min_max") and len(wider("min_max", "moving_average")) > len(shared) // 2
+    assert not wider("mse", "min_max") and len(wider("min_max", "mse")) > len(shared) // 4
 
 
 @needs_tflite
@@ -282,7 +287,8 @@ def test_cls_b1_int8(cls_b1: dict[str, api.ExportResult], photos: dict[str, Path
     from 70%: the float ``head`` island (70 -> 90%: an int8 head quantised the logits
     themselves and ran the LayerNorm in int8) and whole-set min/max activation ranges instead
     of ai-edge-quantizer's moving average (90 -> 95%). Percentile-clipped ranges did worse
-    (99.99th: 85%).
+    (99.99th: 85%), and so did MSE-clipped ones (90%): ``int8_ranges: auto`` keeps min/max for a
+    classifier.
     """
     report = api.verify(cls_b1["int8"].artifact, images=photos["test"], threads=2)
     assert report.outputs["logits"].nonfinite == 0
@@ -290,7 +296,7 @@ def test_cls_b1_int8(cls_b1: dict[str, api.ExportResult], photos: dict[str, Path
     assert report.task_metrics["top5_agreement"] == 1.0, report.task_metrics
     manifest = json.loads(cls_b1["int8"].artifact.with_name("efficientvit-b1-r224.evit.json").read_text())
     assert manifest["details"]["int8"]["float_ops"]["head"]["ops"]["FULLY_CONNECTED"] == 2
-    assert "min max ranges over the calibration images" in manifest["details"]["int8"]["scheme"]
+    assert RANGES["min_max"] in manifest["details"]["int8"]["scheme"]  # int8_ranges auto: a classifier's
 
 
 @pytest.mark.slow

@@ -1,0 +1,92 @@
+"""MSE-clipped activation ranges for TFLite int8 (``int8_ranges: mse``), one image at a time.
+
+The min/max calibration (``quantize._calibrate``) gives each tensor's extremes; this second
+pass histograms every calibrated activation between them and narrows each range to the one
+with the least expected int8 error (``evit_deploy.activation_ranges``).
+
+Memory stays bounded as in the min/max pass (issue 14): the float model is run with a group of
+activations made graph outputs (the only tensors an interpreter keeps after a run), at most
+``GROUP_BYTES`` of them per group, so one image's tensors are never all alive at once; the
+counts of image after image and group after group add up exactly.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from evit_deploy.activation_ranges import Histogram
+from evit_deploy.tflite.graph import Graph
+from evit_deploy.tflite.logs import native_logs_quiet
+
+GROUP_BYTES = 512 * 2**20  # activations one histogram run outputs at most
+
+
+def mse_ranges(model: bytes, ranges: dict[str, Any], calibration: Iterable[np.ndarray],
+               progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """``ranges`` (ai-edge-quantizer's min/max per tensor name) with every activation's range
+    narrowed to its MSE-optimal one over ``calibration`` (re-iterable, in the model's layout)."""
+    graph = Graph(model)
+    sizes = dict(zip(graph.producer, graph.activation_sizes()))
+    index = {graph.tensor_name(t): t for t in graph.producer}
+    histograms = {name: Histogram(float(np.min(r["min"])), float(np.max(r["max"])))
+                  for name, r in ranges.items() if name in index and np.max(r["max"]) > np.min(r["min"])}
+    groups = _groups([index[name] for name in histograms], sizes)
+    progress(f"choosing MSE int8 ranges for {len(histograms)} activations ({len(groups)} run(s) an image)")
+    for group in groups:
+        interpreter = _with_outputs(graph, group)
+        (entry,) = interpreter.get_input_details()[:1]
+        for image in calibration:
+            interpreter.set_tensor(entry["index"], np.ascontiguousarray(image, dtype=np.float32))
+            interpreter.invoke()
+            for detail in interpreter.get_output_details():
+                histograms[graph.tensor_name(detail["index"])].add(interpreter.get_tensor(detail["index"]))
+        del interpreter
+    narrowed = dict(ranges)
+    for name, histogram in histograms.items():
+        low, high = histogram.mse_range()
+        old = ranges[name]
+        narrowed[name] = {**old, "min": np.full_like(old["min"], low), "max": np.full_like(old["max"], high)}
+    return narrowed
+
+
+def group_bytes(model: bytes) -> int:
+    """Memory one histogram run adds to one inference's: the activations it outputs at once."""
+    sizes = Graph(model).activation_sizes()
+    return min(sum(sizes), max([GROUP_BYTES, *sizes]))
+
+
+def _groups(tensors: list[int], sizes: dict[int, int]) -> list[list[int]]:
+    """``tensors`` in runs of at most ``GROUP_BYTES`` (a larger tensor runs alone)."""
+    groups: list[list[int]] = [[]]
+    used = 0
+    for tensor in tensors:
+        if groups[-1] and used + sizes[tensor] > GROUP_BYTES:
+            groups.append([])
+            used = 0
+        groups[-1].append(tensor)
+        used += sizes[tensor]
+    return [g for g in groups if g]
+
+
+def _with_outputs(graph: Graph, tensors: list[int]) -> Any:
+    """An interpreter of the graph's model whose outputs are ``tensors`` (signatures dropped:
+    they name the model's own outputs)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = graph.model
+    subgraph = model.subgraphs[0]
+    whole = (subgraph.outputs, model.signatureDefs)
+    try:
+        subgraph.outputs = np.array(tensors, dtype=np.int32)
+        model.signatureDefs = []
+        content = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    finally:
+        subgraph.outputs, model.signatureDefs = whole
+    with native_logs_quiet():
+        interpreter = Interpreter(model_content=content, num_threads=max(1, os.cpu_count() or 1))
+        interpreter.allocate_tensors()
+    return interpreter
