@@ -221,6 +221,7 @@ def test_a_tflite_calibration_that_cannot_fit_is_refused_before_it_starts(seg_tf
     from evit_deploy.tflite.quantize import quantize_int8
 
     options, _, content = seg_tflite
+    options = options.model_copy(update={"int8_ranges": "mse"})  # what auto is for a segmenter
     monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)
     started = []
     batches = _Batches(images, 1, nhwc=options.layout == "nhwc")

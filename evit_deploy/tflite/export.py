@@ -84,8 +84,9 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
             failure, stem = control.failure, control.stem
         fo = details["int8"]["float_ops"]
         head = f", the classifier head ({sum(fo['head']['ops'].values())} op(s))" if fo["head"] else ""
+        bicubic = f", {fo['bicubic']} bicubic upsampling conv(s)" if fo["bicubic"] else ""
         notes.append(f"int8 with float islands: {len(fo['attention'])} LiteMLA attention core(s), "
-                     f"{fo['hardswish']} HARD_SWISH op(s){head} (see details.int8.float_ops)")
+                     f"{fo['hardswish']} HARD_SWISH op(s){bicubic}{head} (see details.int8.float_ops)")
     if info.get("bicubic_layers") and options.bicubic == "exact":
         notes.append(f"{info['bicubic_layers']} bicubic upsampling layer(s) exported as the exact "
                      "pad + depthwise conv + pixel shuffle rewrite (TFLite has no bicubic resize)")

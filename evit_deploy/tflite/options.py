@@ -11,14 +11,15 @@ from evit_deploy.dependencies import missing_modules
 
 INSTALL_HINT = "pip install 'evit-deploy[tflite]'"
 
-FloatIsland = Literal["attention", "hardswish", "head"]
+FloatIsland = Literal["attention", "hardswish", "head", "bicubic"]
 
 class TfliteOptions(ControlOptions):
     """``options:`` of a ``target: tflite`` recipe; int8 accuracy control (``min_agreement``) from ``ControlOptions``."""
 
     layout: Literal["nhwc", "nchw"] = "nhwc"  # of the input and of 4-D outputs
     bicubic: Literal["exact", "converter"] = "exact"  # conv rewrite, or litert-torch's gather lowering
-    keep_float: list[FloatIsland] = Field(default_factory=lambda: ["attention", "hardswish", "head"])  # int8 islands
+    # int8's float islands (tflite.quantize.int8_plan; bicubic: Graph.upsampling_convs)
+    keep_float: list[FloatIsland] = Field(default_factory=lambda: ["attention", "hardswish", "head", "bicubic"])
     fp16_fp32_share: float = Field(0.1, ge=0.0, le=1.0)  # fp16: smallest weight tensors, up to this share, stay fp32
     # activation ranges: the least-error clip of the extremes (evit_deploy.activation_ranges), the
     # extremes over the calibration images, ai-edge-quantizer's moving average, or by task (auto:

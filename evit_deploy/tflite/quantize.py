@@ -116,6 +116,7 @@ class Int8Plan:
     div_only: list[int]
     hardswish: list[int]
     head: list[int]
+    upsampling: list[int]  # the exact bicubic rewrite's depthwise convs (Graph.upsampling_convs)
 
     def calibrate(self, calibration: Images, mode: str,
                   progress: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
@@ -124,6 +125,8 @@ class Int8Plan:
         Refused in one line, before anything runs, when memory cannot hold one inference."""
         from ai_edge_litert.interpreter import Interpreter
 
+        if mode not in RANGES:  # "auto" is the export's to resolve (chosen_ranges): it knows the task
+            raise ValueError(f"int8 ranges {mode!r}: one of {', '.join(RANGES)}")
         with native_logs_quiet():
             signature = Interpreter(model_content=self.marked).get_signature_list()
         (key,) = list(signature)[:1]
@@ -168,6 +171,7 @@ class Int8Plan:
                 "hardswish": len(self.hardswish),
                 "head": {"block": graph.block_name(self.head),
                          "ops": dict(Counter(graph.ops[i]["type"] for i in self.head))} if self.head else None,
+                "bicubic": len(self.upsampling),
                 "div_only": len(self.div_only),
                 "total_float_ops": len(still_float),
                 "float_op_types": dict(Counter(op["type"] for op in still_float)),
@@ -188,6 +192,8 @@ def int8_plan(fp32: bytes, options: TfliteOptions) -> Int8Plan:
     float_ops |= set(hardswish)
     head = graph.head_ops() if "head" in options.keep_float else []
     float_ops |= set(head)
+    upsampling = graph.upsampling_convs() if "bicubic" in options.keep_float else []
+    float_ops |= set(upsampling)
 
     # Float ops are marked by a suffix on their output tensors' names (it also tells anyone
     # inspecting the model which ops are float on purpose); one short regex then selects them.
@@ -200,7 +206,7 @@ def int8_plan(fp32: bytes, options: TfliteOptions) -> Int8Plan:
         {"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"},
         {"regex": re.escape(FLOAT_MARK) + ";", "operation": "*", "algorithm_key": "no_quantize"},
     ]
-    return Int8Plan(graph, marked, recipe, islands, div_only, hardswish, head)
+    return Int8Plan(graph, marked, recipe, islands, div_only, hardswish, head, upsampling)
 
 
 def quantize_int8(fp32: bytes, options: TfliteOptions, calibration: Images,

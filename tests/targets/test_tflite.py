@@ -178,10 +178,11 @@ def test_seg_small_end_to_end(tmp_path: Path, photos: dict[str, Path], seeded_we
     assert RANGES["mse"] in int8["scheme"]  # int8_ranges auto: a segmenter's ranges are MSE-clipped
     float_types = int8["float_ops"]["float_op_types"]
     assert set(float_types) <= {"HARD_SWISH", "CONCATENATION", "TRANSPOSE", "RESHAPE", "SLICE", "RELU", "PADV2",
-                                "BATCH_MATMUL", "ADD", "DIV", "SUM", "CONV_2D"}, float_types
+                                "BATCH_MATMUL", "ADD", "DIV", "SUM", "CONV_2D", "DEPTHWISE_CONV_2D"}, float_types
     # the one float conv is the head's projection to the classes (the logits stay float)
     assert int8["float_ops"]["head"]["ops"] == {"CONV_2D": 1} and float_types["CONV_2D"] == 1
-    assert "DEPTHWISE_CONV_2D" not in float_types
+    # the head's two bicubic upsamplings (x2, x4): their depthwise convs are the only float ones
+    assert float_types["DEPTHWISE_CONV_2D"] == int8["float_ops"]["bicubic"] == 2
     report = api.verify(results["int8"].artifact, images=photos["test"], threads=2,
                         tolerances={"pixel_agreement": 0.6, "cosine": 0.8})
     assert report.outputs["logits"].nonfinite == 0
