@@ -2,7 +2,7 @@
 
 For each set of weights (the fixtures' seeded ones and the trained instrument), the tflite-int8
 recipe is exported twice from the same calibration images (7 photos x 4 views), once per range
-choice, and each artifact is checked on the 10 test photos calibration never saw: pixel
+choice, and each artifact is checked on the 6 test photos calibration never saw: pixel
 agreement and mIoU against PyTorch, beside the bound of int8 weights alone (``verify``'s
 weight-rounded model). The graph is the same either way (only scales change), so nothing is
 timed but the export.
