@@ -15,8 +15,8 @@ def error(counts: np.ndarray, low: float, high: float, lo: float, hi: float, lev
     edges = np.linspace(low, high, counts.size + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     step = (hi - lo) / (levels - 1)
-    error = np.where(centres > hi, (centres - hi) ** 2, np.where(centres < lo, (lo - centres) ** 2, step ** 2 / 12))
-    return float(np.sum(counts * error))
+    per_value = np.where(centres > hi, (centres - hi) ** 2, np.where(centres < lo, (lo - centres) ** 2, step ** 2 / 12))
+    return float(np.sum(counts * per_value))
 
 
 histograms = st.tuples(

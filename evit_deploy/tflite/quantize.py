@@ -98,8 +98,8 @@ def chosen_ranges(requested: str, task: str) -> str:
     on the trained instrument) and more mIoU (0.41 -> 0.48; 0.91 -> 0.95; on benchmarks/tflite.py's
     photos 1.1 points less pixel agreement but 0.34 -> 0.44 mIoU); on cls-B1 at 224, whose seeded
     top-2 logit margins are 0.005-0.2, top-1 on 20 unseen photos fell from 95% (min/max, what int8
-    weights alone keep) to 90%, as percentile clipping had to 85%. A classifier's answer is one decision an image, not millions
-    of pixels, and its thin margins are where a clipped range shows.
+    weights alone keep) to 90%, as percentile clipping had to 85%. A classifier's answer is one
+    decision an image, not millions of pixels, and its thin margins are where a clipped range shows.
     """
     if requested != "auto":
         return requested
@@ -133,8 +133,9 @@ class Int8Plan:
         (key,) = list(signature)[:1]
         (input_name,) = signature[key]["inputs"][:1]
         needed = required_bytes(self.marked) + (group_bytes(self.marked) if mode == "mse" else 0)
-        require(needed, "int8 calibration of this TFLite graph", "calibrate at a lower --resolution, "
-                + ("use --int8-ranges min_max (its histogram pass needs more), " if mode == "mse" else "") + "or free memory")
+        histogram = "use --int8-ranges min_max (its histogram pass needs more), " if mode == "mse" else ""
+        require(needed, "int8 calibration of this TFLite graph",
+                f"calibrate at a lower --resolution, {histogram}or free memory")
         progress(f"calibrating int8 ranges on {len(calibration)} image(s), one at a time")
         with native_logs_quiet():
             ranges = _calibrate(self.marked, self.recipe, key, input_name, calibration,
