@@ -105,7 +105,7 @@ RUNS = [
     ["--target", "tflite", "--min-agreement", "0.94"],
     ["--target", "trt", "--min-agreement", "0.94", "--max-float-share", "0.5"],
     ["--target", "onnx", "--min-agreement", "0.94", "--max-float-share", "0.5"],
-    ["--weights", "instrument", "--min-agreement", "0.99", "--max-float-share", "0.5"],
+    ["--weights", "instrument", "--min-agreement", "0.99"],
 ]
 
 
