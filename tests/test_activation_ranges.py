@@ -1,4 +1,5 @@
-"""The MSE-clipped int8 range: exhaustive over the bin edges, never worse than the full range."""
+"""The MSE-clipped int8 range: exhaustive over the bin edges, never worse than the full range,
+with the error measured after the activation that reads the tensor."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,15 +8,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from properties.strategies import FAST, QUIET
 
-from evit_deploy.activation_ranges import BINS, Histogram, mse_range
+from evit_deploy.activation_ranges import (
+    BINS,
+    GELU,
+    HARDSWISH,
+    IDENTITY,
+    RELU,
+    Activation,
+    Histogram,
+    mse_range,
+)
+
+ACTIVATIONS = {"identity": IDENTITY, "hardswish": HARDSWISH, "gelu": GELU, "relu": RELU}
 
 
-def error(counts: np.ndarray, low: float, high: float, lo: float, hi: float, levels: int) -> float:
-    """Expected squared int8 error of the range [lo, hi], the naive way: value by value."""
+def error(counts: np.ndarray, low: float, high: float, lo: float, hi: float, levels: int,
+          then: Activation = IDENTITY) -> float:
+    """Expected squared int8 error of the range [lo, hi] after ``then``, the naive way: value by value."""
     edges = np.linspace(low, high, counts.size + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     step = (hi - lo) / (levels - 1)
-    per_value = np.where(centres > hi, (centres - hi) ** 2, np.where(centres < lo, (lo - centres) ** 2, step ** 2 / 12))
+    f = then.f
+    per_value = np.where(centres > hi, (f(centres) - f(np.full_like(centres, hi))) ** 2,
+                         np.where(centres < lo, (f(np.full_like(centres, lo)) - f(centres)) ** 2,
+                                  then.slope(centres) ** 2 * step ** 2 / 12))
     return float(np.sum(counts * per_value))
 
 
@@ -26,18 +42,19 @@ histograms = st.tuples(
 
 
 @settings(max_examples=FAST, **QUIET)
-@given(histograms)
-def test_the_range_holds_zero_and_is_the_least_error_of_all_edge_pairs(histogram) -> None:
+@given(histograms, st.sampled_from(sorted(ACTIVATIONS)))
+def test_the_range_holds_zero_and_is_the_least_error_of_all_edge_pairs(histogram, activation) -> None:
     counts, low, high, levels = histogram
-    lo, hi = mse_range(counts, low, high, levels)
+    then = ACTIVATIONS[activation]
+    lo, hi = mse_range(counts, low, high, levels, then)
     assert min(low, 0.0) - 1e-9 <= lo <= 0.0 <= hi <= max(high, 0.0) + 1e-9
     edges = np.linspace(low, high, counts.size + 1)
     los = edges[edges <= 0] if low <= 0 else [0.0]
     his = edges[edges >= 0] if high >= 0 else [0.0]
-    best = min(error(counts, low, high, a, b, levels) for a in los for b in his)
-    assert error(counts, low, high, lo, hi, levels) <= best * (1 + 1e-9) + 1e-12
-    full = error(counts, low, high, min(low, 0.0), max(high, 0.0), levels)
-    assert error(counts, low, high, lo, hi, levels) <= full * (1 + 1e-9) + 1e-12
+    best = min(error(counts, low, high, a, b, levels, then) for a in los for b in his)
+    assert error(counts, low, high, lo, hi, levels, then) <= best * (1 + 1e-9) + 1e-12
+    full = error(counts, low, high, min(low, 0.0), max(high, 0.0), levels, then)
+    assert error(counts, low, high, lo, hi, levels, then) <= full * (1 + 1e-9) + 1e-12
 
 
 def test_a_rare_far_value_is_clipped_and_a_uniform_spread_is_not() -> None:
@@ -53,6 +70,20 @@ def test_a_rare_far_value_is_clipped_and_a_uniform_spread_is_not() -> None:
     uniform.add(rng.uniform(-1.0, 3.0, 100_000))
     lo, hi = uniform.mse_range()
     assert lo <= -0.98 and hi >= 2.95  # a clip shaves at most a few bins off an even spread
+
+
+def test_a_hardswish_input_spends_no_levels_below_minus_three() -> None:
+    """A conv output only a HardSwish reads: its negative tail leaves the HardSwish as 0, so the
+    range stops near -3 however far the values go, and the positive side gets the levels."""
+    rng = np.random.default_rng(2)
+    values = rng.normal(0.0, 3.0, 1_000_000)
+    histogram = Histogram(float(values.min()), float(values.max()))
+    histogram.add(values)
+    plain, after = histogram.mse_range(), histogram.mse_range(then=HARDSWISH)
+    width = (histogram.high - histogram.low) / BINS
+    assert plain[0] < -6.0 and -3.0 - 2 * width <= after[0] <= -2.5
+    assert after[1] - after[0] < plain[1] - plain[0]  # a finer step on what passes
+    assert histogram.mse_range(then=RELU)[0] == pytest.approx(0.0, abs=2 * width)
 
 
 def test_counts_added_image_by_image_are_the_counts_of_all_values() -> None:

@@ -2,7 +2,8 @@
 
 The min/max calibration (``quantize._calibrate``) gives each tensor's extremes; this second
 pass histograms every calibrated activation between them and narrows each range to the one
-with the least expected int8 error (``evit_deploy.activation_ranges``).
+with the least expected int8 error (``evit_deploy.activation_ranges``), measured after the
+activation op when one (HARD_SWISH, GELU, RELU) is the tensor's only reader.
 
 Memory stays bounded as in the min/max pass (issue 14): the float model is run with a group of
 activations made graph outputs (the only tensors an interpreter keeps after a run), at most
@@ -17,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from evit_deploy.activation_ranges import Histogram
+from evit_deploy.activation_ranges import GELU, HARDSWISH, IDENTITY, RELU, Activation, Histogram
 from evit_deploy.tflite.graph import Graph
 from evit_deploy.tflite.logs import native_logs_quiet
 
 GROUP_BYTES = 512 * 2**20  # activations one histogram run outputs at most
+ACTIVATIONS = {"HARD_SWISH": HARDSWISH, "GELU": GELU, "RELU": RELU}
 
 
 def mse_ranges(model: bytes, ranges: dict[str, Any], calibration: Iterable[np.ndarray],
@@ -46,10 +48,19 @@ def mse_ranges(model: bytes, ranges: dict[str, Any], calibration: Iterable[np.nd
         del interpreter
     narrowed = dict(ranges)
     for name, histogram in histograms.items():
-        low, high = histogram.mse_range()
+        low, high = histogram.mse_range(then=read_through(graph, index[name]))
         old = ranges[name]
         narrowed[name] = {**old, "min": np.full_like(old["min"], low), "max": np.full_like(old["max"], high)}
     return narrowed
+
+
+def read_through(graph: Graph, tensor: int) -> Activation:
+    """The activation every reader of ``tensor`` is (float or int8, it reads the int8 values),
+    else the identity: a tensor a conv or an add also reads must stay exact for them."""
+    readers = {graph.ops[i]["type"] for i in graph.consumers.get(tensor, [])}
+    if tensor in graph.outputs or len(readers) != 1:
+        return IDENTITY
+    return ACTIVATIONS.get(readers.pop(), IDENTITY)
 
 
 def group_bytes(model: bytes) -> int:
