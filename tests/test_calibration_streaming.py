@@ -220,6 +220,30 @@ def test_mse_ranges_in_output_groups_are_those_of_every_tensor_kept(seg_tflite, 
     assert len(before_hardswish) > 10 and min(before_hardswish) > -3.5  # no levels on what HardSwish zeroes
 
 
+def test_the_control_ranks_a_layer_only_a_hardswish_reads_by_the_noise_it_passes_on(seg_tflite, seg_model, images,
+                                                                                     monkeypatch):
+    """MSE ranges clip what a HardSwish zeroes: the accuracy control's ranking measures those
+    layers after the HardSwish (their scores change when it is taken away, no other layer's do),
+    else the harmless clip would rank them worst."""
+    from evit_deploy.activation_ranges import HARDSWISH, IDENTITY
+    from evit_deploy.tflite import accuracy
+    from evit_deploy.tflite.export import _Batches
+    from evit_deploy.tflite.ranges import read_through
+
+    options, plan, _ = seg_tflite
+    batches = list(_Batches(images, 1, nhwc=options.layout == "nhwc"))
+    plain = plan.quantize(plan.calibrate(batches, "mse"))
+    layers = accuracy.quantised_layers(plan, plain, seg_model)
+    after = {r.name: r.score for r in accuracy.rank_layers(plan, plain, layers, batches[:2], 1)}
+    monkeypatch.setattr(accuracy, "read_through", lambda graph, tensor: IDENTITY)
+    before = {r.name: r.score for r in accuracy.rank_layers(plan, plain, layers, batches[:2], 1)}
+    index = {plan.graph.tensor_name(t): t for t in range(len(plan.graph.tensors))}
+    hardswish_read = {layer.name for layer in layers if read_through(plan.graph, index[layer.tensor]) is HARDSWISH}
+    assert len(hardswish_read) > 5 and len(layers) > len(hardswish_read)
+    assert {name for name in after if after[name] != before[name]} == hardswish_read
+    assert any(before[name] > 2 * after[name] for name in hardswish_read)  # the clipped tail, ranked as noise
+
+
 def test_a_tflite_calibration_that_cannot_fit_is_refused_before_it_starts(seg_tflite, images, monkeypatch):
     from evit_deploy import memory
     from evit_deploy.errors import UsageError

@@ -8,7 +8,10 @@ calibration images.
 The ranking is the error each layer adds by itself, as ``evit debug`` measures it: the
 plain int8 model cut to the layer's op, fed the float model's values of its inputs (quantised
 as its int8 inputs are), its output against the float model's (relative noise power
-``||int8 - float||^2 / ||float||^2``). The difference of carried errors (output less input)
+``||int8 - float||^2 / ||float||^2``), both taken through the activation that alone reads the
+output (``tflite.ranges.read_through``): the ranges clip what a HardSwish zeroes, so before it
+the clipped tail would look like noise it never passes on (the instrument's control, ranked
+so, spent its 36 layers on stage 3 and missed 0.99). The difference of carried errors (output less input)
 ranks badly: a layer can damp or amplify the noise it receives, so an upsampling path that
 rounds at every step scored nothing. Layers are named by PyTorch module path through the
 export's layer map, so the manifest lists the kept layers as users know them.
@@ -33,6 +36,7 @@ from evit_deploy.tflite.cut import CutError, cut, dequantised, is_constant, quan
 from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8
 from evit_deploy.tflite.layer_map import tflite_layer_map
 from evit_deploy.tflite.logs import native_logs_quiet
+from evit_deploy.tflite.ranges import read_through
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -105,12 +109,14 @@ def rank_layers(plan: Int8Plan, quantized: bytes, layers: list[Layer], images: l
                 threads: int | None) -> list[Ranked]:
     """``layers`` by the error each adds alone (worst first): relative noise power
     ``||int8 - float||^2 / ||float||^2`` of its int8 op run by itself on the float model's
-    inputs (quantised as its int8 input tensors are), over ``images``, as ``evit debug`` does."""
+    inputs (quantised as its int8 input tensors are), over ``images``, after the activation
+    that alone reads its output, if one does."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     done = Graph(quantized)
     tree = flatbuffer_utils.read_model_from_bytearray(bytearray(quantized))
     index_of = {done.tensor_name(t): t for t in range(len(done.tensors))}
+    float_index = {plan.graph.tensor_name(t): t for t in range(len(plan.graph.tensors))}
     cuts: dict[str, tuple[list[int], int, list[str]]] = {}  # layer -> int8 inputs, output, reference names
     for layer in layers:
         output = index_of.get(layer.tensor)
@@ -143,15 +149,16 @@ def rank_layers(plan: Int8Plan, quantized: bytes, layers: list[Layer], images: l
             scores[layer.name] = 0.0
             continue
         details = interpreter.get_input_details()  # in the order of the cut's inputs
+        seen = read_through(plan.graph, float_index[layer.tensor]).f
         noise = power = 0.0
         for value in values:
             for detail, name in zip(details, names):
                 interpreter.set_tensor(detail["index"], quantised(value[name].reshape(detail["shape"]), detail))
             interpreter.invoke()
             (out,) = interpreter.get_output_details()
-            got = dequantised(interpreter.get_tensor(out["index"]), out)
-            ref = value[layer.tensor]
-            noise += float(np.sum((got.reshape(ref.shape) - ref) ** 2))
+            ref = seen(value[layer.tensor])
+            got = seen(dequantised(interpreter.get_tensor(out["index"]), out).reshape(ref.shape))
+            noise += float(np.sum((got - ref) ** 2))
             power += float(np.sum(ref ** 2))
         scores[layer.name] = noise / power if power else 0.0
     return sorted((Ranked(layer.name, scores[layer.name]) for layer in layers), key=lambda r: -r.score)
