@@ -220,28 +220,25 @@ def test_mse_ranges_in_output_groups_are_those_of_every_tensor_kept(seg_tflite, 
     assert len(before_hardswish) > 10 and min(before_hardswish) > -3.5  # no levels on what HardSwish zeroes
 
 
-def test_the_control_ranks_a_layer_only_a_hardswish_reads_by_the_noise_it_passes_on(seg_tflite, seg_model, images,
-                                                                                     monkeypatch):
-    """MSE ranges clip what a HardSwish zeroes: the accuracy control's ranking measures those
-    layers after the HardSwish (their scores change when it is taken away, no other layer's do),
-    else the harmless clip would rank them worst."""
-    from evit_deploy.activation_ranges import HARDSWISH, IDENTITY
+def test_the_control_ranks_first_the_layer_whose_rounding_alone_hurts_the_output_most(seg_tflite, seg_model, images):
+    """The TFLite control's ranking: each layer quantised alone, its output noise against float.
+    A depthwise conv whose int8 output range is wrecked (a hundredth of its calibrated one) ranks
+    first, far ahead; a layer the model reads through a HardSwish is judged by what passes it."""
     from evit_deploy.tflite import accuracy
     from evit_deploy.tflite.export import _Batches
-    from evit_deploy.tflite.ranges import read_through
 
     options, plan, _ = seg_tflite
     batches = list(_Batches(images, 1, nhwc=options.layout == "nhwc"))
-    plain = plan.quantize(plan.calibrate(batches, "mse"))
-    layers = accuracy.quantised_layers(plan, plain, seg_model)
-    after = {r.name: r.score for r in accuracy.rank_layers(plan, plain, layers, batches[:2], 1)}
-    monkeypatch.setattr(accuracy, "read_through", lambda graph, tensor: IDENTITY)
-    before = {r.name: r.score for r in accuracy.rank_layers(plan, plain, layers, batches[:2], 1)}
-    index = {plan.graph.tensor_name(t): t for t in range(len(plan.graph.tensors))}
-    hardswish_read = {layer.name for layer in layers if read_through(plan.graph, index[layer.tensor]) is HARDSWISH}
-    assert len(hardswish_read) > 5 and len(layers) > len(hardswish_read)
-    assert {name for name in after if after[name] != before[name]} == hardswish_read
-    assert any(before[name] > 2 * after[name] for name in hardswish_read)  # the clipped tail, ranked as noise
+    ranges = plan.calibrate(batches, "mse")
+    layers = accuracy.quantised_layers(plan, plan.quantize(ranges), seg_model)
+    (victim,) = [layer for layer in layers if layer.name == "backbone.stages.1.op_list.0.main.depth_conv.norm"]
+    wrecked = {**ranges, victim.tensor: {**ranges[victim.tensor], "min": ranges[victim.tensor]["min"] / 100,
+                                         "max": ranges[victim.tensor]["max"] / 100}}
+    ranking = accuracy.rank_layers(plan, wrecked, layers, batches[:2], 1, lambda message: None)
+    assert len(ranking) == len(layers) and all(r.score >= 0 for r in ranking)
+    assert ranking[0].name == victim.name and ranking[0].score > 10 * ranking[1].score
+    healthy = {r.name: r.score for r in accuracy.rank_layers(plan, ranges, layers, batches[:2], 1, lambda m: None)}
+    assert healthy[victim.name] < ranking[0].score / 10
 
 
 def test_a_tflite_calibration_that_cannot_fit_is_refused_before_it_starts(seg_tflite, images, monkeypatch):

@@ -5,20 +5,20 @@ candidate with some of them float (ai-edge-quantizer's per-op ``no_quantize`` re
 ranges calibrated once) and measures a candidate's agreement with PyTorch on the held-out
 calibration images.
 
-The ranking is the error each layer adds by itself, as ``evit debug`` measures it: the
-plain int8 model cut to the layer's op, fed the float model's values of its inputs (quantised
-as its int8 inputs are), its output against the float model's (relative noise power
-``||int8 - float||^2 / ||float||^2``), both taken through the activation that alone reads the
-output (``tflite.ranges.read_through``): the ranges clip what a HardSwish zeroes, so before it
-the clipped tail would look like noise it never passes on (the instrument's control, ranked
-so, spent its 36 layers on stage 3 and missed 0.99). The difference of carried errors (output less input)
-ranks badly: a layer can damp or amplify the noise it receives, so an upsampling path that
-rounds at every step scored nothing. Layers are named by PyTorch module path through the
+The ranking is the noise each layer alone puts on the output, as the Q/DQ control ranks its
+nodes: the float model with only that layer's op int8 (its input, weights and output rounded on
+the ranges of plain int8), its logits against the float model's. It is one quantisation and a
+few float-speed inferences a layer (about 2.5 minutes for seg-B1's 146 layers at 512x1024 here).
+The error a layer adds at its own output (``evit debug``'s measure, the ranking before this
+one) says little of what reaches the classes: MSE ranges clip what a HardSwish zeroes, which
+looks like noise at the conv's output, and a layer the network damps ranks as high as one it
+amplifies. Layers are named by PyTorch module path through the
 export's layer map, so the manifest lists the kept layers as users know them.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,16 +32,18 @@ from evit_deploy.accuracy_control import (
     keep_float_until,
     reference_labels,
 )
-from evit_deploy.tflite.cut import CutError, cut, dequantised, is_constant, quantised
 from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8
 from evit_deploy.tflite.layer_map import tflite_layer_map
 from evit_deploy.tflite.logs import native_logs_quiet
-from evit_deploy.tflite.ranges import read_through
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from evit_deploy.tflite.quantize import Int8Plan
+
+
+RANKED_BY = ("noise each quantised layer alone puts on the output (the float model with only that layer's op "
+             "int8, its outputs against float: relative noise power), over calibration images")
 
 
 @dataclass(frozen=True)
@@ -105,63 +107,37 @@ def quantised_layers(plan: Int8Plan, quantized: bytes, model: torch.nn.Module) -
     return layers
 
 
-def rank_layers(plan: Int8Plan, quantized: bytes, layers: list[Layer], images: list[np.ndarray],
-                threads: int | None) -> list[Ranked]:
-    """``layers`` by the error each adds alone (worst first): relative noise power
-    ``||int8 - float||^2 / ||float||^2`` of its int8 op run by itself on the float model's
-    inputs (quantised as its int8 input tensors are), over ``images``, after the activation
-    that alone reads its output, if one does."""
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    done = Graph(quantized)
-    tree = flatbuffer_utils.read_model_from_bytearray(bytearray(quantized))
-    index_of = {done.tensor_name(t): t for t in range(len(done.tensors))}
-    float_index = {plan.graph.tensor_name(t): t for t in range(len(plan.graph.tensors))}
-    cuts: dict[str, tuple[list[int], int, list[str]]] = {}  # layer -> int8 inputs, output, reference names
-    for layer in layers:
-        output = index_of.get(layer.tensor)
-        if output is None or output not in done.producer:
-            continue
-        op = done.ops[done.producer[output]]
-        inputs = [t for t in op["inputs"] if not is_constant(tree, t)]
-        # an int8 input made by a QUANTIZE of a float tensor: the reference is that float tensor
-        names = [done.tensor_name(done.ops[done.producer[t]]["inputs"][0])
-                 if t in done.producer and done.ops[done.producer[t]]["type"] == "QUANTIZE" else done.tensor_name(t)
-                 for t in inputs]
-        cuts[layer.name] = (inputs, output, names)
-    wanted = {n for _, _, names in cuts.values() for n in names} | {layer.tensor for layer in layers}
-    reference = _interpreter(plan.marked, threads, preserve=True)
-    ref_index = {d["name"]: d["index"] for d in reference.get_tensor_details() if d["name"] in wanted}
-    values = []
-    for image in images:
-        _run(reference, image)
-        values.append({name: reference.get_tensor(index).astype(np.float32) for name, index in ref_index.items()})
-    del reference
+def rank_layers(plan: Int8Plan, ranges: dict[str, Any], layers: list[Layer], images: list[np.ndarray],
+                threads: int | None, progress: Callable[[str], None]) -> list[Ranked]:
+    """``layers`` by the noise each alone puts on the output (worst first): the float model with
+    only that layer's op int8 (its input, weights and output rounded; every other quantised op
+    float, on the same ranges), its outputs against the float model's over ``images``, as
+    relative noise power ``||int8 - float||^2 / ||float||^2``. A layer whose model cannot be
+    built or run alone is ranked last (score 0)."""
+    reference = _outputs(plan.marked, images, threads)
+    power = sum(float(np.sum(r ** 2)) for r in reference) or 1.0
+    tensors = [layer.tensor for layer in layers]
     scores: dict[str, float] = {}
-    for layer in layers:
-        if layer.name not in cuts or any(n not in ref_index for n in cuts[layer.name][2]) or layer.tensor not in ref_index:
-            scores[layer.name] = 0.0  # not measurable alone (an input outside the op): ranked last
-            continue
-        inputs, output, names = cuts[layer.name]
+    for number, layer in enumerate(layers):
+        if number % 20 == 0:
+            progress(f"accuracy control: layer {number + 1}/{len(layers)} quantised alone")
         try:
-            interpreter = _interpreter(cut(tree, inputs, output), threads)
-        except CutError:
+            alone = _outputs(plan.quantize(ranges, [t for t in tensors if t != layer.tensor]), images, threads)
+        except (RuntimeError, ValueError):  # what the quantiser or LiteRT refuses for this op alone
             scores[layer.name] = 0.0
             continue
-        details = interpreter.get_input_details()  # in the order of the cut's inputs
-        seen = read_through(plan.graph, float_index[layer.tensor]).f
-        noise = power = 0.0
-        for value in values:
-            for detail, name in zip(details, names):
-                interpreter.set_tensor(detail["index"], quantised(value[name].reshape(detail["shape"]), detail))
-            interpreter.invoke()
-            (out,) = interpreter.get_output_details()
-            ref = seen(value[layer.tensor])
-            got = seen(dequantised(interpreter.get_tensor(out["index"]), out).reshape(ref.shape))
-            noise += float(np.sum((got - ref) ** 2))
-            power += float(np.sum(ref ** 2))
-        scores[layer.name] = noise / power if power else 0.0
+        scores[layer.name] = sum(float(np.sum((a - r) ** 2)) for a, r in zip(alone, reference)) / power
     return sorted((Ranked(layer.name, scores[layer.name]) for layer in layers), key=lambda r: -r.score)
+
+
+def _outputs(content: bytes, images: list[np.ndarray], threads: int | None) -> list[np.ndarray]:
+    interpreter = _interpreter(content, threads)
+    (out,) = interpreter.get_output_details()[:1]
+    results = []
+    for image in images:
+        _run(interpreter, image)
+        results.append(np.asarray(interpreter.get_tensor(out["index"]), np.float32))
+    return results
 
 
 def control_int8(plan: Int8Plan, ranges: dict[str, Any], model: torch.nn.Module, *, target: float,
@@ -179,8 +155,8 @@ def control_int8(plan: Int8Plan, ranges: dict[str, Any], model: torch.nn.Module,
     plain = plan.quantize(ranges)
     layers = quantised_layers(plan, plain, model)
     by_name = {layer.name: layer.selects for layer in layers}
-    progress(f"accuracy control: ranking {len(layers)} quantised layers by the noise each adds")
-    ranking = rank_layers(plan, plain, layers, ranking_images, threads)
+    progress(f"accuracy control: ranking {len(layers)} quantised layers by the noise each alone puts on the output")
+    ranking = rank_layers(plan, ranges, layers, ranking_images, threads, progress)
 
     def quantise(names: list[str]) -> bytes:
         return plain if not names else plan.quantize(ranges, [t for n in names for t in by_name[n]])

@@ -121,7 +121,7 @@ def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, optio
                      ctx: ExportContext) -> tuple[bytes, dict[str, Any], Outcome]:
     """int8 with the fewest worst layers float that meets ``options.min_agreement`` on the held-out
     calibration images (``tflite.accuracy``); below it, the best candidate under a name that says so."""
-    from evit_deploy.tflite.accuracy import control_int8
+    from evit_deploy.tflite.accuracy import RANKED_BY, control_int8
 
     assert options.min_agreement is not None
     singles = control_images(ctx, spec)
@@ -137,9 +137,7 @@ def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, optio
                                  held_out=held, held_out_nchw=held_nchw, class_axis=class_axis,
                                  max_float_share=options.max_float_share, threads=None, progress=ctx.progress)
     details = plan.details(result.candidate, options, len(ranged))
-    details["accuracy_control"] = control_details(
-        result, plain, len(held), "error each quantised layer adds alone (its int8 op run on the float model's "
-        "inputs; relative noise power against float), over calibration images")
+    details["accuracy_control"] = control_details(result, plain, len(held), RANKED_BY)
     return result.candidate, details, outcome(result, plain, len(held), ctx.model_name)
 
 
