@@ -137,8 +137,10 @@ class ControlResult(Generic[Candidate]):
         """One line on why the target was not met (None when it was)."""
         if self.met:
             return None
-        return (f"agreement {self.agreement:.4f} < --min-agreement {self.target:g} even with the "
-                f"{len(self.kept)} most harmful of {len(self.ranking)} quantised layers in float")
+        tried = max(step.kept for step in self.steps)
+        best = "" if len(self.kept) == tried else f", the best with {len(self.kept)} of them"
+        return (f"agreement {self.agreement:.4f} < --min-agreement {self.target:g} even with up to the "
+                f"{tried} most harmful of {len(self.ranking)} quantised layers in float{best}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "met": self.met, "agreement": self.agreement, "kept_float": self.kept,
