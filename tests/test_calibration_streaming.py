@@ -220,6 +220,45 @@ def test_mse_ranges_in_output_groups_are_those_of_every_tensor_kept(seg_tflite, 
     assert len(before_hardswish) > 10 and min(before_hardswish) > -3.5  # no levels on what HardSwish zeroes
 
 
+def test_the_histograms_take_at_most_32_images_spread_over_the_set(seg_tflite, images, monkeypatch):
+    """64 calibration images at 1024x2048 made the MSE pass take 23 minutes: past 32 images the
+    histograms run every k-th one (the extremes, from the min/max pass, still come from all)."""
+    from evit_deploy.tflite import ranges as mse
+    from evit_deploy.tflite.export import _Batches
+
+    options, plan, _ = seg_tflite
+    batches = list(_Batches(images, 1, nhwc=options.layout == "nhwc"))
+    extremes = plan.calibrate(batches, "min_max")
+    run: list[int] = []  # the image (its constant value) of every inference the pass makes
+    made = mse._with_outputs
+
+    def recording(graph, tensors):
+        interpreter = made(graph, tensors)
+        original = interpreter.set_tensor
+        interpreter.set_tensor = lambda index, value: (run.append(int(value.flat[0])), original(index, value))[1]
+        return interpreter
+
+    monkeypatch.setattr(mse, "_with_outputs", recording)
+
+    class Tagged:
+        """``count`` images, image i filled with the value i."""
+
+        def __init__(self, count: int) -> None:
+            self.count = count
+
+        def __len__(self) -> int:
+            return self.count
+
+        def __iter__(self):
+            return (np.full_like(batches[0], i) for i in range(self.count))
+
+    for count, taken in ((70, list(range(0, 70, 3))), (32, list(range(32))), (5, list(range(5)))):
+        run.clear()
+        mse.mse_ranges(plan.marked, extremes, Tagged(count))
+        runs = len(run) // len(taken)
+        assert runs >= 1 and run == taken * runs, count
+
+
 def test_the_control_ranks_first_the_layer_whose_rounding_alone_hurts_the_output_most(seg_tflite, seg_model, images):
     """The TFLite control's ranking: each layer quantised alone, its output noise against float.
     A depthwise conv whose int8 output range is wrecked (a hundredth of its calibrated one) ranks
