@@ -5,6 +5,9 @@ every image (and onnxruntime's histogram calibrators every intermediate tensor o
 The streamed calibrations must not change the int8 numbers: each is compared here, range by
 range and bit for bit, with the one-shot calibration it replaces, on real photos and seeded
 (trained-looking) weights.
+
+TFLite's MSE pass streams too (groups of graph outputs, at most 32 images), and the accuracy
+control's ranking is built on its ranges: both are checked here on the same small graph.
 """
 from __future__ import annotations
 
