@@ -265,7 +265,7 @@ def test_the_histograms_take_at_most_32_images_spread_over_the_set(seg_tflite, i
 def test_the_control_ranks_first_the_layer_whose_rounding_alone_hurts_the_output_most(seg_tflite, seg_model, images):
     """The TFLite control's ranking: each layer quantised alone, its output noise against float.
     A depthwise conv whose int8 output range is wrecked (a hundredth of its calibrated one) ranks
-    first, far ahead; a layer the model reads through a HardSwish is judged by what passes it."""
+    first, more than 10x ahead of the next layer."""
     from evit_deploy.tflite import accuracy
     from evit_deploy.tflite.export import _Batches
 
@@ -279,8 +279,6 @@ def test_the_control_ranks_first_the_layer_whose_rounding_alone_hurts_the_output
     ranking = accuracy.rank_layers(plan, wrecked, layers, batches[:2], 1, lambda message: None)
     assert len(ranking) == len(layers) and all(r.score >= 0 for r in ranking)
     assert ranking[0].name == victim.name and ranking[0].score > 10 * ranking[1].score
-    healthy = {r.name: r.score for r in accuracy.rank_layers(plan, ranges, layers, batches[:2], 1, lambda m: None)}
-    assert healthy[victim.name] < ranking[0].score / 10
 
 
 def test_a_tflite_calibration_that_cannot_fit_is_refused_before_it_starts(seg_tflite, images, monkeypatch):
