@@ -15,7 +15,7 @@ over the calibration set. Each image costs one float inference per group, and at
 64 images the pass over all of them made the export take 23 minutes here. The extremes the
 histograms span still come from every image (the min/max pass); the shape between them needs
 values, not images, and 32 images give each tensor of a 512x1024 graph millions of them (the
-benchmarks' 21-28 images are under the cap, so its figures are those of every image).
+benchmarks' 21-28 images are under the cap, so their figures are those of every image).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def mse_ranges(model: bytes, ranges: dict[str, Any], calibration: Images,
     histograms = {name: Histogram(float(np.min(r["min"])), float(np.max(r["max"])))
                   for name, r in ranges.items() if name in index and np.max(r["max"]) > np.min(r["min"])}
     groups = _groups([index[name] for name in histograms], sizes)
-    every = -(-len(calibration) // HISTOGRAM_IMAGES)
+    every = max(1, -(-len(calibration) // HISTOGRAM_IMAGES))
     images = -(-len(calibration) // every)
     progress(f"choosing MSE int8 ranges for {len(histograms)} activations from {images} of {len(calibration)} "
              f"image(s) ({len(groups)} run(s) an image)")
