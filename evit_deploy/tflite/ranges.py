@@ -12,10 +12,11 @@ counts of image after image and group after group add up exactly.
 
 Time is bounded too: the histograms take at most ``HISTOGRAM_IMAGES`` images, evenly spaced
 over the calibration set. Each image costs one float inference per group, and at 1024x2048 with
-64 images the pass over all of them made the export take 23 minutes here. The extremes the
-histograms span still come from every image (the min/max pass); the shape between them needs
-values, not images, and 32 images give each tensor of a 512x1024 graph millions of them (the
-benchmarks' 21-28 images are under the cap, so their figures are those of every image).
+64 images the pass over all of them made the export take 23 minutes here (11 with the cap).
+The extremes the histograms span still come from every image (the min/max pass); the shape
+between them needs values, not images, and 32 images give each tensor of a 512x1024 graph
+millions of them (the benchmarks' 21-28 images are under the cap, so their figures are those
+of every image).
 """
 from __future__ import annotations
 
