@@ -47,19 +47,31 @@ RANKED_BY = ("noise each quantised layer alone puts on the output (the float mod
              "int8, its outputs against float: relative noise power), over calibration images")
 
 
+PADDING = {"PAD", "PADV2"}  # a strided conv's explicit padding: the converter splits it off as its own op
+
+
 @dataclass(frozen=True)
 class Layer:
-    """A quantised op of the float graph: its PyTorch name, its output tensor, and the output
-    tensors of the ops that go float with it (itself and the readers of its output).
+    """A quantised op of the float graph: its PyTorch name, its output tensor, the output tensors
+    of the ops quantised and kept float with it (``own``: itself and the pad that feeds only it),
+    and those of the ops that go float with it (``selects``: its own, and its output's readers).
 
     Keeping an op float alone would keep little: its int8 readers would round its output again,
     so only its weights' rounding would go. With its readers float too, its output is never
     rounded; the rounding moves to the readers' outputs, whose ranges are set by other values.
+    A strided conv's pad goes with the conv: left int8 under a float conv, it would still round
+    the conv's input, and cost a QUANTIZE, PAD, DEQUANTIZE round trip over the whole map (at
+    the stem, the full-resolution image).
     """
 
     name: str
-    tensor: str
+    own: tuple[str, ...]
     selects: tuple[str, ...]
+
+    @property
+    def tensor(self) -> str:
+        """The output of the layer's op (the one its name and its range are for)."""
+        return self.own[0]
 
 
 def _interpreter(content: bytes, threads: int | None) -> Any:
@@ -90,18 +102,28 @@ def quantised_layers(plan: Int8Plan, quantized: bytes, model: torch.nn.Module) -
         rank = (not entry.is_torch_primitive, entry.depth, entry.module)
         if rank > modules.get(name, (False, -1, "")):
             modules[name] = rank
+    graph = plan.graph
+    pads: dict[int, list[str]] = {}  # op index -> the int8 pads that feed only it
+    for op in graph.ops:
+        readers = graph.consumers.get(op["outputs"][0], []) if op["outputs"] else []
+        if (op["type"] in PADDING and len(readers) == 1 and graph.tensor_name(op["outputs"][0]) in int8_names
+                and graph.ops[readers[0]]["outputs"]
+                and graph.tensor_name(graph.ops[readers[0]]["outputs"][0]) in int8_names):
+            pads.setdefault(readers[0], []).append(graph.tensor_name(op["outputs"][0]))
+    folded = {t for names in pads.values() for t in names}
     layers, seen = [], set()
-    for op in plan.graph.ops:
+    for op in graph.ops:
         if not op["outputs"]:
             continue
-        tensor = plan.graph.tensor_name(op["outputs"][0])
-        if tensor in int8_names:
+        tensor = graph.tensor_name(op["outputs"][0])
+        if tensor in int8_names and tensor not in folded:
             name = modules.get(tensor, (False, 0, tensor))[2]
             name = name if name not in seen else f"{name}:{tensor}"
             seen.add(name)
-            readers = plan.graph.consumers.get(op["outputs"][0], [])
-            selects = [tensor] + [plan.graph.tensor_name(t) for r in readers for t in plan.graph.ops[r]["outputs"][:1]]
-            layers.append(Layer(name, tensor, tuple(dict.fromkeys(selects))))
+            own = (tensor, *pads.get(op["index"], []))
+            readers = graph.consumers.get(op["outputs"][0], [])
+            selects = [*own] + [graph.tensor_name(t) for r in readers for t in graph.ops[r]["outputs"][:1]]
+            layers.append(Layer(name, own, tuple(dict.fromkeys(selects))))
     return layers
 
 
@@ -114,13 +136,13 @@ def rank_layers(plan: Int8Plan, ranges: dict[str, Any], layers: list[Layer], ima
     built or run alone is ranked last (score 0)."""
     reference = _outputs(plan.marked, images, threads)
     power = sum(float(np.sum(r ** 2)) for r in reference) or 1.0
-    tensors = [layer.tensor for layer in layers]
+    tensors = [t for layer in layers for t in layer.own]
     scores: dict[str, float] = {}
     for number, layer in enumerate(layers):
         if number % 20 == 0:
             progress(f"accuracy control: layer {number + 1}/{len(layers)} quantised alone")
         try:
-            alone = _outputs(plan.quantize(ranges, [t for t in tensors if t != layer.tensor]), images, threads)
+            alone = _outputs(plan.quantize(ranges, [t for t in tensors if t not in layer.own]), images, threads)
         except (RuntimeError, ValueError):  # what the quantiser or LiteRT refuses for this op alone
             scores[layer.name] = 0.0
             continue
