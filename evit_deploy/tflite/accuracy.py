@@ -8,7 +8,7 @@ calibration images.
 The ranking is the noise each layer alone puts on the output, as the Q/DQ control ranks its
 nodes: the float model with only that layer's op int8 (its input, weights and output rounded on
 the ranges of plain int8), its logits against the float model's. It is one quantisation and a
-few float-speed inferences a layer (about 2.5 minutes for seg-B1's 146 layers at 512x1024 here).
+few float-speed inferences a layer (about 2.5 minutes for seg-B1's 141 layers at 512x1024 here).
 The error a layer adds at its own output (``evit debug``'s measure) says less of what reaches
 the classes: MSE ranges clip what a HardSwish zeroes, which looks like noise at the conv's
 output, and a layer the network damps ranks as high as one it amplifies. Ranked by it, the
