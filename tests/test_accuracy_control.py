@@ -5,9 +5,13 @@ set, so each test knows the one right answer; the TFLite tests run the loop on r
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from evit_deploy.accuracy_control import Ranked, keep_float_until
+from evit_deploy.accuracy_control import Ranked, keep_float_until, margin_lost, near_ties, spread
 
 RANKING = [Ranked(f"layer{i}", 10.0 - i) for i in range(10)]
 
@@ -68,3 +72,44 @@ def test_max_kept_zero_measures_plain_int8_only():
 def test_a_target_outside_0_1_is_refused():
     with pytest.raises(ValueError, match="target agreement"):
         _loop({}, 1.5)
+
+
+LOGITS = hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(2, 5)),
+                    elements=st.floats(-8, 8, width=32), unique=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(logits=LOGITS, nchw=st.booleans(), drop=st.floats(0.01, 4))
+def test_the_margin_lost_counts_only_the_near_tied_pixels_and_only_what_they_lose(logits, nchw, drop):
+    """A layer's rank: how much of float's top-1 margin it takes away where that margin is among the
+    smallest tenth. Nothing when the output is float's, or when it only widens the margins, or when
+    it changes only the confident pixels; the drop itself when it lowers the top logit of the
+    near-tied ones (each stays on top by at least its own margin, since a drop past the runner-up
+    still counts the full drop)."""
+    reference = logits[None]  # NHWC: (1, H, W, classes); or the same values in NCHW
+    axis = 1 if nchw else -1
+    as_output = (lambda x: np.moveaxis(x, -1, 1)) if nchw else (lambda x: x)
+    ties = near_ties([as_output(reference)], axis)
+    near, margins = ties.near[0], ties.margins[0]
+    assert near.any() and (near.all() or margins[near].max() < margins[~near].min())
+    assert margin_lost(ties, [as_output(reference)], axis) == 0.0
+    classes = ties.classes[0][..., None]
+    widened = reference.copy()
+    np.put_along_axis(widened, classes, np.take_along_axis(reference, classes, -1) + drop, -1)
+    assert margin_lost(ties, [as_output(widened)], axis) == 0.0
+    lowered = reference.copy()
+    np.put_along_axis(lowered, classes, np.take_along_axis(reference, classes, -1) - drop, -1)
+    far_only = np.where(near[..., None], reference, lowered)
+    assert margin_lost(ties, [as_output(far_only)], axis) == 0.0
+    assert margin_lost(ties, [as_output(lowered)], axis) == pytest.approx(drop, rel=1e-4, abs=1e-4)
+
+
+@given(count=st.integers(1, 10), total=st.integers(0, 60))
+def test_ranking_images_are_spread_over_the_set(count, total):
+    """The ranking's few images span the calibration set (every k-th), where the first few of a
+    folder sorted by name are the views of one photo."""
+    images = list(range(total))
+    taken = spread(images, count)
+    assert len(taken) == min(count, total) and taken == sorted(set(taken))
+    if total > count:
+        assert taken[0] == 0 and taken[-1] >= total - total / count - 1

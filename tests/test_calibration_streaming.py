@@ -273,9 +273,10 @@ def mse_tflite(seg_tflite, images):
 
 
 def test_the_control_ranks_first_the_layer_whose_rounding_alone_hurts_the_output_most(mse_tflite, seg_model):
-    """The TFLite control's ranking: each layer quantised alone, its output noise against float.
-    A depthwise conv whose int8 output range is wrecked (a hundredth of its calibrated one) ranks
-    first, more than 10x ahead of the next layer."""
+    """The TFLite control's ranking: each layer quantised alone, the class margin it takes away
+    where float's top two classes are nearly tied. A depthwise conv whose int8 output range is
+    wrecked (a hundredth of its calibrated one) ranks first, more than 5x ahead of the next layer
+    (6.7x here: a margin lost saturates, where noise power grew with the square of the damage)."""
     from evit_deploy.tflite import accuracy
 
     plan, ranges, batches = mse_tflite
@@ -283,9 +284,9 @@ def test_the_control_ranks_first_the_layer_whose_rounding_alone_hurts_the_output
     (victim,) = [layer for layer in layers if layer.name == "backbone.stages.1.op_list.0.main.depth_conv.norm"]
     wrecked = {**ranges, victim.tensor: {**ranges[victim.tensor], "min": ranges[victim.tensor]["min"] / 100,
                                          "max": ranges[victim.tensor]["max"] / 100}}
-    ranking = accuracy.rank_layers(plan, wrecked, layers, batches[:2], 1, lambda message: None)
+    ranking = accuracy.rank_layers(plan, wrecked, layers, batches[:2], -1, 1, lambda message: None)  # NHWC logits
     assert len(ranking) == len(layers) and all(r.score >= 0 for r in ranking)
-    assert ranking[0].name == victim.name and ranking[0].score > 10 * ranking[1].score
+    assert ranking[0].name == victim.name and ranking[0].score > 5 * ranking[1].score, ranking[:3]
 
 
 def test_a_strided_conv_kept_float_keeps_its_pad_float(mse_tflite, seg_model):

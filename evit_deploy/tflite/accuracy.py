@@ -5,11 +5,14 @@ candidate with some of them float (ai-edge-quantizer's per-op ``no_quantize`` re
 ranges calibrated once) and measures a candidate's agreement with PyTorch on the held-out
 calibration images.
 
-The ranking is the noise each layer alone puts on the output, as the Q/DQ control ranks its
-nodes: the float model with only that layer's op int8 (its input, weights and output rounded on
-the ranges of plain int8), its logits against the float model's. It is one quantisation and a
-few float-speed inferences a layer (about 2.5 minutes for seg-B1's 141 layers at 512x1024 here).
-The error a layer adds at its own output (``evit debug``'s measure) says less of what reaches
+The ranking is what each layer alone does to the classes: the float model with only that layer's
+op int8 (its input, weights and output rounded on the ranges of plain int8), run on a few
+calibration images spread over the set, and the class margin it takes away where PyTorch's top
+two classes are nearly tied (``accuracy_control.margin_lost``). It is one quantisation and a few
+float-speed inferences a layer (about 2.5 minutes for seg-B1's 141 layers at 512x1024 here).
+The noise power a layer puts on the logits ranked as well on the trained instrument, and worse
+on seeded weights, where most of it fell on pixels whose class it could not change. The error a
+layer adds at its own output (``evit debug``'s measure) says less of what reaches
 the classes: MSE ranges clip what a HardSwish zeroes, which looks like noise at the conv's
 output, and a layer the network damps ranks as high as one it amplifies. Ranked by it, the
 trained instrument's control needed 9 layers float for 0.99 where this ranking needs 7. Layers
@@ -26,11 +29,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evit_deploy.accuracy_control import (
+    NEAR_TIE_SHARE,
     ControlResult,
     Measured,
     Ranked,
     agreement,
     keep_float_until,
+    margin_lost,
+    near_ties,
     reference_labels,
 )
 from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8
@@ -43,8 +49,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from evit_deploy.tflite.quantize import Int8Plan
 
 
-RANKED_BY = ("noise each quantised layer alone puts on the output (the float model with only that layer's op "
-             "int8, its outputs against float: relative noise power), over calibration images")
+RANKING_IMAGES = 4  # each layer alone runs on this many calibration images
+RANKED_BY = ("class margin each quantised layer alone takes away at the near-tied pixels (the float model with "
+             f"only that layer's op int8; the {NEAR_TIE_SHARE:.0%} of pixels with the smallest top-1 margins), "
+             f"over {RANKING_IMAGES} calibration images spread over the set")
 
 
 PADDING = {"PAD", "PADV2"}  # a strided conv's explicit padding: the converter splits it off as its own op
@@ -128,14 +136,13 @@ def quantised_layers(plan: Int8Plan, quantized: bytes, model: torch.nn.Module) -
 
 
 def rank_layers(plan: Int8Plan, ranges: dict[str, Any], layers: list[Layer], images: list[np.ndarray],
-                threads: int | None, progress: Callable[[str], None]) -> list[Ranked]:
-    """``layers`` by the noise each alone puts on the output (worst first): the float model with
+                class_axis: int, threads: int | None, progress: Callable[[str], None]) -> list[Ranked]:
+    """``layers`` by the class margin each alone takes away (worst first): the float model with
     only that layer's op int8 (its input, weights and output rounded; every other quantised op
-    float, on the same ranges), its outputs against the float model's over ``images``, as
-    relative noise power ``||int8 - float||^2 / ||float||^2``. A layer whose model cannot be
-    built or run alone is ranked last (score 0)."""
-    reference = _outputs(plan.marked, images, threads)
-    power = sum(float(np.sum(r ** 2)) for r in reference) or 1.0
+    float, on the same ranges), its outputs against the float model's over ``images`` at the
+    near-tied pixels (``accuracy_control.margin_lost``; ``class_axis``: where the outputs hold
+    the classes). A layer whose model cannot be built or run alone is ranked last (score 0)."""
+    ties = near_ties(_outputs(plan.marked, images, threads), class_axis)
     tensors = [t for layer in layers for t in layer.own]
     scores: dict[str, float] = {}
     for number, layer in enumerate(layers):
@@ -146,7 +153,7 @@ def rank_layers(plan: Int8Plan, ranges: dict[str, Any], layers: list[Layer], ima
         except (RuntimeError, ValueError):  # what the quantiser or LiteRT refuses for this op alone
             scores[layer.name] = 0.0
             continue
-        scores[layer.name] = sum(float(np.sum((a - r) ** 2)) for a, r in zip(alone, reference)) / power
+        scores[layer.name] = margin_lost(ties, alone, class_axis)
     return sorted((Ranked(layer.name, scores[layer.name]) for layer in layers), key=lambda r: -r.score)
 
 
@@ -175,8 +182,8 @@ def control_int8(plan: Int8Plan, ranges: dict[str, Any], model: torch.nn.Module,
     plain = plan.quantize(ranges)
     layers = quantised_layers(plan, plain, model)
     by_name = {layer.name: layer.selects for layer in layers}
-    progress(f"accuracy control: ranking {len(layers)} quantised layers by the noise each alone puts on the output")
-    ranking = rank_layers(plan, ranges, layers, ranking_images, threads, progress)
+    progress(f"accuracy control: ranking {len(layers)} quantised layers by the class margin each alone takes away")
+    ranking = rank_layers(plan, ranges, layers, ranking_images, class_axis, threads, progress)
 
     def quantise(names: list[str]) -> bytes:
         return plain if not names else plan.quantize(ranges, [t for n in names for t in by_name[n]])

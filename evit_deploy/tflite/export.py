@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evit_deploy.accuracy_control import Outcome, control_details, control_images, outcome, split_holdout
+from evit_deploy.accuracy_control import (
+    Outcome,
+    control_details,
+    control_images,
+    outcome,
+    split_holdout,
+    spread,
+)
 from evit_deploy.contracts import ExportContext, ExportOutput, Images
 from evit_deploy.dependencies import package_versions
 from evit_deploy.errors import CheckFailed, UsageError
@@ -121,7 +128,7 @@ def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, optio
                      ctx: ExportContext) -> tuple[bytes, dict[str, Any], Outcome]:
     """int8 with the fewest worst layers float that meets ``options.min_agreement`` on the held-out
     calibration images (``tflite.accuracy``); below it, the best candidate under a name that says so."""
-    from evit_deploy.tflite.accuracy import RANKED_BY, control_int8
+    from evit_deploy.tflite.accuracy import RANKED_BY, RANKING_IMAGES, control_int8
 
     assert options.min_agreement is not None
     singles = control_images(ctx, spec)
@@ -133,7 +140,7 @@ def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, optio
     ctx.progress(f"accuracy control: {len(held)} calibration image(s) held out for agreement")
     ranges = plan.calibrate(ranged, options.int8_ranges, ctx.progress)
     class_axis = -1 if nhwc else 1  # the classes: last in NHWC logits (and in 2-D ones), second in NCHW
-    result, plain = control_int8(plan, ranges, model, target=options.min_agreement, ranking_images=ranged[:4],
+    result, plain = control_int8(plan, ranges, model, target=options.min_agreement, ranking_images=spread(ranged, RANKING_IMAGES),
                                  held_out=held, held_out_nchw=held_nchw, class_axis=class_axis,
                                  max_float_share=options.max_float_share, threads=None, progress=ctx.progress)
     details = plan.details(result.candidate, options, len(ranged))
