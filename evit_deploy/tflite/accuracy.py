@@ -15,7 +15,7 @@ on seeded weights, where most of it fell on pixels whose class it could not chan
 layer adds at its own output (``evit debug``'s measure) says less of what reaches
 the classes: MSE ranges clip what a HardSwish zeroes, which looks like noise at the conv's
 output, and a layer the network damps ranks as high as one it amplifies. Ranked by it, the
-trained instrument's control needed 9 layers float for 0.99 where this ranking needs 7. Layers
+trained instrument's control needed 9 layers float for 0.99, by noise power 7, by this 6. Layers
 are named by PyTorch module path through the export's layer map, so the manifest lists the kept
 layers as users know them.
 """

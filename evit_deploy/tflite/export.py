@@ -140,7 +140,8 @@ def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, optio
     ctx.progress(f"accuracy control: {len(held)} calibration image(s) held out for agreement")
     ranges = plan.calibrate(ranged, options.int8_ranges, ctx.progress)
     class_axis = -1 if nhwc else 1  # the classes: last in NHWC logits (and in 2-D ones), second in NCHW
-    result, plain = control_int8(plan, ranges, model, target=options.min_agreement, ranking_images=spread(ranged, RANKING_IMAGES),
+    result, plain = control_int8(plan, ranges, model, target=options.min_agreement,
+                                 ranking_images=spread(ranged, RANKING_IMAGES),
                                  held_out=held, held_out_nchw=held_nchw, class_axis=class_axis,
                                  max_float_share=options.max_float_share, threads=None, progress=ctx.progress)
     details = plan.details(result.candidate, options, len(ranged))
