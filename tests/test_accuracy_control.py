@@ -84,8 +84,7 @@ def test_the_margin_lost_counts_only_the_near_tied_pixels_and_only_what_they_los
     """A layer's rank: how much of float's top-1 margin it takes away where that margin is among the
     smallest tenth. Nothing when the output is float's, or when it only widens the margins, or when
     it changes only the confident pixels; the drop itself when it lowers the top logit of the
-    near-tied ones (each stays on top by at least its own margin, since a drop past the runner-up
-    still counts the full drop)."""
+    near-tied ones by that much (past the runner-up too: that pixel changed class)."""
     reference = logits[None]  # NHWC: (1, H, W, classes); or the same values in NCHW
     axis = 1 if nchw else -1
     as_output = (lambda x: np.moveaxis(x, -1, 1)) if nchw else (lambda x: x)
