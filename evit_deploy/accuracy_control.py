@@ -144,8 +144,9 @@ def margin_lost(ties: NearTies, outputs: Sequence[np.ndarray], class_axis: int) 
     (a margin grown counts 0): the part of a layer's noise that changes classes. Output noise
     power says how loud the noise is; on seeded seg-B1 most of it falls where the class is safe,
     and ranked by it, 35 TFLite layers float agreed 0.903 on the held-out views where ranked by
-    this they agreed 0.939. On the trained instrument the two rank alike (its control took 7
-    layers float for 0.99 by noise power, 6 by this)."""
+    this they agreed 0.939, and ONNX Runtime's control reached 0.908 with 55 of 110 nodes float
+    where by this it met 0.94 with 44. On the trained instrument the two rank alike (its control
+    took 7 layers float for 0.99 by noise power, 6 by this)."""
     lost, count = 0.0, 0
     for output, classes, margin, near in zip(outputs, ties.classes, ties.margins, ties.near):
         now = _top_margin(np.moveaxis(np.asarray(output, np.float32), class_axis, -1), classes)
