@@ -155,6 +155,14 @@ def margin_lost(ties: NearTies, outputs: Sequence[np.ndarray], class_axis: int) 
     return lost / max(1, count)
 
 
+def ranked_by(unit: str, alone: str, images: int) -> str:
+    """The manifest's ``ranked_by``: the one measure every target ranks by, named in its own terms
+    (``unit``: layer or node; ``alone``: how that unit is quantised by itself)."""
+    return (f"class margin each quantised {unit} alone takes away at the near-tied pixels ({alone}; the "
+            f"{NEAR_TIE_SHARE:.0%} of pixels with the smallest top-1 margins), over {images} calibration "
+            "images spread over the set")
+
+
 @dataclass(frozen=True)
 class Ranked:
     """A quantised layer the backend may keep float, with its measured harm (higher: worse)."""
@@ -282,4 +290,4 @@ def keep_float_until(ranking: Sequence[Ranked], quantise: Callable[[list[str]], 
 
 __all__ = ["NEAR_TIE_SHARE", "ControlOptions", "ControlResult", "Measured", "NearTies", "Outcome", "Ranked", "Step",
            "agreement", "check_control", "control_details", "control_images", "keep_float_until", "margin_lost",
-           "near_ties", "outcome", "reference_labels", "split_holdout", "spread"]
+           "near_ties", "outcome", "ranked_by", "reference_labels", "split_holdout", "spread"]

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evit_deploy.accuracy_control import (
-    NEAR_TIE_SHARE,
     ControlOptions,
     ControlResult,
     Measured,
@@ -46,6 +45,7 @@ from evit_deploy.accuracy_control import (
     margin_lost,
     near_ties,
     outcome,
+    ranked_by,
     reference_labels,
     split_holdout,
     spread,
@@ -63,9 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CLASS_AXIS = 1  # the ONNX graphs' logits: NCHW maps, or (N, classes)
 RANKING_IMAGES = 2  # per node: this many runs of the graph with it alone quantised
-RANKED_BY = ("class margin each quantised node alone takes away at the near-tied pixels (the graph with only that "
-             f"node quantised; the {NEAR_TIE_SHARE:.0%} of pixels with the smallest top-1 margins), over "
-             f"{RANKING_IMAGES} calibration images spread over the set")
+RANKED_BY = ranked_by("node", "the graph with only that node quantised", RANKING_IMAGES)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evit_deploy.accuracy_control import (
-    NEAR_TIE_SHARE,
     ControlResult,
     Measured,
     Ranked,
@@ -37,6 +36,7 @@ from evit_deploy.accuracy_control import (
     keep_float_until,
     margin_lost,
     near_ties,
+    ranked_by,
     reference_labels,
 )
 from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8
@@ -50,9 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 RANKING_IMAGES = 4  # each layer alone runs on this many calibration images
-RANKED_BY = ("class margin each quantised layer alone takes away at the near-tied pixels (the float model with "
-             f"only that layer's op int8; the {NEAR_TIE_SHARE:.0%} of pixels with the smallest top-1 margins), "
-             f"over {RANKING_IMAGES} calibration images spread over the set")
+RANKED_BY = ranked_by("layer", "the float model with only that layer's op int8", RANKING_IMAGES)
 
 
 PADDING = {"PAD", "PADV2"}  # a strided conv's explicit padding: the converter splits it off as its own op
