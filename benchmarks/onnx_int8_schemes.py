@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["EVIT_CALIB_CACHE"] = tmp
         for name, (scheme, ops) in CANDIDATES.items():
             print(f"quantising {name}", flush=True)
-            source = decompose_hardswish(graph, exclude)[0] if name == DECOMPOSED else copy.deepcopy(graph)
+            source = decompose_hardswish(graph, exclude).model if name == DECOMPOSED else copy.deepcopy(graph)
             models[name], _ = quantize_qdq(source, calib, input_name="input", exclude=exclude,
                                            op_types=ops, method="minmax", key_material={"speed": 1},
                                            scheme=ORT_SCHEMES[scheme])

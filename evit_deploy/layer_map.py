@@ -17,7 +17,7 @@ Backends supply the nodes (``onnx/layer_map.py`` from the dynamo exporter's node
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MAP_VERSION = 1
@@ -68,16 +68,29 @@ class LayerMap:
 
     source: str  # what the provenance came from, e.g. "onnx: pkg.torch.onnx.name_scopes"
     layers: tuple[LayerEntry, ...]
+    #: artifact tensors that hold their module's value times a factor: an exact rewrite moved a
+    #: constant factor into the ops that read them (the ONNX int8 HardSwish's 1/6); absent: 1
+    scales: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": MAP_VERSION, "source": self.source,
-                "layers": [{**asdict(e), "inputs": list(e.inputs)} for e in self.layers]}
+                "layers": [{**asdict(e), "inputs": list(e.inputs)} for e in self.layers],
+                **({"scales": dict(self.scales)} if self.scales else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerMap:
         layers = tuple(LayerEntry(module=e["module"], cls=e["cls"], tensor=e["tensor"], inputs=tuple(e["inputs"]),
                                   order=int(e["order"])) for e in data["layers"])
-        return cls(source=str(data["source"]), layers=layers)
+        scales = {str(k): float(v) for k, v in (data.get("scales") or {}).items()}
+        return cls(source=str(data["source"]), layers=layers, scales=scales)
+
+    def scale(self, tensor: str) -> float:
+        """What the artifact's ``tensor`` holds relative to the module output it stands for."""
+        return self.scales.get(tensor, 1.0)
+
+    def scaled(self, scales: dict[str, float]) -> LayerMap:
+        """This map with ``scales`` (tensor: factor) recorded as well."""
+        return LayerMap(self.source, self.layers, {**self.scales, **scales})
 
     def restricted_to(self, tensors: Iterable[str]) -> LayerMap:
         """Only the entries whose output tensor still exists (after simplifiers and rewrites);
@@ -85,7 +98,7 @@ class LayerMap:
         present = set(tensors)
         kept = tuple(LayerEntry(e.module, e.cls, e.tensor, tuple(i for i in e.inputs if i in present), e.order)
                      for e in self.layers if e.tensor in present)
-        return LayerMap(self.source, kept)
+        return LayerMap(self.source, kept, {t: f for t, f in self.scales.items() if t in present})
 
 
 def map_modules(nodes: Sequence[TracedNode], graph_outputs: Iterable[str], constants: Iterable[str],

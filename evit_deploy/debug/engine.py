@@ -121,12 +121,14 @@ def debug_artifact(artifact: str | Path | DebugRequest, *, progress: Progress = 
             by_tensor = _reference_by_tensor(layer_map, ref_out, spec.name, batch)
             for number, entry in enumerate(chosen):
                 result = results[entry.module]
-                if not _compare(result.errors, exposed.get(entry.tensor), ref_out[entry.module]):
+                if not _compare(result.errors, _unscaled(layer_map, entry.tensor, exposed.get(entry.tensor)),
+                                ref_out[entry.module]):
                     result.alone_note = result.alone_note or "shape differs from the PyTorch output"
                     continue
                 if request.alone and result.alone_note is None:
                     progress(f"sample {index + 1}/{count}: layer {number + 1}/{len(chosen)} alone")
-                    _run_alone(capture, entry, result, by_tensor, ref_in.get(entry.module), ref_out[entry.module])
+                    _run_alone(capture, entry, result, by_tensor, ref_in.get(entry.module), ref_out[entry.module],
+                               layer_map)
         runner = capture.describe()
     compared = [results[e.module] for e in chosen if results[e.module].errors.elements]
     return DebugReport(
@@ -150,24 +152,31 @@ def _compare(errors: TensorErrors, art: np.ndarray | None, ref: np.ndarray) -> b
     return True
 
 
+def _unscaled(layer_map: LayerMap, tensor: str, value: np.ndarray | None) -> np.ndarray | None:
+    """The artifact's ``tensor`` at its module's scale (``LayerMap.scales``)."""
+    scale = layer_map.scale(tensor)
+    return value if value is None or scale == 1.0 else value / np.float32(scale)
+
+
 def _reference_by_tensor(layer_map: LayerMap, ref_out: dict[str, np.ndarray], input_name: str,
                          batch: np.ndarray) -> dict[str, np.ndarray]:
-    """The reference's value of every artifact tensor some module returns (and of the input)."""
+    """The reference's value of every artifact tensor some module returns (and of the input),
+    at the artifact's scale, ready to feed a layer run alone."""
     values = {input_name: batch}
     for entry in layer_map.layers:
-        if entry.module in ref_out:
-            values.setdefault(entry.tensor, ref_out[entry.module])
+        if entry.module in ref_out and entry.tensor not in values:
+            values[entry.tensor] = ref_out[entry.module] * np.float32(layer_map.scale(entry.tensor))
     return values
 
 
 def _run_alone(capture: Capture, entry: LayerEntry, result: LayerResult, by_tensor: dict[str, np.ndarray],
-               module_input: np.ndarray | None, expected: np.ndarray) -> None:
+               module_input: np.ndarray | None, expected: np.ndarray, layer_map: LayerMap) -> None:
     inputs = {name: by_tensor[name] for name in entry.inputs if name in by_tensor}
     missing = [name for name in entry.inputs if name not in by_tensor]
     # A module's own input is the artifact tensor only for the model's modules: a fused torch
     # building block (Conv+BatchNorm under the BatchNorm's name) starts at the conv's input.
     if len(entry.inputs) == 1 and missing and module_input is not None and not entry.is_torch_primitive:
-        inputs, missing = {entry.inputs[0]: module_input}, []
+        inputs, missing = {entry.inputs[0]: module_input * np.float32(layer_map.scale(entry.inputs[0]))}, []
     if missing:
         result.alone_note = f"no reference value for its input {missing[0]}"
         return
@@ -178,7 +187,7 @@ def _run_alone(capture: Capture, entry: LayerEntry, result: LayerResult, by_tens
         return
     if result.alone is None:
         result.alone = TensorErrors()
-    if not _compare(result.alone, value, expected):
+    if not _compare(result.alone, _unscaled(layer_map, entry.tensor, value), expected):
         result.alone, result.alone_note = None, "run alone, it gives another shape than the PyTorch output"
 
 

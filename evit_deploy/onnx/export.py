@@ -204,6 +204,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, recipe: Recipe, opt
 
         int8 = quantize(graph, model, spec, recipe, options, ctx, rewritten)
         graph, control = int8.graph, int8.control
+        layer_map = layer_map.scaled(int8.scaled)
         details.update(int8.details)
         notes += int8.notes
     add_metadata(graph, spec, ctx, precision)

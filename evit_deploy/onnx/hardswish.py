@@ -9,11 +9,14 @@ Written as ``HardSwish(x) = x * Clip(x + 3, 0, 6) / 6``, every op has an int8 ke
 quantised: QLinearAdd, the Clip folded into its quantisation range, QLinearMul. The ``/ 6`` is
 folded into the weights of the convolutions that read the result when only convolutions read it
 (a convolution is linear in its input, so this is exact in float, and per-channel weight
-quantisation scales with it); otherwise it stays a Mul by a constant.
+quantisation scales with it); otherwise it stays a Mul by a constant. The tensor such a
+HardSwish returns then holds six times the module's output, which the layer map records
+(``Decomposed.scaled``) so that ``evit debug`` compares like with like.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,12 +28,22 @@ THREE, ZERO, SIX, SIXTH = "evit_hardswish_three", "evit_hardswish_zero", "evit_h
 OP_TYPES = ("Add", "Clip", "Mul")  # what the rewritten HardSwish needs quantised
 
 
-def decompose_hardswish(model: onnx.ModelProto,
-                        keep: Iterable[str] = ()) -> tuple[onnx.ModelProto, dict[str, int], dict[str, list[str]]]:
-    """``model`` with every HardSwish not named in ``keep`` rewritten; counts of what was done; and
-    the new nodes by the node that computes the HardSwish's input (its conv), which an accuracy
-    control keeps float with them: an int8 HardSwish between a float conv and its readers would
-    add a rounding and two layout changes where it saves none."""
+@dataclass
+class Decomposed:
+    """The rewritten graph and what the rewrite did."""
+
+    model: onnx.ModelProto
+    counts: dict[str, int]
+    #: the new nodes by the node that computes the HardSwish's input (its conv), which an accuracy
+    #: control keeps float with them: an int8 HardSwish between a float conv and its readers would
+    #: add a rounding and two layout changes where it saves none
+    companions: dict[str, list[str]]
+    #: tensors that now hold their old value times a factor (a HardSwish whose 1/6 went into its readers)
+    scaled: dict[str, float]
+
+
+def decompose_hardswish(model: onnx.ModelProto, keep: Iterable[str] = ()) -> Decomposed:
+    """``model`` with every HardSwish not named in ``keep`` rewritten."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -47,6 +60,7 @@ def decompose_hardswish(model: onnx.ModelProto,
     companions: dict[str, list[str]] = {}
     outputs = {o.name for o in graph.output}
     nodes, counts = [], {"rewritten": 0, "sixth_in_convs": 0}
+    scaled: dict[str, float] = {}
     for node in graph.node:
         if node.op_type != "HardSwish" or node.name in kept:
             nodes.append(node)
@@ -64,6 +78,7 @@ def decompose_hardswish(model: onnx.ModelProto,
                 weight = weights[conv.input[1]]
                 weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) / np.float32(6), weight.name))
             counts["sixth_in_convs"] += 1
+            scaled[y] = 6.0
         else:
             made.append(helper.make_node("Mul", [times, SIXTH], [y], name=f"{name}_sixth"))
         for new in made:  # the exporter's module path, so layer maps and accuracy control name them
@@ -76,4 +91,4 @@ def decompose_hardswish(model: onnx.ModelProto,
         graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), k) for k, v in constants.items())
     del graph.node[:]
     graph.node.extend(nodes)
-    return out, counts, companions
+    return Decomposed(out, counts, companions, scaled)

@@ -29,7 +29,7 @@ these figures into every int8 manifest's details.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,6 +83,7 @@ class Int8Graph:
     details: dict[str, Any]
     notes: list[str]
     control: Outcome | None = None
+    scaled: dict[str, float] = field(default_factory=dict)  # tensors holding a multiple of their float value
 
 
 def quantize(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, recipe: Recipe, options: OnnxOptions,
@@ -107,8 +108,11 @@ def quantize(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, re
     op_types = list(options.quantize_ops)
     rewrite: dict[str, int] = {}
     companions: dict[str, list[str]] = {}  # a conv's int8 HardSwish goes float with it
+    scaled: dict[str, float] = {}
     if options.int8_hardswish == "int8":
-        graph, rewrite, companions = decompose_hardswish(graph, keep=exclude)
+        decomposed = decompose_hardswish(graph, keep=exclude)
+        graph, rewrite, companions, scaled = decomposed.model, decomposed.counts, decomposed.companions, \
+            decomposed.scaled
         op_types = list(dict.fromkeys(op_types + list(HARDSWISH_OP_TYPES)))
     ctx.progress(f"int8 ({scheme.name}): Q/DQ on {', '.join(op_types)}; {len(exclude)} node(s) stay float")
 
@@ -134,7 +138,7 @@ def quantize(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, re
              f"({', '.join(sorted({i.kind for i in islands})) or 'none'}) and the output layer"
              + (f", {len(kept)} node(s) kept float by keep_float" if kept else ""),
              *([control.note] if control else []), speed_note(options.int8_hardswish)]
-    return Int8Graph(quantized, details, notes, control)
+    return Int8Graph(quantized, details, notes, control, scaled)
 
 
 def keep_float_nodes(graph: onnx.ModelProto, entries: list[str]) -> list[str]:

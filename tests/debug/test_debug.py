@@ -59,6 +59,22 @@ def test_a_healthy_fp16_artifact_has_no_layer_over_the_threshold(cli, export_seg
     assert report["deployed_output"]["rel_l2"] < report["threshold"]
 
 
+def test_an_onnx_int8_artifact_is_compared_at_the_scale_of_each_module(cli, export_seg, test_photos):
+    """ORT int8 folds each HardSwish's 1/6 into the convolutions that read it, so the tensor the
+    map names holds six times the module's output. Read as it is, every such layer was 5.0 off
+    (relative L2) on a healthy artifact; at its module's scale it is int8's rounding."""
+    artifact = export_seg("onnx", "int8")
+    manifest = json.loads(artifact.with_name(artifact.stem + ".evit.json").read_text())
+    scales = manifest["details"]["layer_map"]["scales"]
+    assert scales and set(scales.values()) == {6.0}
+    result = cli("debug", artifact, "--images", test_photos, "--samples", 1, "--json", "-")
+    report = json.loads(result.stdout)
+    scaled = [layer for layer in report["layers"] if layer["tensor"] in scales]
+    assert len(scaled) >= 10
+    assert all(layer["rel_l2"] < 0.3 and layer["added"]["rel_l2"] < 0.3 for layer in scaled), scaled
+    assert result.code == 0 and report["over_threshold"] == 0, result
+
+
 def test_layers_all_adds_torch_building_blocks(export_seg):
     from evit_deploy.debug.engine import debug_artifact
 

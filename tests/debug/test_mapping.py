@@ -51,6 +51,15 @@ def test_restricting_to_a_rewritten_graph_keeps_what_survived():
     assert LayerMap.from_dict(json.loads(json.dumps(kept.to_dict()))) == kept  # survives the manifest
 
 
+def test_scales_survive_the_manifest_and_go_with_their_tensor():
+    nodes = [TracedNode(("x",), ("c",), (ROOT, CONV)), TracedNode(("c",), ("y",), (ROOT, BLOCK))]
+    layer_map = map_modules(nodes, ["y"], [], "toy").scaled({"c": 6.0})
+    assert layer_map.scale("c") == 6.0 and layer_map.scale("y") == 1.0
+    assert LayerMap.from_dict(json.loads(json.dumps(layer_map.to_dict()))) == layer_map
+    assert layer_map.restricted_to({"x", "y"}).scales == {}  # "c" is gone, and its scale with it
+    assert "scales" not in map_modules(nodes, ["y"], [], "toy").to_dict()  # maps without any read as before
+
+
 @pytest.fixture(scope="module")
 def seg_map(export_seg) -> dict:
     from evit_deploy.layer_map import LayerMap

@@ -34,6 +34,22 @@ def _graph(seed: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
+def _input(seed: int, scale: float) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((1, 4, 8, 8)) * scale).astype(np.float32)
+
+
+def _run_to(model, tensor: str, x: np.ndarray) -> np.ndarray:
+    """``tensor``'s value on ``x`` (made a graph output)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    exposed = type(model)()
+    exposed.CopyFrom(model)
+    exposed.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+    session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run([tensor], {"x": x})[0]
+
+
 def _run(model, x):
     import onnxruntime as ort
 
@@ -47,12 +63,17 @@ def test_the_rewrite_computes_hardswish(seed, scale):
     from evit_deploy.onnx.hardswish import decompose_hardswish
 
     model = _graph(seed)
-    rewritten, counts, companions = decompose_hardswish(model)
-    assert counts == {"rewritten": 2, "sixth_in_convs": 1}  # hs0 is read by the residual Add too
+    decomposed = decompose_hardswish(model)
+    rewritten = decomposed.model
+    assert decomposed.counts == {"rewritten": 2, "sixth_in_convs": 1}  # hs0 is read by the residual Add too
     # each HardSwish's new nodes go with what computes its input, for accuracy control to keep float together
-    assert companions == {"conv0": ["hs0_add", "hs0_clip", "hs0_mul", "hs0_sixth"],
-                          "residual": ["hs1_add", "hs1_clip", "hs1_mul"]}
-    x = (np.random.default_rng(seed).standard_normal((1, 4, 8, 8)) * scale).astype(np.float32)
+    assert decomposed.companions == {"conv0": ["hs0_add", "hs0_clip", "hs0_mul", "hs0_sixth"],
+                                     "residual": ["hs1_add", "hs1_clip", "hs1_mul"]}
+    # the folded HardSwish's tensor now holds six times its value: the layer map must know (evit debug)
+    assert decomposed.scaled == {"h1": 6.0}
+    x = _input(seed, scale)
+    h1 = _run_to(model, "h1", x)
+    np.testing.assert_allclose(_run_to(rewritten, "h1", x) / 6, h1, rtol=1e-5, atol=1e-5 * float(np.abs(h1).max()))
     expected = _run(model, x)
     np.testing.assert_allclose(_run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
 
@@ -63,7 +84,7 @@ def test_the_sixth_is_folded_only_where_convolutions_alone_read():
     from evit_deploy.onnx.hardswish import decompose_hardswish
 
     model = _graph(0)
-    rewritten, _, _ = decompose_hardswish(model)
+    rewritten = decompose_hardswish(model).model
     ops = {n.name: n.op_type for n in rewritten.graph.node}
     assert "HardSwish" not in ops.values()
     assert "hs0_sixth" in ops and "hs1_sixth" not in ops  # hs1 feeds conv2 only: its weights took the 1/6
@@ -71,8 +92,9 @@ def test_the_sixth_is_folded_only_where_convolutions_alone_read():
     after = {i.name: onnx.numpy_helper.to_array(i) for i in rewritten.graph.initializer}
     np.testing.assert_allclose(after["w2"], before["w2"] / 6, rtol=1e-7)
     np.testing.assert_array_equal(after["w1"], before["w1"])  # read after hs0, which kept its Mul
-    kept, counts, _ = decompose_hardswish(model, keep=["hs1"])
-    assert counts["rewritten"] == 1 and "HardSwish" in {n.op_type for n in kept.graph.node}
+    kept = decompose_hardswish(model, keep=["hs1"])
+    assert kept.counts["rewritten"] == 1 and "HardSwish" in {n.op_type for n in kept.model.graph.node}
+    assert kept.scaled == {}  # hs0 kept its Mul by 1/6: every tensor holds its own value
 
 
 def test_the_int8_graph_leaves_no_float_hardswish_to_ort(tmp_path, seeded_checkpoint, calib_photos):
