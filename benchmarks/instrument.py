@@ -86,6 +86,16 @@ def load_instrument(threads: int = 1) -> Path:
     return path
 
 
+def weights_named(name: str) -> tuple[Path | None, str]:
+    """The weights a benchmark's ``--weights`` names (``seeded``, ``instrument`` or a checkpoint path),
+    and how its results describe them."""
+    if name == "seeded":
+        return seeded_weights(BUILDER), "fixtures' seeded weights"
+    if name == "instrument":
+        return load_instrument(), "trained instrument (instrument.py)"
+    return Path(name), name
+
+
 def snapshot() -> tuple[Path, int] | None:
     """The weights of an unfinished training at its last checkpoint, and the step (None if none):
     for interim measurements, labelled as such, while the instrument still trains."""

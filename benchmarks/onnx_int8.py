@@ -4,10 +4,13 @@ Every artifact is timed by ``evit profile`` in its own process, round-robin over
 (harness.interleaved); the figures are ratios from this one run. The int8 candidates are the
 schemes of ``evit_deploy.onnx.qdq.ORT_SCHEMES`` (QDQ u8s8 / s8s8, QOperator u8s8) with HardSwish
 in int8 (the default, ``evit_deploy.onnx.hardswish``), and the first scheme with HardSwish left
-in float (``--int8-hardswish float``) for comparison, calibrated once per graph (cached ranges). ``verify`` on photos the calibration never saw gives each
-artifact's pixel agreement with PyTorch and the int8 weight-rounded bound it is held against.
+in float (``--int8-hardswish float``) for comparison, calibrated once per graph (cached ranges)
+on the 7 calibration photos x 4 views of ``tests/conftest.py``. ``verify`` on its 6 test photos,
+which the calibration never saw, gives each artifact's pixel agreement with PyTorch and the int8
+weight-rounded bound it is held against.
 
-    python benchmarks/onnx_int8.py          # writes benchmarks/results/onnx_int8.json
+    python benchmarks/onnx_int8.py                          # seeded weights: results/onnx_int8.json
+    python benchmarks/onnx_int8.py --weights instrument     # the trained instrument: onnx_int8_instrument.json
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness import ROOT, evit, interleaved, seeded_weights, write_result
-from tflite import CALIB_PHOTOS, TEST_PHOTOS, write_photos
+from harness import ROOT, evit, interleaved, write_result
+from instrument import _conftest, weights_named
 
 sys.path.insert(0, str(ROOT))
 
@@ -50,17 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--calib-samples", type=int, default=8)
+    parser.add_argument("--views", type=int, default=4, choices=range(1, 5), help="calibration views of each calibration photo (1-4)")
     parser.add_argument("--schemes", default=",".join(SCHEMES))
+    parser.add_argument("--weights", default="seeded", help="seeded, instrument, or a checkpoint path")
     args = parser.parse_args(argv)
 
-    weights = seeded_weights("efficientvit_seg_b1_cityscapes")
+    weights, label = weights_named(args.weights)
     schemes = [s for s in args.schemes.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="evit-bench-onnx-int8-") as tmp_name:
         tmp = Path(tmp_name)
         os.environ["EVIT_CALIB_CACHE"] = str(tmp / "calib-cache")  # the schemes share one calibration
-        calib = write_photos(tmp / "calib", CALIB_PHOTOS, 1)
-        test = write_photos(tmp / "test", TEST_PHOTOS, 1)
+        conftest = _conftest()  # the photos int8_ranges.py and int8_control.py calibrate and check on
+        calib = conftest._write_photos(tmp / "calib", conftest.CALIB_PHOTOS, args.views)
+        test = conftest._write_photos(tmp / "test", conftest.TEST_PHOTOS, 1)
+        samples = args.views * len(conftest.CALIB_PHOTOS)
         common = ["--resolution", args.resolution, *(["--weights", weights] if weights else []), "-q"]
         print("exporting onnx_fp32", flush=True)
         artifacts = {"onnx_fp32": Path(evit("export", MODEL, "--target", "onnx", "--config", "onnx-fp32", *common,
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, (scheme, hardswish) in candidates.items():
             print(f"exporting onnx_int8 {name}", flush=True)
             artifacts[name] = Path(evit("export", MODEL, "--target", "onnx", "--config", "onnx-int8", *common,
-                                        "--calib", calib, "--calib-samples", args.calib_samples,
+                                        "--calib", calib, "--calib-samples", samples,
                                         "--out", tmp / name.replace(" ", "-"), "--int8-scheme", scheme,
                                         "--int8-hardswish", hardswish).strip())
         sizes = {name: path.stat().st_size for name, path in artifacts.items()}
@@ -82,15 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     speedups = {name: p50["onnx_fp32"] / p50[name] for name in candidates}
     best = max(speedups, key=speedups.__getitem__)
     gap = checks[best]["gap_to_bound"]
-    write_result("onnx_int8", {
+    write_result("onnx_int8" + ("_instrument" if args.weights == "instrument" else ""), {
         "model": MODEL,
         "resolution": args.resolution,
         "threads": args.threads,
         "rounds": args.rounds,
         "iters_per_round": args.iters,
-        "calibration": f"{args.calib_samples} photo crops (percentile, streamed); parity on {len(TEST_PHOTOS)} "
+        "calibration": f"{len(conftest.CALIB_PHOTOS)} calibration photos x {args.views} views (the recipe's "
+                       f"calib_method, streamed); parity on {len(conftest.TEST_PHOTOS)} "
                        "other photos",
-        "weights": "fixtures' seeded trained-looking weights" if weights else "random init",
+        "weights": label if weights else "random init",
         "p50_ms": p50,
         "int8_speedup_over_fp32": speedups,
         "fastest_scheme": best,

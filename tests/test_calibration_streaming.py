@@ -90,6 +90,29 @@ def test_streamed_qdq_ranges_equal_the_one_shot_ones(seg_onnx, images, tmp_path,
         assert np.array_equal(got.range_value, expected.range_value), (name, got.range_value, expected.range_value)
 
 
+def test_mse_qdq_ranges_clip_inside_the_extremes_and_the_hardswish_inputs_most(seg_onnx, images):
+    """ORT's ``mse`` ranges (``calib_method: auto`` for segmentation): each holds 0, lies inside the
+    tensor's min/max, and clips; a conv output that only a HardSwish reads gives up more of its
+    negative tail (which HardSwish maps to about 0) than the tensors read as they are."""
+    from evit_deploy.activation_ranges import HARDSWISH
+    from evit_deploy.onnx.calibrate import read_through, stream_ranges
+
+    extremes = stream_ranges(copy.deepcopy(seg_onnx), images, input_name="input", op_types=["Conv"], method="minmax")
+    mse = stream_ranges(copy.deepcopy(seg_onnx), images, input_name="input", op_types=["Conv"], method="mse",
+                        budget=2**20)
+    assert set(mse.data) == set(extremes.data) and len(mse.data) > 50
+    kept_low: dict[bool, list[float]] = {True: [], False: []}
+    for name, extreme in extremes.data.items():
+        (low, high), (lowest, highest) = mse.data[name].range_value, extreme.range_value
+        assert lowest - 1e-6 <= low <= 0 <= high <= highest + 1e-6, name
+        if lowest < 0:
+            kept_low[read_through(seg_onnx, name) is HARDSWISH].append(float(low / lowest))
+    assert sum(high < extremes.data[n].range_value[1] for n, (_, high) in
+               ((n, d.range_value) for n, d in mse.data.items())) > len(mse.data) // 2  # most ranges clip
+    assert len(kept_low[True]) > 10 and len(kept_low[False]) > 10
+    assert np.median(kept_low[True]) < np.median(kept_low[False])
+
+
 def test_a_calibration_that_cannot_fit_is_refused_before_it_starts(seg_onnx, images, monkeypatch, cli, tmp_path,
                                                                    calib_photos):
     """``MemAvailable`` read as 1 MiB: the export stops at once with one line and writes nothing.

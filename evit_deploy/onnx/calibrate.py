@@ -35,7 +35,11 @@ if TYPE_CHECKING:
     import onnx
     from onnxruntime.quantization.calibrate import CalibraterBase, TensorsData
 
-METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+    from evit_deploy.activation_ranges import Activation
+
+#: evit's method: the onnxruntime calibration method its ranges are recorded as ("mse" computes
+#: min/max-like ranges of its own, ``_mse_ranges``, on the tensors onnxruntime's calibrator selects)
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "MinMax"}
 GROUP_BYTES = 512 * 2**20  # tensors one histogram-pass run outputs at most
 
 
@@ -91,32 +95,30 @@ def stream_ranges(model: onnx.ModelProto, images: Iterable[np.ndarray], *, input
             calibrator.collect_data(StreamReader(input_name, images))
             return calibrator.compute_data()
         base = _load_inferred(Path(tmp) / "model_input.onnx")
+        if method == "mse":
+            tensors, _ = calibrator.select_tensors_to_calibrate(calibrator.model)
+            return _mse_ranges(_in_order(base, tensors), base, images, input_name, budget, progress)
         return _histogram_ranges(calibrator, base, images, input_name, budget, progress)
+
+
+def _in_order(base: onnx.ModelProto, tensors: Iterable[str]) -> list[str]:
+    order = {t: i for i, t in enumerate(t for node in base.graph.node for t in (*node.input, *node.output))}
+    return sorted(tensors, key=lambda t: order.get(t, -1))
 
 
 def _histogram_ranges(calibrator: Any, base: onnx.ModelProto, images: Iterable[np.ndarray], input_name: str,
                       budget: int, progress: Callable[[str], None]) -> TensorsData:
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    order = {t: i for i, t in enumerate(t for node in base.graph.node for t in (*node.input, *node.output))}
-    tensors = sorted(calibrator.tensors_to_calibrate, key=lambda t: order.get(t, -1))
+    tensors = _in_order(base, calibrator.tensors_to_calibrate)
     symmetric = calibrator.symmetric and calibrator.method == "percentile"  # as HistogramCollector.collect
     low, high, edges = _ranges(base, tensors, images, input_name, symmetric, progress)
     counts: dict[str, Any] = {}
     bin_edges: dict[str, Any] = {}
-    groups = _groups(base, tensors, images, input_name, budget)
-    sessions = [_session(_extract(base, input_name, group)) for group in groups]
-    for index, batch in enumerate(images):  # pass 2: each image's counts in those ranges, a group per run
-        progress(f"int8: histograms, image {index + 1}" + (f" ({len(groups)} runs each)" if len(groups) > 1 else ""))
-        feed = {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
-        for group, session in zip(groups, sessions):
-            for name, values in zip(group, session.run(group, feed)):
-                flat = values.reshape(-1)
-                if not np.isfinite(flat).all():
-                    raise UsageError(_NONFINITE)
-                hist, bin_edges[name] = np.histogram(np.absolute(flat) if symmetric else flat,
-                                                     calibrator.num_bins, range=edges[name])
-                counts[name] = hist if name not in counts else counts[name] + hist
+    for name, flat in _values(base, tensors, images, input_name, budget, progress):
+        hist, bin_edges[name] = np.histogram(np.absolute(flat) if symmetric else flat,
+                                             calibrator.num_bins, range=edges[name])
+        counts[name] = hist if name not in counts else counts[name] + hist
     collector = HistogramCollector(method=calibrator.method, symmetric=calibrator.symmetric,
                                    num_bins=calibrator.num_bins, num_quantized_bins=calibrator.num_quantized_bins,
                                    percentile=calibrator.percentile, scenario=calibrator.scenario)
@@ -125,6 +127,67 @@ def _histogram_ranges(calibrator: Any, base: onnx.ModelProto, images: Iterable[n
         collector.histogram_dict[name] = entry if symmetric else (*entry, edges[name][1])
     calibrator.collector = collector
     return calibrator.compute_data()
+
+
+def _mse_ranges(tensors: list[str], base: onnx.ModelProto, images: Iterable[np.ndarray], input_name: str,
+                budget: int, progress: Callable[[str], None]) -> TensorsData:
+    """Each tensor's range of least expected int8 error (``evit_deploy.activation_ranges``), the
+    error taken after the activation that alone reads it: the same rule as TFLite's ``mse``."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorsData
+
+    from evit_deploy.activation_ranges import Histogram
+
+    low, high, _ = _ranges(base, tensors, images, input_name, False, progress)
+    histograms = {name: Histogram(float(low[name]), float(high[name])) for name in tensors}
+    for name, flat in _values(base, tensors, images, input_name, budget, progress):
+        histograms[name].add(flat)
+    chosen = {}
+    for name in tensors:
+        lo, hi = histograms[name].mse_range(then=read_through(base, name))
+        chosen[name] = (np.float32(lo), np.float32(hi))
+    return TensorsData(CalibrationMethod.MinMax, chosen)
+
+
+def read_through(model: onnx.ModelProto, tensor: str) -> Activation:
+    """The activation ``tensor``'s readers compute from it alone, or the identity: a HardSwish,
+    whole or as evit's int8 form (``x + 3`` and ``x * that``, ``evit_deploy.onnx.hardswish``), or a Relu."""
+    from evit_deploy.activation_ranges import HARDSWISH, IDENTITY, RELU
+    from evit_deploy.onnx.hardswish import THREE
+
+    readers = [node for node in model.graph.node if tensor in node.input]
+    kinds = sorted(node.op_type for node in readers)
+    if kinds == ["HardSwish"]:
+        return HARDSWISH
+    if kinds == ["Relu"]:
+        return RELU
+    if kinds == ["Add", "Mul"]:
+        add, mul = sorted(readers, key=lambda n: n.op_type)
+        plus3 = add.output[0]
+        if THREE in add.input and set(mul.input) == {tensor} | _clipped(model, plus3):
+            return HARDSWISH
+    return IDENTITY
+
+
+def _clipped(model: onnx.ModelProto, tensor: str) -> set[str]:
+    """The outputs of the Clips that read ``tensor``."""
+    return {node.output[0] for node in model.graph.node if node.op_type == "Clip" and node.input[0] == tensor}
+
+
+def _values(base: onnx.ModelProto, tensors: list[str], images: Iterable[np.ndarray], input_name: str, budget: int,
+            progress: Callable[[str], None]) -> Iterator[tuple[str, np.ndarray]]:
+    """Pass 2: every tensor's values on each image, flat, at most ``budget`` bytes of them per run."""
+    groups = _groups(base, tensors, images, input_name, budget)
+    sessions = [_session(_extract(base, input_name, group)) for group in groups]
+    for index, batch in enumerate(images):
+        progress(f"int8: histograms, image {index + 1}" + (f" ({len(groups)} runs each)" if len(groups) > 1 else ""))
+        feed = {input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        for group, session in zip(groups, sessions):
+            for name, values in zip(group, session.run(group, feed)):
+                flat = values.reshape(-1)
+                if not np.isfinite(flat).all():
+                    raise UsageError(_NONFINITE)
+                yield name, flat
 
 
 _NONFINITE = "a calibration image drives an activation to NaN or Inf; check the weights and the images"

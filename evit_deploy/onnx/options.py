@@ -42,7 +42,10 @@ class OnnxOptions(ControlOptions):
     # "int8": each HardSwish written as x * Clip(x + 3, 0, 6) / 6 and quantised (evit_deploy.onnx.hardswish:
     # ORT has no int8 HardSwish); "float": ORT runs it in float between DequantizeLinear and QuantizeLinear
     int8_hardswish: Literal["int8", "float"] = "int8"
-    calib_method: Literal["minmax", "entropy", "percentile"] = "percentile"
+    # activation ranges: "mse" (least expected int8 error, taken after the HardSwish that reads a
+    # tensor: evit_deploy.activation_ranges) or onnxruntime's calibrators; "auto": mse for dense
+    # outputs (segmentation, SAM), percentile for classifiers (onnx.int8.chosen_method)
+    calib_method: Literal["auto", "mse", "minmax", "entropy", "percentile"] = "auto"
     # more nodes to keep float: node names or module paths (a path keeps every node under it)
     keep_float: list[str] = Field(default_factory=list)
     # ONNX Runtime session, at load time. "all" adds the NCHWc convolutions (2.2x over "extended"

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from evit_deploy.activation_ranges import clipping_pays
 from evit_deploy.contracts import Images
 from evit_deploy.memory import require
 from evit_deploy.tflite.graph import (
@@ -103,7 +104,7 @@ def chosen_ranges(requested: str, task: str) -> str:
     """
     if requested != "auto":
         return requested
-    return "min_max" if task == "classification" else "mse"
+    return "mse" if clipping_pays(task) else "min_max"
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,19 @@ def test_the_sixth_is_folded_only_where_convolutions_alone_read():
     assert kept.scaled == {}  # hs0 kept its Mul by 1/6: every tensor holds its own value
 
 
+def test_the_rewritten_hardswish_is_read_through_as_one():
+    """MSE ranges take a tensor's error after the activation that alone reads it: ``x + 3`` and
+    ``x * Clip(that)`` are one HardSwish; a tensor read by a conv and an Add is read as it is."""
+    from evit_deploy.activation_ranges import HARDSWISH, IDENTITY
+    from evit_deploy.onnx.calibrate import read_through
+    from evit_deploy.onnx.hardswish import decompose_hardswish
+
+    model = _graph(0)
+    rewritten = decompose_hardswish(model).model
+    assert read_through(model, "c0") is HARDSWISH and read_through(rewritten, "c0") is HARDSWISH
+    assert read_through(rewritten, "h0") is IDENTITY and read_through(rewritten, "s") is HARDSWISH
+
+
 def test_the_int8_graph_leaves_no_float_hardswish_to_ort(tmp_path, seeded_checkpoint, calib_photos):
     """seg-B0 at 64x128, ORT's own optimised graph: no HardSigmoid (its float HardSwish) remains outside
     the islands, QLinearMul runs in its place; ``--int8-hardswish float`` keeps ORT's float one."""

@@ -53,6 +53,7 @@ def test_manifest_records_the_scheme_and_the_islands(seg_int8):
     assert manifest["recipe"]["options"]["quantize_ops"] == ["Conv", "Add"]
     details = manifest["details"]["int8"]
     assert details["scheme"] == "qdq-u8s8" and details["samples"] == CALIB_SAMPLES
+    assert manifest["recipe"]["options"]["calib_method"] == "auto" and details["method"] == "mse"  # dense output
     assert details["quantize_nodes"] > 0 and details["excluded_nodes"] > 0
     assert {i["kind"] for i in manifest["details"]["fp32_islands"]} >= {"attention", "resize"}
     assert details["float_head"] and details["keep_float"] == [] and details["keep_float_nodes"] == []
@@ -151,3 +152,12 @@ def test_keep_float_module_path_keeps_its_convs_float(seg_int8):
     assert convs
     assert set(keep_float_nodes(model, ["backbone.input_stem"])) >= {c.name for c in convs}
     assert keep_float_nodes(model, [convs[0].name]) == [convs[0].name]
+
+
+@pytest.mark.parametrize(("requested", "task", "chosen"), [
+    ("auto", "segmentation", "mse"), ("auto", "sam", "mse"), ("auto", "classification", "percentile"),
+    ("percentile", "segmentation", "percentile"), ("mse", "classification", "mse")])
+def test_auto_ranges_clip_for_dense_outputs_only(requested, task, chosen):
+    from evit_deploy.onnx.int8 import chosen_method
+
+    assert chosen_method(requested, task) == chosen
