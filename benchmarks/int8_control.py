@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import RESULTS, ROOT, interleaved, seeded_weights, write_result
+from harness import RESULTS, ROOT, interleaved, write_result
 
 sys.path.insert(0, str(ROOT))
 
@@ -83,15 +83,20 @@ def plot_curve(steps: list[dict[str, Any]], target: float, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = sorted(steps, key=lambda s: s["kept_float"])
+    prefixes = sorted((s for s in steps if "dropped" not in s), key=lambda s: s["kept_float"])
+    drops = [s for s in steps if "dropped" in s]
+    (chosen,) = [s for s in steps if s["chosen"]]
     fig, left = plt.subplots(figsize=(7, 4))
-    kept = [s["kept_float"] for s in steps]
-    left.plot(kept, [s["agreement"] for s in steps], "o-", label="held-out agreement")
+    kept = [s["kept_float"] for s in prefixes]
+    left.plot(kept, [s["agreement"] for s in prefixes], "o-", label="held-out agreement, worst layers float")
+    left.plot([s["kept_float"] for s in drops], [s["agreement"] for s in drops], "x", color="grey",
+              label="a meeting set less one layer")
+    left.plot([chosen["kept_float"]], [chosen["agreement"]], "*", color="tab:green", markersize=14, label="chosen")
     left.axhline(target, color="grey", linestyle="--", label=f"--min-agreement {target:g}")
-    left.set_xlabel("quantised layers kept float (worst first)")
+    left.set_xlabel("quantised layers kept float")
     left.set_ylabel("pixel agreement with PyTorch (held-out calibration images)")
     right = left.twinx()
-    right.plot(kept, [s["ms_per_image"] for s in steps], "s:", color="tab:red", label="ms per image")
+    right.plot(kept, [s["ms_per_image"] for s in prefixes], "s:", color="tab:red", label="ms per image")
     right.set_ylabel("ms per image (measured during control, shared machine)")
     left.legend(loc="lower right")
     fig.tight_layout()
@@ -128,17 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--suffix goes into file names under benchmarks/results: letters, digits, _ . - only "
                      f"(got {args.suffix!r})")
 
-    from instrument import _conftest, load_instrument
+    from instrument import _conftest, weights_named
 
     from evit_deploy import api
     from evit_deploy.configs import parse_resolution
 
-    if args.weights == "seeded":
-        weights, label = seeded_weights("efficientvit_seg_b1_cityscapes"), "fixtures' seeded weights"
-    elif args.weights == "instrument":
-        weights, label = load_instrument(), "trained instrument (instrument.py)"
-    else:
-        weights, label = Path(args.weights), args.weights
+    weights, label = weights_named(args.weights)
     resolution = parse_resolution(args.resolution)
     conftest = _conftest()
     fp32_config, int8_config, always = RECIPES[args.target]
