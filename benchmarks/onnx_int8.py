@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--views", type=int, default=4, choices=range(1, 5), help="calibration views of each calibration photo (1-4)")
+    parser.add_argument("--views", type=int, default=4, choices=range(1, 5),
+                        help="calibration views of each calibration photo (1-4)")
     parser.add_argument("--schemes", default=",".join(SCHEMES))
     parser.add_argument("--weights", default="seeded", help="seeded, instrument, or a checkpoint path")
     args = parser.parse_args(argv)

@@ -50,6 +50,7 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])
 GELU = Activation(lambda x: x * 0.5 * (1.0 + _erf(x / math.sqrt(2.0))),
                   lambda x: 0.5 * (1.0 + _erf(x / math.sqrt(2.0))) + x * np.exp(-x * x / 2.0) / math.sqrt(2.0 * math.pi))
 
+
 def clipping_pays(task: str) -> bool:
     """Whether ``auto`` ranges are MSE-clipped for a model of ``task``: yes for dense outputs
     (segmentation, SAM), whose answer is millions of pixels; no for classifiers, whose answer is one
