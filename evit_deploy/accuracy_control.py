@@ -6,8 +6,8 @@ quantises with a given set of layers kept float, and one that measures the agree
 a candidate with the float model (on images the quantisation ranges were not taken from). This
 module decides which of the ranked layers to keep: none if plain int8 already meets the target;
 otherwise the shortest prefix of the ranking that meets it, found by bisection (a handful of
-quantisations instead of one per layer), and then each of its layers, least harmful first, is
-dropped again when the target still holds without it. When even the longest prefix allowed
+quantisations instead of one per layer), and then each of its layers, costliest first (the
+multiply-adds it keeps float), is dropped again when the target still holds without it. When even the longest prefix allowed
 (``max_kept``) falls short, the best candidate seen is returned with ``met=False``: the caller
 keeps it under a name that says so and exits 1.
 
@@ -172,10 +172,13 @@ def ranked_by(unit: str, alone: str, images: int) -> str:
 
 @dataclass(frozen=True)
 class Ranked:
-    """A quantised layer the backend may keep float, with its measured harm (higher: worse)."""
+    """A quantised layer the backend may keep float, with its measured harm (higher: worse) and what
+    keeping it float costs at run time (``cost``: the multiply-adds of the ops that go float with
+    it; 0 where the backend cannot tell), in one unit over a ranking."""
 
     name: str
     score: float
+    cost: float = 0.0
 
 
 @dataclass
@@ -221,7 +224,7 @@ class ControlResult(Generic[Candidate]):
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "met": self.met, "agreement": self.agreement, "kept_float": self.kept,
-                "ranking": [{"layer": r.name, "score": r.score} for r in self.ranking],
+                "ranking": [{"layer": r.name, "score": r.score, "cost": r.cost} for r in self.ranking],
                 "steps": [s.to_dict() for s in self.steps]}
 
 
@@ -306,7 +309,10 @@ def keep_float_until(ranking: Sequence[Ranked], quantise: Callable[[list[str]], 
         else:
             failing = middle
     kept = names[:meeting]
-    for name in reversed(names[:meeting]):  # the least harmful first: the likeliest not to be needed
+    cost = {r.name: r.cost for r in ranked}
+    # the costliest first, while the rest of the prefix is still float to make up for it; among
+    # equal costs, the least harmful first: the likeliest not to be needed
+    for name in sorted(kept, key=lambda n: (-cost[n], -kept.index(n))):
         if trial([k for k in kept if k != name], dropped=name) >= target:
             kept = [k for k in kept if k != name]
     return result(kept, True)

@@ -61,6 +61,29 @@ def test_the_layers_the_target_holds_without_are_dropped_again():
     assert dropped == ["layer3", "layer2", "layer1", "layer0"]
 
 
+def test_the_costliest_layers_are_offered_back_to_int8_first():
+    """Two layers each make up for the other (either one float meets the target): the one kept is
+    the cheaper, whatever their harm, because the costlier one was offered back while the other was
+    still float. Seeded seg-B1: harm order kept high-resolution convs float and ran at 1.05x fp32."""
+    costly = [Ranked(r.name, r.score, 100.0 if r.name == "layer1" else 1.0) for r in RANKING]
+    gain = {"layer0": -0.05, "layer1": 0.05, "layer2": 0.05, "layer3": 0.05}
+    built: list[tuple[str, ...]] = []
+
+    def quantise(names: list[str]) -> tuple[str, ...]:
+        built.append(tuple(names))
+        return tuple(names)
+
+    def measure(kept: tuple[str, ...]):
+        either = 0.05 if {"layer1", "layer2"} & set(kept) else 0.0
+        return 0.9 + either + sum(gain[n] for n in kept if n in ("layer0", "layer3")), {}
+
+    result = keep_float_until(costly, quantise, measure, 0.945)
+    assert result.met and result.kept == ["layer2", "layer3"]
+    dropped = [s.extra["dropped"] for s in result.steps if "dropped" in s.extra]
+    assert dropped[0] == "layer1"  # the costliest first; then by harm, least first
+    assert result.to_dict()["ranking"][1] == {"layer": "layer1", "score": 9.0, "cost": 100.0}
+
+
 @settings(max_examples=60, deadline=None)
 @given(gains=st.lists(st.floats(-0.03, 0.03, allow_nan=False), min_size=10, max_size=10),
        target=st.floats(0.85, 1.0), limit=st.one_of(st.none(), st.integers(0, 10)))

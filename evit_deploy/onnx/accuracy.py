@@ -196,11 +196,36 @@ def only_quantised(graph: onnx.ModelProto, quantized: onnx.ModelProto, node: Qdq
     return out
 
 
+def node_macs(graph: onnx.ModelProto) -> dict[str, int]:
+    """Multiply-adds of each node of a static ``graph`` for one input: each output element takes a
+    weight row of a Conv (over its window and group's channels) or a MatMul/Gemm with constant
+    weights, and one operation for any other node, whose time goes with its output's size."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(graph)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    weights = {i.name: list(i.dims) for i in graph.graph.initializer}
+    macs = {}
+    for node in graph.graph.node:
+        elements = int(np.prod(shapes.get(node.output[0], [0]) or [1], dtype=np.int64)) if node.output else 0
+        weight = weights.get(node.input[1]) if len(node.input) > 1 else None
+        row = 1
+        if weight and node.op_type == "Conv":
+            row = int(np.prod(weight[1:], dtype=np.int64))
+        elif weight and node.op_type in ("MatMul", "Gemm"):
+            transposed = any(a.name == "transB" and a.i for a in node.attribute)
+            row = weight[1] if transposed else weight[0]
+        macs[node.name] = elements * max(1, row)
+    return macs
+
+
 def rank_nodes(graph: onnx.ModelProto, quantized: onnx.ModelProto, nodes: list[QdqNode], images: list[np.ndarray],
                input_name: str, outputs_quantised: bool,
                progress: Callable[[str], None]) -> tuple[list[Ranked], dict[str, str]]:
     """``nodes`` by the class margin each alone takes away (worst first), over ``images``, and the
-    nodes whose graph ONNX Runtime refused, each with its one-line reason (ranked last, score 0)."""
+    nodes whose graph ONNX Runtime refused, each with its one-line reason (ranked last, score 0).
+    A node's cost is the multiply-adds of its members (``node_macs``)."""
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph
 
     ties = near_ties(_outputs(graph, images, input_name), CLASS_AXIS)
@@ -215,7 +240,9 @@ def rank_nodes(graph: onnx.ModelProto, quantized: onnx.ModelProto, nodes: list[Q
             scores[node.name], unranked[node.name] = 0.0, str(err).strip().splitlines()[0]
             continue
         scores[node.name] = margin_lost(ties, alone, CLASS_AXIS)
-    return sorted((Ranked(n.name, scores[n.name]) for n in nodes), key=lambda r: -r.score), unranked
+    macs = node_macs(graph)
+    ranked = (Ranked(n.name, scores[n.name], sum(macs.get(m, 0) for m in n.members)) for n in nodes)
+    return sorted(ranked, key=lambda r: -r.score), unranked
 
 
 def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.ModelProto], model: torch.nn.Module, *,

@@ -39,7 +39,7 @@ from evit_deploy.accuracy_control import (
     ranked_by,
     reference_labels,
 )
-from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8
+from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8, op_macs
 from evit_deploy.tflite.layer_map import tflite_layer_map
 from evit_deploy.tflite.logs import native_logs_quiet
 
@@ -73,6 +73,7 @@ class Layer:
     name: str
     own: tuple[str, ...]
     selects: tuple[str, ...]
+    macs: int  # of the ops that go float with it: what keeping it float costs
 
     @property
     def tensor(self) -> str:
@@ -109,27 +110,29 @@ def quantised_layers(plan: Int8Plan, quantized: bytes, model: torch.nn.Module) -
         if rank > modules.get(name, (False, -1, "")):
             modules[name] = rank
     graph = plan.graph
-    pads: dict[int, list[str]] = {}  # op index -> the int8 pads that feed only it
+    pads: dict[int, list[int]] = {}  # op index -> the int8 pads (op indices) that feed only it
     for op in graph.ops:
         readers = graph.consumers.get(op["outputs"][0], []) if op["outputs"] else []
         if (op["type"] in PADDING and len(readers) == 1 and graph.tensor_name(op["outputs"][0]) in int8_names
                 and graph.ops[readers[0]]["outputs"]
                 and graph.tensor_name(graph.ops[readers[0]]["outputs"][0]) in int8_names):
-            pads.setdefault(readers[0], []).append(graph.tensor_name(op["outputs"][0]))
-    folded = {t for names in pads.values() for t in names}
+            pads.setdefault(readers[0], []).append(op["index"])
+    folded = {pad for indices in pads.values() for pad in indices}
     layers, seen = [], set()
     for op in graph.ops:
-        if not op["outputs"]:
+        if not op["outputs"] or op["index"] in folded:
             continue
         tensor = graph.tensor_name(op["outputs"][0])
-        if tensor in int8_names and tensor not in folded:
+        if tensor in int8_names:
             name = modules.get(tensor, (False, 0, tensor))[2]
             name = name if name not in seen else f"{name}:{tensor}"
             seen.add(name)
-            own = (tensor, *pads.get(op["index"], []))
+            own_ops = [op["index"], *pads.get(op["index"], [])]
+            own = tuple(graph.tensor_name(graph.ops[i]["outputs"][0]) for i in own_ops)
             readers = graph.consumers.get(op["outputs"][0], [])
             selects = [*own] + [graph.tensor_name(t) for r in readers for t in graph.ops[r]["outputs"][:1]]
-            layers.append(Layer(name, own, tuple(dict.fromkeys(selects))))
+            macs = sum(op_macs(graph, graph.ops[i]) for i in {*own_ops, *readers})
+            layers.append(Layer(name, own, tuple(dict.fromkeys(selects)), macs))
     return layers
 
 
@@ -152,7 +155,7 @@ def rank_layers(plan: Int8Plan, ranges: dict[str, Any], layers: list[Layer], ima
             scores[layer.name] = 0.0
             continue
         scores[layer.name] = margin_lost(ties, alone, class_axis)
-    return sorted((Ranked(layer.name, scores[layer.name]) for layer in layers), key=lambda r: -r.score)
+    return sorted((Ranked(layer.name, scores[layer.name], layer.macs) for layer in layers), key=lambda r: -r.score)
 
 
 def _outputs(content: bytes, images: list[np.ndarray], threads: int | None) -> list[np.ndarray]:

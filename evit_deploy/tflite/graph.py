@@ -172,6 +172,18 @@ def weight_elements(graph: Graph, op: dict[str, Any]) -> int:
     return int(np.prod(graph.tensors[op["inputs"][1]].shape))
 
 
+def op_macs(graph: Graph, op: dict[str, Any]) -> int:
+    """Multiply-adds of one op for one input: each output element takes a weight row of a conv or FC
+    (its filter over the input channels; a depthwise conv's, over its window), and one operation for
+    any other op, whose time, like a QUANTIZE's or a DEQUANTIZE's, goes with its output's size."""
+    if not op["outputs"]:
+        return 0
+    shape = graph.tensors[op["outputs"][0]].shape
+    elements = int(np.prod(shape, dtype=np.int64))
+    channels = int(shape[-1]) if len(shape) else 1
+    return elements * max(1, weight_elements(graph, op) // max(1, channels))
+
+
 def op_is_int8(graph: Graph, op: dict[str, Any]) -> bool:
     """An op computes in integers when its first output tensor is int8/int16/int32."""
     if not op["outputs"]:

@@ -135,3 +135,23 @@ def damage_coreml(artifact: Path, module: str, factor: float) -> None:
     data[start:start + size] = scaled.tobytes()
     blob.write_bytes(bytes(data))
     rehash(artifact)
+
+
+def conv_macs(weights: Path) -> dict[str, int]:
+    """Multiply-adds of every conv of seeded seg-B0 at ``RESOLUTION``, by module path, counted
+    from PyTorch's own shapes (output elements x the filter's input channels and window)."""
+    import torch
+
+    from evit_deploy import zoo
+
+    model = zoo.create_model(SEG, weights).eval()
+    macs: dict[str, int] = {}
+    hooks = [module.register_forward_hook(
+        lambda m, _inputs, out, name=name: macs.__setitem__(
+            name, out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]))
+        for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, *RESOLUTION))
+    for hook in hooks:
+        hook.remove()
+    return macs

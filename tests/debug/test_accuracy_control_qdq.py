@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from .conftest import RESOLUTION, SEG
+from .conftest import RESOLUTION, SEG, conv_macs
 
 TARGETS = {"onnx": 0.95, "trt": 0.95}
 
@@ -69,6 +69,12 @@ def test_the_agreement_target_is_met_with_the_worst_nodes_float(controlled, seg_
     assert len(drops) < len(control["ranking"])  # then a try without each node of the prefix that met
     assert [step["chosen"] for step in control["steps"]].count(True) == 1
     assert any(f"{len(kept)} layer(s) float" in note for note in result.manifest.notes)
+    # a node's cost (what the drop pass offers back to int8 first) is the multiply-adds of its nodes:
+    # a projection conv (named for the BatchNorm folded into it), which goes float alone, costs what
+    # PyTorch's shapes say it does
+    macs, costs = conv_macs(seg_weights), {row["layer"]: row["cost"] for row in control["ranking"]}
+    projections = [name.removesuffix(".norm") for name in costs if name.endswith("point_conv.norm")]
+    assert projections and all(costs[f"{name}.norm"] == macs[f"{name}.conv"] for name in projections)
     # the kept nodes compute in float (float weights, no int8 ones dequantised), and the others are still int8
     graph = onnx.load(str(result.artifact))
     producer = {o: n.op_type for n in graph.graph.node for o in n.output}
@@ -129,4 +135,5 @@ def test_a_node_onnx_runtime_refuses_alone_is_ranked_last_with_its_reason(tmp_pa
     monkeypatch.setattr(accuracy, "only_quantised", broken)
     ranking, unranked = accuracy.rank_nodes(graph, plain, found, images, "x", False, lambda message: None)
     assert [r.name for r in ranking][-1] == "conv1" and ranking[-1].score == 0.0 and ranking[0].score > 0
+    assert [r.cost for r in ranking] == [8 * 8 * 4 * (4 * 3 * 3)] * 2  # output elements x filter window
     assert list(unranked) == ["conv1"] and "a" in unranked["conv1"] and "\n" not in unranked["conv1"]

@@ -6,10 +6,12 @@ of the export's own measurement.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from .conftest import RESOLUTION, SEG
+from .conftest import RESOLUTION, SEG, conv_macs
 
 TARGET = 0.97
 
@@ -60,6 +62,17 @@ def test_the_agreement_target_is_met_with_the_worst_layers_float(controlled, seg
     assert len(drops) < len(control["ranking"])  # then a try without each layer of the prefix that met
     assert [step["chosen"] for step in control["steps"]].count(True) == 1
     assert any(f"{len(kept)} layer(s) float" in note for note in controlled.manifest.notes)
+    # a layer's cost is the multiply-adds of the ops that go float with it: a backbone projection
+    # conv's own (BatchNorm folded in), as PyTorch's shapes count them, and those of its readers:
+    # one per element for a residual ADD, the next block's conv for the projection that ends a
+    # stage's first block
+    macs, costs = conv_macs(seg_weights), {row["layer"]: row["cost"] for row in control["ranking"]}
+    convs = {path: macs[f"{path}.conv"] for path in costs
+             if path.startswith("backbone.") and path.endswith("point_conv") and f"{path}.conv" in macs}
+    residual = [name for name in convs if re.search(r"op_list\.[1-9]", name)]
+    assert residual and len(residual) < len(convs)
+    assert all(costs[name] >= own for name, own in convs.items())
+    assert all(costs[name] <= convs[name] * (1 + 2 / 16) for name in residual)  # 16+ input channels
     # the number recorded is what the artifact computes, measured again here
     assert _held_out_agreement(controlled.artifact, seg_weights, calib_photos) == pytest.approx(
         control["agreement"], abs=1e-6)
