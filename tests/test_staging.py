@@ -25,19 +25,14 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
-def _default_signals() -> None:
-    """The export starts with SIGHUP and SIGTERM at their default action, as from a shell. Under
-    ``nohup`` (a suite started that way) it would inherit SIGHUP ignored, and evit rightly leaves
-    an ignored signal alone: the SIGHUP case then ran to the end and exited 0."""
-    for number in (signal.SIGHUP, signal.SIGTERM):
-        signal.signal(number, signal.SIG_DFL)
-
-
 def _export(out: Path, name: str = MODEL) -> subprocess.Popen:
-    code = "import sys; from evit_deploy.cli import main; sys.argv = ['evit'] + sys.argv[1:]; main()"
+    # SIGHUP at its default action, as from a shell: under nohup (a suite started that way) the
+    # export would inherit it ignored, which evit rightly leaves alone, and the SIGHUP case ran to
+    # the end and exited 0
+    code = ("import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); from evit_deploy.cli import main; "
+            "sys.argv = ['evit'] + sys.argv[1:]; main()")
     return subprocess.Popen([sys.executable, "-c", code, "export", MODEL, "--resolution", "64x128", "--out", str(out),
-                             "--name", name, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(),
-                            preexec_fn=_default_signals)
+                             "--name", name, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
 
 
 def _holder(out: Path) -> subprocess.Popen:
