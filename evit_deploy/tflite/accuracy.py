@@ -40,7 +40,7 @@ from evit_deploy.accuracy_control import (
     reference_labels,
 )
 from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8, op_macs
-from evit_deploy.tflite.layer_map import tflite_layer_map
+from evit_deploy.tflite.layer_map import op_modules, tflite_layer_map
 from evit_deploy.tflite.logs import native_logs_quiet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,11 +99,14 @@ def _run(interpreter: Any, image: np.ndarray) -> None:
 def quantised_layers(plan: Int8Plan, quantized: bytes, model: torch.nn.Module) -> list[Layer]:
     """The ops plain int8 quantises, named by the deepest PyTorch module whose output they make
     (a torch building block such as ``...inverted_conv.conv`` where the model's own module ends
-    later, after a float activation; the tensor's own name where no module ends there)."""
+    later, after a float activation). An op inside a module, whose output no module returns (one
+    of the convs exact bicubic upsampling is written as), is named by the module that runs it, its
+    op type and index: the converter's tensor name is a 200-character stack no user can read."""
     done = Graph(quantized)
     int8_names = {done.tensor_name(op["outputs"][0]) for op in done.ops
                   if op["outputs"] and op["type"] not in QUANT_OPS and op_is_int8(done, op)}
     modules: dict[str, tuple[bool, int, str]] = {}  # the model's own module first, then the deepest
+    runs_in = op_modules(plan.marked, model)
     for entry in tflite_layer_map(plan.marked, model).layers:
         name = plan.graph.tensor_name(int(entry.tensor)) if entry.tensor.isdigit() else entry.tensor
         rank = (not entry.is_torch_primitive, entry.depth, entry.module)
@@ -124,7 +127,7 @@ def quantised_layers(plan: Int8Plan, quantized: bytes, model: torch.nn.Module) -
             continue
         tensor = graph.tensor_name(op["outputs"][0])
         if tensor in int8_names:
-            name = modules.get(tensor, (False, 0, tensor))[2]
+            name = modules[tensor][2] if tensor in modules else _inside(runs_in[op["index"]], op, tensor)
             name = name if name not in seen else f"{name}:{tensor}"
             seen.add(name)
             own_ops = [op["index"], *pads.get(op["index"], [])]
@@ -134,6 +137,14 @@ def quantised_layers(plan: Int8Plan, quantized: bytes, model: torch.nn.Module) -
             macs = sum(op_macs(graph, graph.ops[i]) for i in {*own_ops, *readers})
             layers.append(Layer(name, own, tuple(dict.fromkeys(selects)), macs))
     return layers
+
+
+def _inside(module: str | None, op: dict[str, Any], tensor: str) -> str:
+    """The name of an op no module ends with: where it runs (the converter's tensor name when it
+    runs outside every module)."""
+    if module is None:
+        return tensor
+    return f"{module or '(model)'}: {op['type']} op {op['index']}"
 
 
 def rank_layers(plan: Int8Plan, ranges: dict[str, Any], layers: list[Layer], images: list[np.ndarray],

@@ -99,6 +99,27 @@ def _candidates(parts: list[str], tree: dict[str, _Module]) -> list[tuple[Scope,
 
 def tflite_layer_map(content: bytes, model: torch.nn.Module) -> LayerMap:
     """The map of a .tflite converted from ``model`` (ops of the main subgraph, in file order)."""
+    ops, scopes, outputs, constants = _traced(content, model)
+    nodes = [TracedNode(tuple(map(str, inputs)), tuple(map(str, op_outputs)), chain)
+             for (inputs, op_outputs, _), chain in zip(ops, scopes)]
+    # ai-edge-quantizer names a conversion after the tensor it converts, which would put the
+    # DEQUANTIZE feeding an attention island into the qkv conv before it (two outputs)
+    nodes = scoped_by_consumers(nodes, [i for i, (_, _, code) in enumerate(ops) if code in _conversions()])
+    return map_modules(nodes, outputs, constants, SOURCE)
+
+
+def op_modules(content: bytes, model: torch.nn.Module) -> list[str | None]:
+    """Per op of the main subgraph, the PyTorch module (path) that runs it: the innermost one the
+    model has, so an op inside a module swapped at conversion, or one of several a module's
+    forward writes, is still placed; None outside every module, '' for the model itself."""
+    _, scopes, _, _ = _traced(content, model)
+    return [chain[-1].path if chain else None for chain in scopes]
+
+
+def _traced(content: bytes, model: torch.nn.Module) -> tuple[list[tuple[list[int], list[int], int]],
+                                                              list[tuple[Scope, ...]], list[str], set[str]]:
+    """The main subgraph's ops (inputs, outputs, builtin code), each op's module chain, the
+    graph's outputs and its constant tensors (by index)."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     flat = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
@@ -131,12 +152,7 @@ def tflite_layer_map(content: bytes, model: torch.nn.Module) -> LayerMap:
         scopes.append(chains[0] if chains else ())
         if scopes[-1]:
             pointer = tree[scopes[-1][-1].path].order
-    nodes = [TracedNode(tuple(map(str, inputs)), tuple(map(str, outputs)), chain)
-             for (inputs, outputs, _), chain in zip(ops, scopes)]
-    # ai-edge-quantizer names a conversion after the tensor it converts, which would put the
-    # DEQUANTIZE feeding an attention island into the qkv conv before it (two outputs)
-    nodes = scoped_by_consumers(nodes, [i for i, (_, _, code) in enumerate(ops) if code in _conversions()])
-    return map_modules(nodes, [str(t) for t in subgraph.outputs], constants, SOURCE)
+    return ops, scopes, [str(t) for t in subgraph.outputs], constants
 
 
 
