@@ -40,7 +40,7 @@ from evit_deploy.accuracy_control import (
     reference_labels,
 )
 from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8, op_macs
-from evit_deploy.tflite.layer_map import op_modules, tflite_layer_map
+from evit_deploy.tflite.layer_map import layer_map_and_op_modules
 from evit_deploy.tflite.logs import native_logs_quiet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,8 +106,8 @@ def quantised_layers(plan: Int8Plan, quantized: bytes, model: torch.nn.Module) -
     int8_names = {done.tensor_name(op["outputs"][0]) for op in done.ops
                   if op["outputs"] and op["type"] not in QUANT_OPS and op_is_int8(done, op)}
     modules: dict[str, tuple[bool, int, str]] = {}  # the model's own module first, then the deepest
-    runs_in = op_modules(plan.marked, model)
-    for entry in tflite_layer_map(plan.marked, model).layers:
+    layer_map, runs_in = layer_map_and_op_modules(plan.marked, model)
+    for entry in layer_map.layers:
         name = plan.graph.tensor_name(int(entry.tensor)) if entry.tensor.isdigit() else entry.tensor
         rank = (not entry.is_torch_primitive, entry.depth, entry.module)
         if rank > modules.get(name, (False, -1, "")):

@@ -99,21 +99,20 @@ def _candidates(parts: list[str], tree: dict[str, _Module]) -> list[tuple[Scope,
 
 def tflite_layer_map(content: bytes, model: torch.nn.Module) -> LayerMap:
     """The map of a .tflite converted from ``model`` (ops of the main subgraph, in file order)."""
+    return layer_map_and_op_modules(content, model)[0]
+
+
+def layer_map_and_op_modules(content: bytes, model: torch.nn.Module) -> tuple[LayerMap, list[str | None]]:
+    """The map, and per op of the main subgraph the PyTorch module (path) that runs it: the
+    innermost one the model has, so an op inside a module swapped at conversion, or one of several
+    a module's forward writes, is still placed; None outside every module, '' for the model itself."""
     ops, scopes, outputs, constants = _traced(content, model)
     nodes = [TracedNode(tuple(map(str, inputs)), tuple(map(str, op_outputs)), chain)
              for (inputs, op_outputs, _), chain in zip(ops, scopes)]
     # ai-edge-quantizer names a conversion after the tensor it converts, which would put the
     # DEQUANTIZE feeding an attention island into the qkv conv before it (two outputs)
     nodes = scoped_by_consumers(nodes, [i for i, (_, _, code) in enumerate(ops) if code in _conversions()])
-    return map_modules(nodes, outputs, constants, SOURCE)
-
-
-def op_modules(content: bytes, model: torch.nn.Module) -> list[str | None]:
-    """Per op of the main subgraph, the PyTorch module (path) that runs it: the innermost one the
-    model has, so an op inside a module swapped at conversion, or one of several a module's
-    forward writes, is still placed; None outside every module, '' for the model itself."""
-    _, scopes, _, _ = _traced(content, model)
-    return [chain[-1].path if chain else None for chain in scopes]
+    return map_modules(nodes, outputs, constants, SOURCE), [chain[-1].path if chain else None for chain in scopes]
 
 
 def _traced(content: bytes, model: torch.nn.Module) -> tuple[list[tuple[list[int], list[int], int]],
