@@ -114,6 +114,7 @@ RUNS = [
     ["--weights", "instrument", "--min-agreement", "0.99"],
     # a little above the target, for the photos the control never saw
     ["--weights", "instrument", "--min-agreement", "0.991", "--suffix", "_0991"],
+    ["--weights", "instrument", "--min-agreement", "0.992", "--suffix", "_0992"],
 ]
 
 
