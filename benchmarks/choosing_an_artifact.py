@@ -52,7 +52,7 @@ def _labelled(root: Path, photos: Path, weights: Path) -> Path:
     import yaml
 
     from evit_deploy import zoo
-    from evit_deploy.evaluation.protocol import load_rgb, protocol_at, upsample_argmax
+    from evit_deploy.labelled.protocol import load_rgb, protocol_at, upsample_argmax
 
     card = zoo.get_card(MODEL)
     model, protocol = zoo.create_model(card, weights), protocol_at(card, SIZE)

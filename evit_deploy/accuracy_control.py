@@ -1,9 +1,11 @@
-"""Accuracy-controlled quantisation: keep the most harmful quantised layers in float until an
-agreement target is met.
+"""Accuracy-controlled quantisation: keep the most harmful quantised layers in float until a
+target is met: agreement with PyTorch (``--min-agreement``), or the task metric on labelled data
+no more than ``--max-drop`` points under PyTorch's (``--data``).
 
 Target-neutral on purpose: a backend hands in its layers ranked worst first, a callable that
-quantises with a given set of layers kept float, and one that measures the agreement of such
-a candidate with the float model (on images the quantisation ranges were not taken from). This
+quantises with a given set of layers kept float, and one that scores such a candidate (``Goal``:
+on held-out calibration images, or on the labelled ones; never on images the quantisation ranges
+were taken from). This
 module decides which of the ranked layers to keep: none if plain int8 already meets the target;
 otherwise the shortest prefix of the ranking that meets it, found by bisection (a handful of
 quantisations instead of one per layer), and then each of its layers, costliest first (the
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import numpy as np
 from pydantic import Field
 
-from evit_deploy.contracts import TargetOptions
+from evit_deploy.contracts import Predict, TargetOptions
 from evit_deploy.errors import UsageError
 from evit_deploy.spec import Precision
 
@@ -57,35 +59,58 @@ class ControlOptions(TargetOptions):
     # keep the layers adding the most quantisation noise float until the agreement with PyTorch
     # on the held-out share of the calibration images reaches min_agreement
     min_agreement: float | None = Field(None, gt=0.0, le=1.0)
+    # or until the task metric (mIoU / top-1) on the labelled images of --data is at most this many
+    # points under PyTorch's on the same images
+    max_drop: float | None = Field(None, ge=0.0, le=100.0)
     holdout: float = Field(0.25, gt=0.0, lt=1.0)  # share of the calibration images held out for agreement
     max_float_share: float = Field(0.25, ge=0.0, le=1.0)  # at most this share of the quantised layers kept float
+
+    @property
+    def controlled(self) -> bool:
+        """Whether int8 runs under a control (either target)."""
+        return self.min_agreement is not None or self.max_drop is not None
 
 
 def check_control(recipe: Recipe, options: ControlOptions) -> None:
     """Refuse, before anything is built, an accuracy control the recipe cannot give."""
-    if options.min_agreement is None:
+    if options.min_agreement is None and options.max_drop is None:
         return
+    if options.min_agreement is not None and options.max_drop is not None:
+        raise UsageError(f"--min-agreement {options.min_agreement:g} and --max-drop {options.max_drop:g} are two "
+                         "targets for one control: keep --min-agreement (agreement with PyTorch on held-out "
+                         "calibration images) or --max-drop (task metric on --data), not both")
+    flag = "--min-agreement" if options.min_agreement is not None else "--max-drop"
     if recipe.precision != Precision.INT8:
-        raise UsageError(f"--min-agreement controls int8 quantisation; this export is {recipe.precision}: "
-                         "add --precision int8 or drop --min-agreement")
+        raise UsageError(f"{flag} controls int8 quantisation; this export is {recipe.precision}: "
+                         f"add --precision int8 or drop {flag}")
     if recipe.batch != 1:
-        raise UsageError(f"--min-agreement measures agreement image by image: export with --batch 1 "
-                         f"(got {recipe.batch})")
+        raise UsageError(f"{flag} scores candidates image by image: export with --batch 1 (got {recipe.batch})")
+    if options.max_drop is not None:
+        if recipe.data.source is None:
+            raise UsageError(f"--max-drop {options.max_drop:g} bounds the loss of mIoU / top-1 on labelled data: add "
+                             "--data DIR (a dataset in a layout `evit eval` reads)")
+        return
     if recipe.calibration.samples is not None and recipe.calibration.samples < 2:
         raise UsageError("--min-agreement holds out part of the calibration images to measure agreement "
                          f"on: give at least 2 (--calib-samples {recipe.calibration.samples})")
 
 
-def control_images(ctx: ExportContext, spec: InputSpec) -> list[np.ndarray]:
-    """The calibration images, held in memory: split, and the held-out ones run for every candidate."""
+def control_images(ctx: ExportContext, spec: InputSpec, options: ControlOptions) -> list[np.ndarray]:
+    """The calibration images, held in memory: ranked on, and (``--min-agreement``) split."""
     singles = list(ctx.calibration_batches(spec))
-    if len(singles) < 2:
+    if options.min_agreement is not None and len(singles) < 2:
         raise UsageError("--min-agreement holds out part of the calibration images to measure agreement on: "
                          f"give at least 2 (got {len(singles)})")
     return singles
 
 
-def split_holdout(images: list[np.ndarray], share: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def control_split(images: list[T], options: ControlOptions) -> tuple[list[T], list[T]]:
+    """(ranges from, agreement on): with ``--max-drop`` every calibration image sets ranges, and the
+    labelled data is what candidates are held to."""
+    return (images, []) if options.min_agreement is None else split_holdout(images, options.holdout)
+
+
+def split_holdout(images: list[T], share: float) -> tuple[list[T], list[T]]:
     """(ranges from, agreement on): every k-th image held out, so both halves span the set."""
     count = max(1, round(len(images) * share))
     step = len(images) / count
@@ -175,6 +200,94 @@ def ranked_by(unit: str, alone: str, images: int) -> str:
 
 
 @dataclass(frozen=True)
+class Goal:
+    """What a candidate is held to, in the user's terms: ``score(predict)`` (0..1, higher is better,
+    ``predict`` runs the candidate on one NCHW image) must reach ``target``."""
+
+    score: Callable[[Predict], float]
+    target: float
+    measure: str  # "agreement", or the task metric's name ("mIoU", "top-1")
+    images: int
+    on: str  # what the images are
+    max_drop: float | None = None  # points, when the target is PyTorch's score less this
+    reference: float | None = None  # PyTorch's own score there (--max-drop)
+
+    def show(self, value: float) -> str:
+        """Agreement as a share (0.9903), a task metric in points as ``evit eval`` prints it (71.23)."""
+        return f"{value:.4f}" if self.max_drop is None else f"{100 * value:.2f}"
+
+    @property
+    def bar(self) -> str:
+        """The target as asked for: ``--min-agreement 0.99``, ``69.00 (--max-drop 1 under PyTorch's 70.00)``."""
+        if self.max_drop is None:
+            return f"--min-agreement {self.target:g}"
+        assert self.reference is not None
+        return f"{self.show(self.target)} (--max-drop {self.max_drop:g} under PyTorch's {self.show(self.reference)})"
+
+    @property
+    def missed(self) -> str:
+        """The artifact's stem suffix when the target is not met."""
+        return "below-min-agreement" if self.max_drop is None else "over-max-drop"
+
+
+def agreement_goal(model: torch.nn.Module, held_out: list[np.ndarray], target: float) -> Goal:
+    """Agreement with PyTorch's class per pixel (or image) on ``held_out`` (NCHW)."""
+    labels = reference_labels(model, held_out, 1)
+
+    def score(predict: Predict) -> float:
+        return agreement([np.asarray(predict(image)).argmax(axis=1) for image in held_out], labels)
+
+    return Goal(score, target, "agreement", len(held_out), "held-out calibration image(s)")
+
+
+def task_goal(model: torch.nn.Module, ctx: ExportContext, spec: InputSpec, max_drop: float) -> Goal:
+    """The task metric on ``--data``, at most ``max_drop`` points under PyTorch's on the same images."""
+    import torch
+
+    if ctx.task_data is None:
+        raise UsageError(f"--max-drop {max_drop:g} scores candidates on labelled data: add --data DIR")
+    data = ctx.task_data(spec)
+
+    def reference(image: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(np.ascontiguousarray(image)))
+        return (out[0] if isinstance(out, (tuple, list)) else out).float().numpy()
+
+    ctx.progress(f"accuracy control: PyTorch's {data.metric} on {len(data)} labelled image(s)")
+    score = data.score(reference)
+    return Goal(data.score, score - max_drop / 100.0, data.metric, len(data), "labelled image(s) of --data",
+                max_drop, score)
+
+
+def control_goal(model: torch.nn.Module, ctx: ExportContext, spec: InputSpec, options: ControlOptions,
+                 held_out: list[np.ndarray]) -> Goal:
+    """The goal ``options`` ask for (``held_out``: the NCHW calibration images ``control_split`` kept
+    back, for ``--min-agreement``)."""
+    if options.min_agreement is not None:
+        return agreement_goal(model, held_out, options.min_agreement)
+    assert options.max_drop is not None
+    return task_goal(model, ctx, spec, options.max_drop)
+
+
+class Timed:
+    """A candidate's ``predict``, timed: the control records each candidate's latency beside its score."""
+
+    def __init__(self, predict: Predict) -> None:
+        self._predict, self.seconds, self.calls = predict, 0.0, 0
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        out = self._predict(image)
+        self.seconds += time.perf_counter() - started
+        self.calls += 1
+        return out
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return {"ms_per_image": round(1000 * self.seconds / max(1, self.calls), 1)}
+
+
+@dataclass(frozen=True)
 class Ranked:
     """A quantised layer the backend may keep float, with its measured harm (higher: worse) and what
     keeping it float costs at run time (``cost``: the multiply-adds of the ops that go float with
@@ -211,15 +324,15 @@ class ControlResult(Generic[Candidate]):
     ranking: list[Ranked]
     steps: list[Step]  # in the order measured: the agreement/latency curve
 
-    @property
-    def reason(self) -> str | None:
-        """One line on why the target was not met (None when it was)."""
+    def shortfall(self, goal: Goal) -> str | None:
+        """One line on why ``goal`` was not met (None when it was)."""
         if self.met:
             return None
         tried = max(step.kept for step in self.steps)
+        if not self.ranking:
+            return f"{goal.measure} {goal.show(self.agreement)} < {goal.bar} with no layer allowed float (--max-float-share)"
         best = "" if len(self.kept) == tried else f", the best with {len(self.kept)} of them"
-        return (f"agreement {self.agreement:.4f} < --min-agreement {self.target:g} even with up to the "
-                f"{tried} most harmful of {len(self.ranking)} quantised layers in float{best}")
+        return (f"{goal.measure} {goal.show(self.agreement)} < {goal.bar} even with up to the {tried} most harmful of {len(self.ranking)} quantised layers in float{best}")
 
     @property
     def chosen(self) -> Step:
@@ -242,21 +355,28 @@ class Outcome:
     stem: str
 
 
-def outcome(result: ControlResult[Any], plain: float, held: int, model_name: str) -> Outcome:
+def outcome(result: ControlResult[Any], plain: float, goal: Goal, model_name: str) -> Outcome:
     kept = ", ".join(result.kept[:5]) + (f" and {len(result.kept) - 5} more" if len(result.kept) > 5 else "")
-    if result.met:
-        note = (f"accuracy control: agreement {result.agreement:.4f} >= {result.target:g} on {held} held-out "
-                f"calibration image(s) (plain int8 {plain:.4f}) with {len(result.kept)} layer(s) float"
-                + (f": {kept}" if kept else ""))
+    failure = result.shortfall(goal)
+    plain_text = f"plain int8 {goal.show(plain)}"
+    if failure is None:
+        note = (f"accuracy control: {goal.measure} {goal.show(result.agreement)} >= {goal.bar} on {goal.images} "
+                f"{goal.on} ({plain_text}) with {len(result.kept)} layer(s) float" + (f": {kept}" if kept else ""))
         return Outcome(note, None, model_name)
-    note = f"accuracy control: {result.reason}; plain int8 {plain:.4f}" + (f"; float: {kept}" if kept else "")
-    return Outcome(note, result.reason, f"{model_name}.below-min-agreement")
+    note = f"accuracy control: {failure}; {plain_text}" + (f"; float: {kept}" if kept else "")
+    return Outcome(note, failure, f"{model_name}.{goal.missed}")
 
 
-def control_details(result: ControlResult[Any], plain: float, held: int, ranked_by: str) -> dict[str, Any]:
-    """``details.int8.accuracy_control`` of the manifest; ``latency_ms``: per image on the held-out
-    images, plain int8 against the chosen candidate (measured during the control)."""
-    return {**result.to_dict(), "plain_int8_agreement": plain, "held_out_images": held, "ranked_by": ranked_by,
+def control_details(result: ControlResult[Any], plain: float, goal: Goal, ranked_by: str) -> dict[str, Any]:
+    """``details.int8.accuracy_control`` of the manifest (``agreement`` holds the goal's score, whatever
+    it measures: ``measure`` says which); ``latency_ms``: per image on the scored images, plain int8
+    against the chosen candidate (measured during the control)."""
+    scored = {"measure": goal.measure, "scored_on": f"{goal.images} {goal.on}"}
+    if goal.max_drop is not None:
+        scored.update(max_drop=goal.max_drop, pytorch=goal.reference, drop=goal.reference - result.agreement,
+                      plain_int8_drop=goal.reference - plain)
+    return {**result.to_dict(), **scored, "plain_int8_agreement": plain, "held_out_images": goal.images,
+            "ranked_by": ranked_by,
             "latency_ms": {"plain_int8": result.steps[0].extra.get("ms_per_image"),
                            "chosen": result.chosen.extra.get("ms_per_image")}}
 
@@ -271,10 +391,10 @@ def keep_float_until(ranking: Sequence[Ranked], quantise: Callable[[list[str]], 
     the shortest prefix that meets it (bisection), less each of its layers the target holds without.
 
     ``quantise(names)`` builds a candidate with those layers float; ``measure(candidate)`` gives
-    its agreement (0..1) and extras. At most ``max_kept`` layers are kept (default: all).
+    its score (0..1: agreement, or a task metric) and extras. At most ``max_kept`` layers are kept (default: all).
     """
-    if not 0 < target <= 1:
-        raise ValueError(f"target agreement must be in (0, 1], got {target}")
+    if not target <= 1:  # <= 0: a task metric's drop allowance larger than PyTorch's score, met by plain int8
+        raise ValueError(f"target score must be at most 1, got {target}")
     ranked = list(ranking)
     names = [r.name for r in ranked]
     limit = len(ranked) if max_kept is None else max(0, min(max_kept, len(ranked)))
@@ -322,6 +442,7 @@ def keep_float_until(ranking: Sequence[Ranked], quantise: Callable[[list[str]], 
     return result(kept, True)
 
 
-__all__ = ["NEAR_TIE_SHARE", "ControlOptions", "ControlResult", "Measured", "NearTies", "Outcome", "Ranked", "Step",
-           "agreement", "check_control", "control_details", "control_images", "keep_float_until", "margin_lost",
-           "near_ties", "outcome", "ranked_by", "reference_labels", "split_holdout", "spread"]
+__all__ = ["NEAR_TIE_SHARE", "ControlOptions", "ControlResult", "Goal", "Measured", "NearTies", "Outcome", "Ranked",
+           "Step", "Timed", "agreement", "agreement_goal", "check_control", "control_details", "control_goal",
+           "control_images", "control_split", "keep_float_until", "margin_lost", "near_ties", "outcome", "ranked_by",
+           "reference_labels", "split_holdout", "spread", "task_goal"]

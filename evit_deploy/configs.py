@@ -66,6 +66,17 @@ class Calibration(BaseModel):
     samples: int = Field(64, ge=1)
 
 
+class LabelledData(BaseModel):
+    """The labelled images ``--max-drop`` scores int8 candidates on (the layouts ``evit eval`` reads)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Path | None = None  # a dataset folder
+    format: str | None = None  # cityscapes, ade20k, masks, imagefolder (default: detected)
+    limit: int | None = Field(None, ge=1)  # the first N samples only
+    classes: Path | None = None  # masks: the classes YAML; imagefolder: an index file
+
+
 class Recipe(BaseModel):
     """One export, fully decided. ``options`` is validated by the target's own model."""
 
@@ -77,6 +88,7 @@ class Recipe(BaseModel):
     batch: int = Field(1, ge=1)
     dynamic: bool = False
     calibration: Calibration = Field(default_factory=Calibration)
+    data: LabelledData = Field(default_factory=LabelledData)
     tolerances: Tolerances | None = None  # None: DEFAULT_TOLERANCES[precision]
     runtime_tolerances: dict[str, Tolerances] = Field(default_factory=dict)  # profile -> criteria (see above)
     options: dict[str, Any] = Field(default_factory=dict)
@@ -161,8 +173,8 @@ def load_recipe(config: str | Path | None = None, overrides: dict[str, Any] | No
             continue
         if key == "options":
             data["options"] = {**data.get("options", {}), **value}
-        elif key == "calibration":
-            data["calibration"] = {**data.get("calibration", {}), **value}
+        elif key in ("calibration", "data"):
+            data[key] = {**data.get(key, {}), **value}
         elif key == "tolerances":
             data["tolerances"] = {**(data.get("tolerances") or {}), **value}
         else:

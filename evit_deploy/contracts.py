@@ -48,6 +48,26 @@ class Images(Protocol):
     def __len__(self) -> int: ...
 
 
+Predict = Callable[[np.ndarray], np.ndarray]  # one (1, 3, H, W) NCHW image -> its logits, classes on axis 1
+
+
+class TaskData(Protocol):
+    """Labelled images and their task metric: what ``--max-drop`` holds an int8 candidate to.
+
+    The candidate is handed in as ``predict``, so a backend runs it in its own runtime and layout,
+    and the images (read and preprocessed lazily, every call: a validation set need not fit in
+    memory) never leave this object.
+    """
+
+    metric: str  # the headline metric's name: "mIoU", "top-1"
+
+    def __len__(self) -> int: ...
+
+    def score(self, predict: Predict) -> float:
+        """The metric of ``predict``'s logits over every labelled image, 0..1."""
+        ...
+
+
 @dataclass
 class ExportContext:
     """What a target's export needs besides the module: where to write, what to report."""
@@ -58,6 +78,7 @@ class ExportContext:
     workdir: Path  # a private staging folder; the caller moves results into place
     graph: GraphIO  # the tensors to export: names, sizes, dynamic dims
     calibration: Callable[[InputSpec], Images] | None = None
+    task_data: Callable[[InputSpec], TaskData] | None = None  # the labelled data of --max-drop, at spec's size
     progress: Callable[[str], None] = lambda message: None
 
     @property

@@ -11,9 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from evit_deploy.accuracy_control import Ranked, keep_float_until, margin_lost, near_ties, spread
+from evit_deploy.accuracy_control import Goal, Ranked, keep_float_until, margin_lost, near_ties, spread
 
 RANKING = [Ranked(f"layer{i}", 10.0 - i) for i in range(10)]
+
+
+def _goal(target: float, max_drop: float | None = None, reference: float | None = None) -> Goal:
+    return Goal(lambda predict: 0.0, target, "agreement" if max_drop is None else "mIoU", 3, "images", max_drop,
+                reference)
 
 
 def _loop(gain: dict[str, float], target: float, base: float = 0.9, **kwargs):
@@ -106,8 +111,9 @@ def test_an_unreachable_target_returns_the_best_candidate_unmet_with_a_reason():
     result, _ = _loop(gain, 0.9999, max_kept=5)
     assert not result.met
     assert result.agreement == pytest.approx(0.93) and len(result.kept) == 5
-    assert result.reason == ("agreement 0.9300 < --min-agreement 0.9999 even with up to the 5 most harmful of 10 "
-                             "quantised layers in float")
+    assert result.shortfall(_goal(0.9999)) == (
+        "agreement 0.9300 < --min-agreement 0.9999 even with up to the 5 most harmful of 10 "
+        "quantised layers in float")
 
 
 def test_when_more_layers_float_agree_less_the_reason_names_the_best_count_too():
@@ -116,8 +122,9 @@ def test_when_more_layers_float_agree_less_the_reason_names_the_best_count_too()
     gain = {f"layer{i}": -0.001 for i in range(10)}
     result, _ = _loop(gain, 0.99, max_kept=6)
     assert not result.met and result.kept == [] and result.agreement == pytest.approx(0.9)
-    assert result.reason == ("agreement 0.9000 < --min-agreement 0.99 even with up to the 6 most harmful of 10 "
-                             "quantised layers in float, the best with 0 of them")
+    assert result.shortfall(_goal(0.99)) == (
+        "agreement 0.9000 < --min-agreement 0.99 even with up to the 6 most harmful of 10 "
+        "quantised layers in float, the best with 0 of them")
 
 
 def test_max_kept_zero_measures_plain_int8_only():
@@ -125,9 +132,15 @@ def test_max_kept_zero_measures_plain_int8_only():
     assert not result.met and result.kept == [] and built == [()]
 
 
-def test_a_target_outside_0_1_is_refused():
-    with pytest.raises(ValueError, match="target agreement"):
+def test_a_target_above_1_is_refused():
+    with pytest.raises(ValueError, match="target score"):
         _loop({}, 1.5)
+
+
+def test_a_target_at_or_below_0_is_met_by_plain_int8():
+    """--max-drop larger than PyTorch's own score: nothing need stay float."""
+    result, built = _loop({}, -0.05, base=0.0)
+    assert result.met and result.kept == [] and built == [()]
 
 
 LOGITS = hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(2, 5)),
@@ -168,3 +181,17 @@ def test_ranking_images_are_spread_over_the_set(count, total):
     assert len(taken) == min(count, total) and taken == sorted(set(taken))
     if total > count:
         assert taken[0] == 0 and taken[-1] >= total - total / count - 1
+
+
+def test_a_missed_drop_says_the_metric_the_bar_and_pytorchs_score_in_points():
+    result, _ = _loop({"layer0": 0.01}, 0.69, base=0.6, max_kept=3)
+    goal = _goal(0.69, max_drop=1.0, reference=0.70)
+    assert result.shortfall(goal) == ("mIoU 61.00 < 69.00 (--max-drop 1 under PyTorch's 70.00) even with up to the "
+                                      "3 most harmful of 10 quantised layers in float")
+    assert goal.missed == "over-max-drop" and _goal(0.9).missed == "below-min-agreement"
+
+
+def test_with_no_layer_allowed_float_the_reason_says_so():
+    result = keep_float_until([], lambda names: tuple(names), lambda kept: (0.5, {}), 0.9)
+    assert not result.met and result.shortfall(_goal(0.9)) == (
+        "agreement 0.5000 < --min-agreement 0.9 with no layer allowed float (--max-float-share)")

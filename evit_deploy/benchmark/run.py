@@ -36,8 +36,8 @@ from evit_deploy.data import list_images
 from evit_deploy.devices import is_local, load_inventory
 from evit_deploy.errors import EvitError, UsageError
 from evit_deploy.evaluation import evaluate
-from evit_deploy.evaluation.datasets import open_dataset
-from evit_deploy.evaluation.evaluate import HEADLINE, METRIC_NAMES
+from evit_deploy.labelled.datasets import open_dataset
+from evit_deploy.labelled.scoring import HEADLINE, METRIC_NAMES
 from evit_deploy.manifest import sha256_path
 from evit_deploy.parity import ParityReport
 from evit_deploy.profiling import ProfileResult, host_info

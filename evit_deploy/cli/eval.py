@@ -27,8 +27,8 @@ def eval_command(
     """
     from evit_deploy.errors import CheckFailed
     from evit_deploy.evaluation import evaluate
-    from evit_deploy.evaluation.evaluate import METRIC_NAMES
     from evit_deploy.evaluation.render import print_eval
+    from evit_deploy.labelled.scoring import METRIC_NAMES
     from evit_deploy.report import write_json
 
     with handle_errors():

@@ -18,16 +18,15 @@ from typing import Any
 import numpy as np
 
 from evit_deploy.errors import UsageError
-from evit_deploy.evaluation.datasets import Dataset, Sample, open_dataset
-from evit_deploy.evaluation.metrics import ClassificationMetric, Scores, SegmentationMetric
-from evit_deploy.evaluation.protocol import Protocol, load_rgb, paper_protocol, protocol_at, upsample_argmax
+from evit_deploy.labelled.datasets import Dataset, open_dataset
+from evit_deploy.labelled.metrics import Scores
+from evit_deploy.labelled.protocol import Protocol, load_rgb, paper_protocol, protocol_at
+from evit_deploy.labelled.scoring import HEADLINE, METRIC_NAMES, new_metric, update_metric
 from evit_deploy.requests import EvalRequest
 
 Progress = Callable[[str], None]
 OnImage = Callable[[int, int], None]
 ARTIFACT_SUFFIXES = (".onnx", ".tflite", ".mlpackage", ".engine", ".plan")
-HEADLINE = {"segmentation": "miou", "classification": "top1"}
-METRIC_NAMES = {"miou": "mIoU", "pixel_accuracy": "pixel accuracy", "top1": "top-1", "top5": "top-5"}
 
 
 @dataclass
@@ -241,10 +240,8 @@ class _Scored:
 def _score(dataset: Dataset, protocol: Protocol, paper: Protocol, src: _Source, runners: dict[str, Any],
            on_image: OnImage, notes: list[str]) -> _Scored:
     """Stream every sample through every runner into one metric per runner."""
-    num_classes = len(dataset.classes)
     segmentation = dataset.task == "segmentation"
-    metrics = {role: SegmentationMetric(num_classes) if segmentation else ClassificationMetric(num_classes)
-               for role in runners}
+    metrics = {role: new_metric(dataset) for role in runners}
     spec = src.handle.spec if src.handle is not None else None
     off_protocol, nonfinite, total = 0, 0, len(dataset.samples)
     fed: set[tuple[int, int]] = set()
@@ -262,7 +259,7 @@ def _score(dataset: Dataset, protocol: Protocol, paper: Protocol, src: _Source, 
             logits = next(iter(output.values()))[0]
             if role == "artifact":
                 nonfinite += int((~np.isfinite(logits)).sum())
-            _update(metrics[role], logits, sample, labels)
+            update_metric(metrics[role], logits, sample, labels)
         on_image(done, total)
     if nonfinite:
         notes.append(f"the artifact produced {nonfinite} non-finite logit(s); they never win the argmax")
@@ -278,13 +275,3 @@ def _score(dataset: Dataset, protocol: Protocol, paper: Protocol, src: _Source, 
         described["prediction"] = "logits upsampled bicubic (align_corners=False) to the label size, then argmax"
     return _Scored({role: metric.scores() for role, metric in metrics.items()}, described)
 
-
-def _update(metric: SegmentationMetric | ClassificationMetric, logits: np.ndarray, sample: Sample,
-            labels: tuple[np.ndarray, np.ndarray] | None) -> None:
-    if isinstance(metric, SegmentationMetric):
-        assert labels is not None
-        ids, valid = labels
-        metric.update(upsample_argmax(logits, ids.shape), ids, valid)
-    else:
-        assert isinstance(sample.label, int)
-        metric.update(logits, sample.label)

@@ -6,7 +6,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from evit_deploy.evaluation.evaluate import METRIC_NAMES, EvalResult
+from evit_deploy.evaluation.evaluate import EvalResult
+from evit_deploy.labelled.scoring import METRIC_NAMES
 
 
 def _cell(value: float | None, signed: bool = False) -> str:

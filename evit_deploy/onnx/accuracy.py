@@ -24,7 +24,6 @@ nodes float, where noise power reached 0.908 with 55. Nodes are named by PyTorch
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,19 +34,20 @@ import numpy as np
 from evit_deploy.accuracy_control import (
     ControlOptions,
     ControlResult,
+    Goal,
     Measured,
     Outcome,
     Ranked,
-    agreement,
+    Timed,
     control_details,
+    control_goal,
     control_images,
+    control_split,
     keep_float_until,
     margin_lost,
     near_ties,
     outcome,
     ranked_by,
-    reference_labels,
-    split_holdout,
     spread,
 )
 from evit_deploy.onnx.layer_map import module_scopes
@@ -245,13 +245,13 @@ def rank_nodes(graph: onnx.ModelProto, quantized: onnx.ModelProto, nodes: list[Q
     return sorted(ranked, key=lambda r: -r.score), unranked
 
 
-def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.ModelProto], model: torch.nn.Module, *,
-                target: float, ranged: list[np.ndarray], held_out: list[np.ndarray], input_name: str,
+def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.ModelProto], goal: Goal, *,
+                ranged: list[np.ndarray], input_name: str,
                 op_types: list[str], outputs_quantised: bool, session: OnnxOptions | None, max_float_share: float,
                 companions: dict[str, list[str]],
                 progress: Callable[[str], None]) -> tuple[ControlResult[onnx.ModelProto], float, dict[str, Any]]:
-    """The Q/DQ graph with the fewest worst nodes float that agrees with PyTorch on ``held_out``
-    to ``target``, and the plain int8 graph's agreement.
+    """The Q/DQ graph with the fewest worst nodes float that meets ``goal``, and the plain int8
+    graph's score.
 
     ``quantise(nodes)`` quantises ``graph`` with those node names float too (on ranges taken from
     ``ranged``); ``companions``: node -> nodes kept float with it (``quantised_nodes``);
@@ -259,22 +259,24 @@ def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.Mod
     stands in for another runtime (TensorRT): then the agreement is measured with the defaults
     and the kept nodes are not timed. The third value, for the manifest: per kept
     node, its kernel time in the plain int8 graph and in the returned one (ORT's profiler, on a
-    held-out image), and the nodes that could not be ranked, with why."""
+    calibration image), and the nodes that could not be ranked, with why."""
     import onnx
 
     from evit_deploy.onnx.options import OnnxOptions
     from evit_deploy.onnx.runner import OnnxRunner
 
-    progress("accuracy control: PyTorch on the held-out images")
-    labels = reference_labels(model, held_out, CLASS_AXIS)
     plain = quantise([])
     nodes = quantised_nodes(graph, plain, op_types, companions)
     node_of = {n.name: n.node for n in nodes}
     members_of = {n.name: list(n.members) for n in nodes}
     output_of = {n.name: n.output for n in nodes}
-    progress(f"accuracy control: ranking {len(nodes)} quantised nodes by the class margin each alone takes away")
-    ranking, unranked = rank_nodes(graph, plain, nodes, spread(ranged, RANKING_IMAGES), input_name, outputs_quantised,
-                                   progress)
+    max_kept = int(max_float_share * len(nodes))
+    ranking: list[Ranked] = []  # with none allowed float, plain int8 is the only candidate: nothing to rank
+    unranked: dict[str, str] = {}
+    if max_kept:
+        progress(f"accuracy control: ranking {len(nodes)} quantised nodes by the class margin each alone takes away")
+        ranking, unranked = rank_nodes(graph, plain, nodes, spread(ranged, RANKING_IMAGES), input_name,
+                                       outputs_quantised, progress)
 
     def candidate(names: list[str]) -> onnx.ModelProto:
         return plain if not names else quantise([m for n in names for m in members_of[n]])
@@ -283,28 +285,22 @@ def control_qdq(graph: onnx.ModelProto, quantise: Callable[[list[str]], onnx.Mod
         def measure(quantized: onnx.ModelProto) -> Measured:
             path = Path(tmp) / "candidate.onnx"
             onnx.save(quantized, str(path))
-            seconds, predicted = 0.0, []
             with OnnxRunner(path, session=session or OnnxOptions()) as runner:
                 output = runner.outputs[0].name
-                for image in held_out:
-                    started = time.perf_counter()
-                    logits = runner.infer({input_name: image})[output]
-                    seconds += time.perf_counter() - started
-                    predicted.append(np.asarray(logits).argmax(axis=CLASS_AXIS))
-            return agreement(predicted, labels), {"ms_per_image": round(1000 * seconds / len(held_out), 1)}
+                timed = Timed(lambda image: np.asarray(runner.infer({input_name: image})[output]))
+                return goal.score(timed), timed.extra
 
-        result = keep_float_until(ranking, candidate, measure, target,
-                                  max_kept=int(max_float_share * len(ranking)), progress=progress)
+        result = keep_float_until(ranking, candidate, measure, goal.target, max_kept=max_kept, progress=progress)
         extra: dict[str, Any] = {"unranked": unranked} if unranked else {}
         if session is not None and result.kept:
             progress("accuracy control: timing the kept nodes, int8 and float")
-            before = _node_times(plain, Path(tmp) / "plain.onnx", session, {input_name: held_out[0]})
-            after = _node_times(result.candidate, Path(tmp) / "chosen.onnx", session, {input_name: held_out[0]})
+            before = _node_times(plain, Path(tmp) / "plain.onnx", session, {input_name: ranged[0]})
+            after = _node_times(result.candidate, Path(tmp) / "chosen.onnx", session, {input_name: ranged[0]})
             extra["kept_float_latency"] = {
                 "per_node": [{"layer": name, "node": node_of[name],
                               "int8_ms": _of(before, node_of[name], output_of[name]),
                               "float_ms": _of(after, node_of[name], output_of[name])} for name in result.kept],
-                "measured": f"ONNX Runtime's profiler, {PROFILE_ITERS} runs of a held-out image: each kept node's "
+                "measured": f"ONNX Runtime's profiler, {PROFILE_ITERS} runs of a calibration image: each kept node's "
                             "own kernel, quantised (plain int8) and float (this artifact); the Q/DQ around them is "
                             "not included, the whole-model cost is in steps' ms_per_image"}
     plain_step = next(s for s in result.steps if s.kept == 0)
@@ -342,14 +338,15 @@ def controlled_int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputS
                     options: ControlOptions, session: OnnxOptions | None, scheme: QdqScheme, op_types: list[str],
                     quantise: Quantise, material: dict[str, Any],
                     companions: dict[str, list[str]] | None = None) -> tuple[onnx.ModelProto, dict[str, Any], Outcome]:
-    """A target's int8 graph under ``--min-agreement``: its details (``accuracy_control`` added) and
-    what the export says. ``op_types``: the quantised op types; ``quantise(float_nodes, images,
-    key_material)`` is the target's Q/DQ quantisation with those nodes float too, calibrated on
-    ``images`` (cached under the key); ``companions``: see ``quantised_nodes``."""
-    assert options.min_agreement is not None
-    ranged, held = split_holdout(control_images(ctx, spec), options.holdout)
-    ctx.progress(f"accuracy control: {len(held)} calibration image(s) held out for agreement")
-    material = {**material, "holdout": options.holdout}  # the ranges come from the rest of the images
+    """A target's int8 graph under ``--min-agreement`` or ``--max-drop``: its details
+    (``accuracy_control`` added) and what the export says. ``op_types``: the quantised op types;
+    ``quantise(float_nodes, images, key_material)`` is the target's Q/DQ quantisation with those
+    nodes float too, calibrated on ``images`` (cached under the key); ``companions``: see
+    ``quantised_nodes``."""
+    ranged, held = control_split(control_images(ctx, spec, options), options)
+    if held:
+        ctx.progress(f"accuracy control: {len(held)} calibration image(s) held out for agreement")
+        material = {**material, "holdout": options.holdout}  # the ranges come from the rest of the images
     infos: dict[int, dict[str, Any]] = {}
 
     def candidate(float_nodes: list[str]) -> onnx.ModelProto:
@@ -357,11 +354,11 @@ def controlled_int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputS
         infos[id(quantized)] = {**info, "accuracy_control_float_nodes": float_nodes}
         return quantized
 
-    result, plain, extra = control_qdq(graph, candidate, model, target=options.min_agreement, ranged=ranged,
-                                       held_out=held, input_name=spec.name, op_types=op_types,
-                                       outputs_quantised=scheme.quantize_outputs, session=session,
+    goal = control_goal(model, ctx, spec, options, held)
+    result, plain, extra = control_qdq(graph, candidate, goal, ranged=ranged, input_name=spec.name,
+                                       op_types=op_types, outputs_quantised=scheme.quantize_outputs, session=session,
                                        max_float_share=options.max_float_share, companions=companions or {},
                                        progress=ctx.progress)
-    control = {**control_details(result, plain, len(held), RANKED_BY), **extra}
+    control = {**control_details(result, plain, goal, RANKED_BY), **extra}
     details = {**infos[id(result.candidate)], "accuracy_control": control}
-    return result.candidate, details, outcome(result, plain, len(held), ctx.model_name)
+    return result.candidate, details, outcome(result, plain, goal, ctx.model_name)

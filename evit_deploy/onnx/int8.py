@@ -131,7 +131,7 @@ def quantize(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, re
                             scheme=scheme, progress=ctx.progress)
 
     control = None
-    if options.min_agreement is None:
+    if not options.controlled:
         quantized, info = quantise([], ctx.calibration_batches(spec), key_material(graph, spec, recipe))
     else:
         from evit_deploy.onnx.accuracy import controlled_int8

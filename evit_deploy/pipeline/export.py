@@ -15,6 +15,7 @@ from evit_deploy.configs import Recipe, load_recipe
 from evit_deploy.contracts import CALIBRATION_NEEDED, ExportContext, ExportOutput
 from evit_deploy.data import CalibrationImages, list_images
 from evit_deploy.errors import CheckFailed, RuntimeMissing, UsageError
+from evit_deploy.labelled.scoring import HEADLINE, LabelledScore, open_task_data
 from evit_deploy.manifest import (
     MANIFEST_SUFFIX,
     FileEntry,
@@ -72,6 +73,7 @@ def prepare(request: ExportRequest) -> PreparedExport:
     # the manifest records the options as made: validated, typed, defaults filled in
     recipe = recipe.model_copy(update={"options": target.options(recipe).model_dump(mode="json")})
     _check_calibration(recipe)
+    _check_task_data(card, recipe)
     if recipe.precision == Precision.INT8:
         fed = [g.name for g in selected(card, request.graphs) if any(t.feed != "image" for t in g.inputs)]
         if fed:
@@ -112,6 +114,7 @@ def export_here(request: ExportRequest, *, progress: Progress = lambda message: 
                 workdir=workdir,
                 graph=graph.io,
                 calibration=_calibration_source(recipe),
+                task_data=_task_data_source(card, recipe),
                 progress=progress,
             )
             progress(f"exporting {ctx.model_name} to {backend.name} ({recipe.precision})")
@@ -207,6 +210,33 @@ def _check_calibration(recipe: Recipe) -> None:
         raise UsageError(CALIBRATION_NEEDED)
     if calib.source is not None:
         list_images(calib.source, minimum=calib.samples if int8 else 1)
+
+
+def _check_task_data(card: Any, recipe: Recipe) -> None:
+    """``--data`` only with ``--max-drop``, and opened now (layout, classes, labels readable) so a bad
+    dataset is refused before anything is exported."""
+    if recipe.data.source is None:
+        return
+    if recipe.options.get("max_drop") is None:
+        raise UsageError("--data is the labelled data --max-drop scores int8 candidates on: add --max-drop D "
+                         "(points of mIoU / top-1 an int8 export may lose), or drop --data")
+    if card.task not in HEADLINE:
+        raise UsageError(f"--max-drop scores mIoU or top-1 on labelled data, and {card.name} is a {card.task} model: "
+                         "control its int8 with --min-agreement instead")
+    _open_task_data(card, recipe, card.input_spec(recipe.resolution, 1, False))
+
+
+def _open_task_data(card: Any, recipe: Recipe, spec: InputSpec) -> LabelledScore:
+    data = recipe.data
+    assert data.source is not None
+    return open_task_data(data.source, card, (spec.height, spec.width), format=data.format, limit=data.limit,
+                          classes=data.classes)
+
+
+def _task_data_source(card: Any, recipe: Recipe) -> Callable[[InputSpec], LabelledScore] | None:
+    if recipe.data.source is None:
+        return None
+    return lambda spec: _open_task_data(card, recipe, spec)
 
 
 def _calibration_source(recipe: Recipe) -> Callable[[InputSpec], CalibrationImages] | None:

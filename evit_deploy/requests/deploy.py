@@ -50,6 +50,12 @@ class ExportRequest(ZooModelRequest):
     config: str | None = Field(None, description="Recipe YAML path or shipped recipe name (export_configs/).")
     calib: Path | None = Field(None, description="Folder of calibration images (int8).")
     calib_samples: int | None = Field(None, ge=1, description="Calibration images to use.")
+    data: Path | None = Field(None, description="int8 with --max-drop: a labelled dataset folder (the layouts "
+                                                "`evit eval` reads) to score candidates on.")
+    data_format: str | None = Field(None, description="--data's layout: cityscapes, ade20k, masks or imagefolder "
+                                                      "(default: detected).")
+    data_limit: int | None = Field(None, ge=1, description="Score on the first N images of --data only.")
+    data_classes: Path | None = Field(None, description="--data's classes YAML (masks) or index file (imagefolder).")
     out: Path = Field(Path("out"), description="Output folder.")
     device: str | None = Field(
         None, description="An inventory device: its preset picks the default target and precision; for trt the "
@@ -77,9 +83,14 @@ class ExportRequest(ZooModelRequest):
     def overrides(self) -> dict[str, Any]:
         """The recipe fields this request sets (None: the recipe's or the default)."""
         calibration = {k: v for k, v in (("source", self.calib), ("samples", self.calib_samples)) if v is not None}
+        data = {k: v for k, v in (("source", self.data), ("format", self.data_format), ("limit", self.data_limit),
+                                  ("classes", self.data_classes)) if v is not None}
+        options = dict(self.options)
+        if options.get("max_drop") is not None:  # a recipe's --min-agreement gives way to --max-drop asked for here
+            options.setdefault("min_agreement", None)
         return {"target": self.target, "precision": self.precision, "resolution": self.resolution,
                 "batch": self.batch, "dynamic": self.dynamic, "calibration": calibration or None,
-                "options": self.options or None}
+                "data": data or None, "options": options or None}
 
 
 class VerifyRequest(Request):

@@ -21,7 +21,6 @@ layers as users know them.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,15 +29,16 @@ import numpy as np
 
 from evit_deploy.accuracy_control import (
     ControlResult,
+    Goal,
     Measured,
     Ranked,
-    agreement,
+    Timed,
     keep_float_until,
     margin_lost,
     near_ties,
     ranked_by,
-    reference_labels,
 )
+from evit_deploy.spec import to_layout
 from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8, op_macs
 from evit_deploy.tflite.layer_map import layer_map_and_op_modules
 from evit_deploy.tflite.logs import native_logs_quiet
@@ -179,23 +179,23 @@ def _outputs(content: bytes, images: list[np.ndarray], threads: int | None) -> l
     return results
 
 
-def control_int8(plan: Int8Plan, ranges: dict[str, Any], model: torch.nn.Module, *, target: float,
-                 ranking_images: list[np.ndarray], held_out: list[np.ndarray], held_out_nchw: list[np.ndarray],
-                 class_axis: int, max_float_share: float, threads: int | None,
-                 progress: Any) -> tuple[ControlResult[bytes], float]:
-    """The int8 model with the fewest worst layers float that agrees with PyTorch on ``held_out``
-    to ``target``, and the plain int8 model's agreement.
+def control_int8(plan: Int8Plan, ranges: dict[str, Any], model: torch.nn.Module, goal: Goal, *,
+                 ranking_images: list[np.ndarray], nhwc: bool, class_axis: int, max_float_share: float,
+                 threads: int | None, progress: Any) -> tuple[ControlResult[bytes], float]:
+    """The int8 model with the fewest worst layers float that meets ``goal``, and the plain int8
+    model's score.
 
-    ``held_out`` is in the artifact's layout, ``held_out_nchw`` the same images for PyTorch;
+    ``ranking_images`` are in the artifact's layout (``nhwc``), the goal's images NCHW;
     ``class_axis``: where the artifact's output holds the classes.
     """
-    progress("accuracy control: PyTorch on the held-out images")
-    labels = reference_labels(model, held_out_nchw, 1)
     plain = plan.quantize(ranges)
     layers = quantised_layers(plan, plain, model)
     by_name = {layer.name: layer.selects for layer in layers}
-    progress(f"accuracy control: ranking {len(layers)} quantised layers by the class margin each alone takes away")
-    ranking = rank_layers(plan, ranges, layers, ranking_images, class_axis, threads, progress)
+    max_kept = int(max_float_share * len(layers))
+    ranking = []  # with none allowed float, plain int8 is the only candidate: nothing to rank
+    if max_kept:
+        progress(f"accuracy control: ranking {len(layers)} quantised layers by the class margin each alone takes away")
+        ranking = rank_layers(plan, ranges, layers, ranking_images, class_axis, threads, progress)
 
     def quantise(names: list[str]) -> bytes:
         return plain if not names else plan.quantize(ranges, [t for n in names for t in by_name[n]])
@@ -203,15 +203,15 @@ def control_int8(plan: Int8Plan, ranges: dict[str, Any], model: torch.nn.Module,
     def measure(content: bytes) -> Measured:
         interpreter = _interpreter(content, threads)
         (out,) = interpreter.get_output_details()[:1]
-        seconds, predicted = 0.0, []
-        for image in held_out:
-            started = time.perf_counter()
-            _run(interpreter, image)
-            seconds += time.perf_counter() - started
-            predicted.append(interpreter.get_tensor(out["index"]).argmax(axis=class_axis))
-        return agreement(predicted, labels), {"ms_per_image": round(1000 * seconds / len(held_out), 1)}
 
-    result = keep_float_until(ranking, quantise, measure, target,
-                              max_kept=int(max_float_share * len(ranking)), progress=progress)
+        def predict(image: np.ndarray) -> np.ndarray:
+            _run(interpreter, to_layout(image, "NCHW", "NHWC") if nhwc else image)
+            logits = np.asarray(interpreter.get_tensor(out["index"]), np.float32)
+            return np.moveaxis(logits, class_axis, 1)
+
+        timed = Timed(predict)
+        return goal.score(timed), timed.extra
+
+    result = keep_float_until(ranking, quantise, measure, goal.target, max_kept=max_kept, progress=progress)
     plain_step = next(s for s in result.steps if s.kept == 0)
     return result, plain_step.agreement

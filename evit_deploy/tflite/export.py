@@ -11,9 +11,10 @@ import numpy as np
 from evit_deploy.accuracy_control import (
     Outcome,
     control_details,
+    control_goal,
     control_images,
+    control_split,
     outcome,
-    split_holdout,
     spread,
 )
 from evit_deploy.contracts import ExportContext, ExportOutput, Images
@@ -83,7 +84,7 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
         content, details["fp16"] = quantize_fp16(content, options)
     elif precision == Precision.INT8 and calibration is not None:
         options = options.model_copy(update={"int8_ranges": chosen_ranges(options.int8_ranges, ctx.task)})
-        if options.min_agreement is None:
+        if not options.controlled:
             content, details["int8"] = quantize_int8(content, options, calibration, ctx.progress)
         else:
             content, details["int8"], control = _controlled_int8(model, content, spec, options, ctx)
@@ -126,27 +127,27 @@ def export_artifact(model: torch.nn.Module, spec: InputSpec, precision: Precisio
 
 def _controlled_int8(model: torch.nn.Module, fp32: bytes, spec: InputSpec, options: TfliteOptions,
                      ctx: ExportContext) -> tuple[bytes, dict[str, Any], Outcome]:
-    """int8 with the fewest worst layers float that meets ``options.min_agreement`` on the held-out
-    calibration images (``tflite.accuracy``); below it, the best candidate under a name that says so."""
+    """int8 with the fewest worst layers float that meets ``options``' goal (``--min-agreement`` on the
+    held-out calibration images, or ``--max-drop`` on ``--data``; ``tflite.accuracy``); short of it,
+    the best candidate under a name that says so."""
     from evit_deploy.tflite.accuracy import RANKED_BY, RANKING_IMAGES, control_int8
 
-    assert options.min_agreement is not None
-    singles = control_images(ctx, spec)
-    _, held_nchw = split_holdout(singles, options.holdout)
     nhwc = options.layout == "nhwc"
-    layout = [to_layout(x.astype(np.float32), "NCHW", "NHWC") if nhwc else x.astype(np.float32) for x in singles]
-    ranged, held = split_holdout(layout, options.holdout)
+    singles = [x.astype(np.float32) for x in control_images(ctx, spec, options)]
+    ranged_nchw, held = control_split(singles, options)
+    ranged = [to_layout(x, "NCHW", "NHWC") for x in ranged_nchw] if nhwc else ranged_nchw
     plan = int8_plan(fp32, options)
-    ctx.progress(f"accuracy control: {len(held)} calibration image(s) held out for agreement")
+    if held:
+        ctx.progress(f"accuracy control: {len(held)} calibration image(s) held out for agreement")
     ranges = plan.calibrate(ranged, options.int8_ranges, ctx.progress)
+    goal = control_goal(model, ctx, spec, options, held)
     class_axis = -1 if nhwc else 1  # the classes: last in NHWC logits (and in 2-D ones), second in NCHW
-    result, plain = control_int8(plan, ranges, model, target=options.min_agreement,
-                                 ranking_images=spread(ranged, RANKING_IMAGES),
-                                 held_out=held, held_out_nchw=held_nchw, class_axis=class_axis,
-                                 max_float_share=options.max_float_share, threads=None, progress=ctx.progress)
+    result, plain = control_int8(plan, ranges, model, goal, ranking_images=spread(ranged, RANKING_IMAGES),
+                                 nhwc=nhwc, class_axis=class_axis, max_float_share=options.max_float_share,
+                                 threads=None, progress=ctx.progress)
     details = plan.details(result.candidate, options, len(ranged))
-    details["accuracy_control"] = control_details(result, plain, len(held), RANKED_BY)
-    return result.candidate, details, outcome(result, plain, len(held), ctx.model_name)
+    details["accuracy_control"] = control_details(result, plain, goal, RANKED_BY)
+    return result.candidate, details, outcome(result, plain, goal, ctx.model_name)
 
 
 def _smoke_test(path: Path, io: GraphIO, inputs: list[TensorInfo], outputs: list[TensorInfo],

@@ -143,7 +143,7 @@ def _int8(graph: onnx.ModelProto, model: torch.nn.Module, spec: InputSpec, recip
                                  op_types=options.quantize_ops, method=options.calib_method,
                                  key_material=material, progress=ctx.progress)
 
-    if options.min_agreement is None:
+    if not options.controlled:
         return (*quantise([], ctx.calibration_batches(spec), key_material(graph, spec, recipe)), None)
     from evit_deploy.onnx.accuracy import controlled_int8
 

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from evit_deploy.errors import UsageError
-from evit_deploy.evaluation.datasets import detect_format
+from evit_deploy.labelled.datasets import detect_format
 
 SEG = "efficientvit-seg-b0-cityscapes"
 CLS = "efficientvit-b0-r224"

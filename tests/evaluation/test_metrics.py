@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evit_deploy.evaluation.metrics import ClassificationMetric, ConfusionMatrix, SegmentationMetric
+from evit_deploy.labelled.metrics import ClassificationMetric, ConfusionMatrix, SegmentationMetric
 
 IGNORE = 255
 

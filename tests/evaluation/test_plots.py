@@ -9,8 +9,8 @@ from PIL import Image
 
 from evit_deploy.errors import UsageError
 from evit_deploy.evaluation.evaluate import EvalResult
-from evit_deploy.evaluation.metrics import segmentation_scores
 from evit_deploy.evaluation.plots import shown_classes, write_confusion_png
+from evit_deploy.labelled.metrics import segmentation_scores
 
 
 def _result(confusion: np.ndarray) -> EvalResult:

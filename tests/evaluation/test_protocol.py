@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from evit_deploy.evaluation.protocol import (
+from evit_deploy.labelled.protocol import (
     ClassificationProtocol,
     SegmentationProtocol,
     resize_image,

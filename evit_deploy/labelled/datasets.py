@@ -29,7 +29,7 @@ import yaml
 
 from evit_deploy.data import IMAGE_SUFFIXES
 from evit_deploy.errors import UsageError
-from evit_deploy.evaluation import cityscapes_labels
+from evit_deploy.labelled import cityscapes_labels
 
 FORMATS = ("cityscapes", "ade20k", "masks", "imagefolder")
 TASK_OF = {"cityscapes": "segmentation", "ade20k": "segmentation", "masks": "segmentation",
