@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from properties.strategies import FAST_CLI, fast
 
 from .conftest import RESOLUTION, SEG
 
@@ -94,3 +97,26 @@ def test_bad_max_drop_options_exit_2_before_writing(cli, tmp_path, seg_weights, 
     assert result.code == 2, result
     assert len(result.error_lines) == 1 and needle in result.error_lines[0], result
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+flag_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(str), st.integers(-5, 500).map(str),
+                        st.text(max_size=12))
+
+
+@fast(FAST_CLI)
+@given(drop=flag_values, limit=flag_values, data_format=st.sampled_from(["", "masks", "imagefolder", "cityscapes", "x"]))
+@example(drop="nan", limit="1", data_format="")
+@example(drop="1", limit="0", data_format="masks")
+@example(drop="101", limit="1", data_format="")
+def test_max_drop_flags_are_accepted_or_refused_in_one_line_before_writing(cli, tmp_path_factory, seg_weights,
+                                                                            calib_photos, labelled_seg, drop, limit,
+                                                                            data_format):
+    """Any --max-drop / --data-limit / --data-format text on an fp16 export (which --max-drop cannot
+    control): always exit 2 in one line, never a traceback or a folder."""
+    out = tmp_path_factory.mktemp("prop") / "out"
+    fmt = ("--data-format", data_format) if data_format else ()
+    result = cli("export", SEG, "--target", "tflite", "--precision", "fp16", "--weights", seg_weights,
+                 "--resolution", "x".join(map(str, RESOLUTION)), "--out", out, "--max-drop", drop, "--data",
+                 labelled_seg, "--data-limit", limit, *fmt)
+    assert result.code == 2 and len(result.error_lines) == 1, result
+    assert not out.exists()

@@ -61,7 +61,8 @@ def test_resolution_strings_deep(text):
 # ----------------------------------------------------------------------------- recipes
 
 RECIPE_FIELDS = list(Recipe.model_fields)
-RECIPE_NESTED = ["source", "samples", "max_rel", "atol", "cosine", "opset", "trt_version", "layout", "simplify"]
+RECIPE_NESTED = ["source", "samples", "max_rel", "atol", "cosine", "opset", "trt_version", "layout", "simplify",
+                 "format", "limit", "classes", "max_drop", "min_agreement"]
 
 
 def recipe_documents() -> st.SearchStrategy[str]:
