@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import numpy as np
 from pydantic import Field
 
-from evit_deploy.contracts import Predict, TargetOptions
+from evit_deploy.contracts import TargetOptions
+from evit_deploy.control_goal import Goal, agreement_goal, task_goal
 from evit_deploy.errors import UsageError
 from evit_deploy.spec import Precision
 
@@ -127,25 +128,6 @@ def spread(images: Sequence[T], count: int) -> list[T]:
     return [images[int(i * step)] for i in range(count)]
 
 
-def reference_labels(model: torch.nn.Module, images: list[np.ndarray], class_axis: int) -> list[np.ndarray]:
-    """PyTorch's class per pixel (or per image) on ``images`` (NCHW), the agreement's reference."""
-    import torch
-
-    labels = []
-    with torch.inference_mode():
-        for image in images:
-            out = model(torch.from_numpy(np.ascontiguousarray(image)))
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            labels.append(out.float().numpy().argmax(axis=class_axis))
-    return labels
-
-
-def agreement(predicted: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
-    """Share of pixels (or images) whose class is PyTorch's."""
-    agree = sum(int(np.sum(p == label)) for p, label in zip(predicted, labels))
-    return agree / max(1, sum(label.size for label in labels))
-
-
 NEAR_TIE_SHARE = 0.1  # the share of the reference's pixels (or images) with the smallest top-1 margins
 
 
@@ -199,66 +181,6 @@ def ranked_by(unit: str, alone: str, images: int) -> str:
             "images spread over the set")
 
 
-@dataclass(frozen=True)
-class Goal:
-    """What a candidate is held to, in the user's terms: ``score(predict)`` (0..1, higher is better,
-    ``predict`` runs the candidate on one NCHW image) must reach ``target``."""
-
-    score: Callable[[Predict], float]
-    target: float
-    measure: str  # "agreement", or the task metric's name ("mIoU", "top-1")
-    images: int
-    on: str  # what the images are
-    max_drop: float | None = None  # points, when the target is PyTorch's score less this
-    reference: float | None = None  # PyTorch's own score there (--max-drop)
-
-    def show(self, value: float) -> str:
-        """Agreement as a share (0.9903), a task metric in points as ``evit eval`` prints it (71.23)."""
-        return f"{value:.4f}" if self.max_drop is None else f"{100 * value:.2f}"
-
-    @property
-    def bar(self) -> str:
-        """The target as asked for: ``--min-agreement 0.99``, ``69.00 (--max-drop 1 under PyTorch's 70.00)``."""
-        if self.max_drop is None:
-            return f"--min-agreement {self.target:g}"
-        assert self.reference is not None
-        return f"{self.show(self.target)} (--max-drop {self.max_drop:g} under PyTorch's {self.show(self.reference)})"
-
-    @property
-    def missed(self) -> str:
-        """The artifact's stem suffix when the target is not met."""
-        return "below-min-agreement" if self.max_drop is None else "over-max-drop"
-
-
-def agreement_goal(model: torch.nn.Module, held_out: list[np.ndarray], target: float) -> Goal:
-    """Agreement with PyTorch's class per pixel (or image) on ``held_out`` (NCHW)."""
-    labels = reference_labels(model, held_out, 1)
-
-    def score(predict: Predict) -> float:
-        return agreement([np.asarray(predict(image)).argmax(axis=1) for image in held_out], labels)
-
-    return Goal(score, target, "agreement", len(held_out), "held-out calibration image(s)")
-
-
-def task_goal(model: torch.nn.Module, ctx: ExportContext, spec: InputSpec, max_drop: float) -> Goal:
-    """The task metric on ``--data``, at most ``max_drop`` points under PyTorch's on the same images."""
-    import torch
-
-    if ctx.task_data is None:
-        raise UsageError(f"--max-drop {max_drop:g} scores candidates on labelled data: add --data DIR")
-    data = ctx.task_data(spec)
-
-    def reference(image: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = model(torch.from_numpy(np.ascontiguousarray(image)))
-        return (out[0] if isinstance(out, (tuple, list)) else out).float().numpy()
-
-    ctx.progress(f"accuracy control: PyTorch's {data.metric} on {len(data)} labelled image(s)")
-    score = data.score(reference)
-    return Goal(data.score, score - max_drop / 100.0, data.metric, len(data), "labelled image(s) of --data",
-                max_drop, score)
-
-
 def control_goal(model: torch.nn.Module, ctx: ExportContext, spec: InputSpec, options: ControlOptions,
                  held_out: list[np.ndarray]) -> Goal:
     """The goal ``options`` ask for (``held_out``: the NCHW calibration images ``control_split`` kept
@@ -267,24 +189,6 @@ def control_goal(model: torch.nn.Module, ctx: ExportContext, spec: InputSpec, op
         return agreement_goal(model, held_out, options.min_agreement)
     assert options.max_drop is not None
     return task_goal(model, ctx, spec, options.max_drop)
-
-
-class Timed:
-    """A candidate's ``predict``, timed: the control records each candidate's latency beside its score."""
-
-    def __init__(self, predict: Predict) -> None:
-        self._predict, self.seconds, self.calls = predict, 0.0, 0
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        started = time.perf_counter()
-        out = self._predict(image)
-        self.seconds += time.perf_counter() - started
-        self.calls += 1
-        return out
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        return {"ms_per_image": round(1000 * self.seconds / max(1, self.calls), 1)}
 
 
 @dataclass(frozen=True)
@@ -329,10 +233,11 @@ class ControlResult(Generic[Candidate]):
         if self.met:
             return None
         tried = max(step.kept for step in self.steps)
+        missed = f"{goal.measure} {goal.show(self.agreement)} < {goal.bar}"
         if not self.ranking:
-            return f"{goal.measure} {goal.show(self.agreement)} < {goal.bar} with no layer allowed float (--max-float-share)"
+            return f"{missed} with no layer allowed float (--max-float-share)"
         best = "" if len(self.kept) == tried else f", the best with {len(self.kept)} of them"
-        return (f"{goal.measure} {goal.show(self.agreement)} < {goal.bar} even with up to the {tried} most harmful of {len(self.ranking)} quantised layers in float{best}")
+        return f"{missed} even with up to the {tried} most harmful of {len(self.ranking)} quantised layers in float{best}"
 
     @property
     def chosen(self) -> Step:
@@ -442,7 +347,6 @@ def keep_float_until(ranking: Sequence[Ranked], quantise: Callable[[list[str]], 
     return result(kept, True)
 
 
-__all__ = ["NEAR_TIE_SHARE", "ControlOptions", "ControlResult", "Goal", "Measured", "NearTies", "Outcome", "Ranked",
-           "Step", "Timed", "agreement", "agreement_goal", "check_control", "control_details", "control_goal",
-           "control_images", "control_split", "keep_float_until", "margin_lost", "near_ties", "outcome", "ranked_by",
-           "reference_labels", "split_holdout", "spread", "task_goal"]
+__all__ = ["NEAR_TIE_SHARE", "ControlOptions", "ControlResult", "Measured", "NearTies", "Outcome", "Ranked",
+           "Step", "check_control", "control_details", "control_goal", "control_images", "control_split",
+           "keep_float_until", "margin_lost", "near_ties", "outcome", "ranked_by", "split_holdout", "spread"]

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from evit_deploy.accuracy_control import Goal, Ranked, keep_float_until, margin_lost, near_ties, spread
+from evit_deploy.accuracy_control import Ranked, keep_float_until, margin_lost, near_ties, spread
+from evit_deploy.control_goal import Goal
 
 RANKING = [Ranked(f"layer{i}", 10.0 - i) for i in range(10)]
 

@@ -34,11 +34,9 @@ import numpy as np
 from evit_deploy.accuracy_control import (
     ControlOptions,
     ControlResult,
-    Goal,
     Measured,
     Outcome,
     Ranked,
-    Timed,
     control_details,
     control_goal,
     control_images,
@@ -50,6 +48,7 @@ from evit_deploy.accuracy_control import (
     ranked_by,
     spread,
 )
+from evit_deploy.control_goal import Goal, Timed
 from evit_deploy.onnx.layer_map import module_scopes
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -29,15 +29,14 @@ import numpy as np
 
 from evit_deploy.accuracy_control import (
     ControlResult,
-    Goal,
     Measured,
     Ranked,
-    Timed,
     keep_float_until,
     margin_lost,
     near_ties,
     ranked_by,
 )
+from evit_deploy.control_goal import Goal, Timed
 from evit_deploy.spec import to_layout
 from evit_deploy.tflite.graph import QUANT_OPS, Graph, op_is_int8, op_macs
 from evit_deploy.tflite.layer_map import layer_map_and_op_modules
