@@ -41,6 +41,14 @@ def export_seg(tmp_path_factory, seg_weights, calib_photos):
     return make
 
 
+def export_int8(cli, out, calib, weights, target: str, *extra: object):
+    """``evit export`` of seeded seg-B0 at RESOLUTION in int8 on ``target``, 7 calibration images."""
+    plan_only = ("--plan-only",) if target == "trt" else ()  # TensorRT's Q/DQ ONNX and plan: no GPU needed
+    return cli("export", SEG, "--target", target, "--precision", "int8", "--weights", weights, "--resolution",
+               "x".join(map(str, RESOLUTION)), "--calib", calib, "--calib-samples", 7, "--out", out, *extra,
+               *plan_only)
+
+
 def copy_artifact(artifact: Path, dest: Path) -> Path:
     """The artifact and its manifest in ``dest`` (a .mlpackage folder included)."""
     for item in artifact.parent.iterdir():

@@ -8,22 +8,15 @@ import json
 
 import pytest
 
-from .conftest import RESOLUTION, SEG
+from .conftest import SEG, export_int8
 
 TARGETS = ["tflite", "onnx", "trt"]
-
-
-def _export(cli, out, calib, weights, target: str, *extra: object):
-    plan_only = ("--plan-only",) if target == "trt" else ()  # TensorRT's Q/DQ ONNX and plan: no GPU needed
-    return cli("export", SEG, "--target", target, "--precision", "int8", "--weights", weights, "--resolution",
-               "x".join(map(str, RESOLUTION)), "--calib", calib, "--calib-samples", 7, "--out", out, *extra,
-               *plan_only)
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_an_unreachable_target_exits_1_keeping_the_best_artifact_under_a_name_that_says_so(
         cli, tmp_path, seg_weights, calib_photos, target):
-    result = _export(cli, tmp_path, calib_photos, seg_weights, target, "--min-agreement", "0.9999",
+    result = export_int8(cli, tmp_path, calib_photos, seg_weights, target, "--min-agreement", "0.9999",
                      "--max-float-share", "0.1")  # two candidates: plain, and the most it may keep float
     assert result.code == 1, result
     assert len(result.error_lines) == 1 and "Traceback" not in result.stderr, result
@@ -50,7 +43,7 @@ def test_an_unreachable_target_exits_1_keeping_the_best_artifact_under_a_name_th
 ])
 def test_bad_accuracy_control_options_exit_2_before_writing(cli, tmp_path, seg_weights, calib_photos, target, extra,
                                                            needle):
-    result = _export(cli, tmp_path / "out", calib_photos, seg_weights, target, *extra)
+    result = export_int8(cli, tmp_path / "out", calib_photos, seg_weights, target, *extra)
     assert result.code == 2, result
     assert len(result.error_lines) == 1 and needle in result.error_lines[0], result
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

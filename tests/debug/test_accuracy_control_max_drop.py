@@ -13,17 +13,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from properties.strategies import FAST_CLI, fast
 
-from .conftest import RESOLUTION, SEG
+from .conftest import RESOLUTION, SEG, export_int8
 
 TARGETS = ["tflite", "onnx", "trt"]
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx", "trt": ".onnx"}
-
-
-def _export(cli, out, calib, weights, target: str, *extra: object):
-    plan_only = ("--plan-only",) if target == "trt" else ()  # TensorRT's Q/DQ ONNX and plan: no GPU needed
-    return cli("export", SEG, "--target", target, "--precision", "int8", "--weights", weights, "--resolution",
-               "x".join(map(str, RESOLUTION)), "--calib", calib, "--calib-samples", 7, "--out", out, *extra,
-               *plan_only)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -34,7 +27,7 @@ def test_an_unreachable_drop_exits_1_keeping_plain_int8_as_over_max_drop_scored_
     artifact's NHWC logits included)."""
     from evit_deploy.evaluation import evaluate
 
-    result = _export(cli, tmp_path, calib_photos, seg_weights, target, "--max-drop", "0", "--data", labelled_seg,
+    result = export_int8(cli, tmp_path, calib_photos, seg_weights, target, "--max-drop", "0", "--data", labelled_seg,
                      "--max-float-share", "0")
     assert result.code == 1, result
     assert len(result.error_lines) == 1 and "Traceback" not in result.stderr, result
@@ -61,14 +54,14 @@ def test_a_reachable_drop_is_met_with_layers_float_and_eval_measures_the_drop_th
     from evit_deploy.evaluation import evaluate
 
     common = ("--config", "onnx-int8-controlled", "--data", labelled_seg)
-    probe = _export(cli, tmp_path / "probe", calib_photos, seg_weights, "onnx", *common, "--max-drop", "0",
+    probe = export_int8(cli, tmp_path / "probe", calib_photos, seg_weights, "onnx", *common, "--max-drop", "0",
                     "--max-float-share", "0")  # plain int8 alone
     assert probe.code == 1, probe
     plain_drop = 100 * json.loads(next((tmp_path / "probe").glob("*.evit.json")).read_text())[
         "details"]["int8"]["accuracy_control"]["plain_int8_drop"]
     assert plain_drop > 1.0  # seeded weights at 64x128 lose points of mIoU in plain int8
     allowed = round(plain_drop / 2, 2)
-    result = _export(cli, tmp_path / "out", calib_photos, seg_weights, "onnx", *common, "--max-drop", allowed,
+    result = export_int8(cli, tmp_path / "out", calib_photos, seg_weights, "onnx", *common, "--max-drop", allowed,
                      "--max-float-share", "1")
     assert result.code == 0, result
     control = json.loads((tmp_path / "out" / f"{SEG}.evit.json").read_text())["details"]["int8"]["accuracy_control"]
@@ -93,7 +86,7 @@ def test_a_reachable_drop_is_met_with_layers_float_and_eval_measures_the_drop_th
 def test_bad_max_drop_options_exit_2_before_writing(cli, tmp_path, seg_weights, calib_photos, labelled_seg, target,
                                                     extra, needle):
     args = [str(a).format(data=labelled_seg, missing=tmp_path / "nowhere") for a in extra]
-    result = _export(cli, tmp_path / "out", calib_photos, seg_weights, target, *args)
+    result = export_int8(cli, tmp_path / "out", calib_photos, seg_weights, target, *args)
     assert result.code == 2, result
     assert len(result.error_lines) == 1 and needle in result.error_lines[0], result
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
