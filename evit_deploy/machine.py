@@ -86,6 +86,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+
+
+def u8s8_saturates(cpuinfo: str | None = None, machine: str | None = None) -> bool:
+    """Whether ONNX Runtime's u8s8 int8 kernels saturate on this CPU: x86 without VNNI multiplies
+    uint8 by int8 with VPMADDUBSW, which adds pairs of products in 16 bits and clips what does not
+    fit (AMD Zen 2/3, Intel before Cascade Lake). VNNI CPUs and ARM accumulate in 32 bits."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i686", "i386"):
+        return False
+    text = cpuinfo if cpuinfo is not None else (_read("/proc/cpuinfo") or "")
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
+    if flags is None:
+        return False  # nothing to tell by (macOS, Windows): no claim
+    return not set(VNNI_FLAGS) & set(flags.group(1).split())
+
+
 def memory_mb() -> int | None:
     if platform.system() == "Darwin":
         value = run_text(["sysctl", "-n", "hw.memsize"])

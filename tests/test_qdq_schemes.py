@@ -49,7 +49,8 @@ def test_tensorrt_keeps_its_scheme_through_trt_int8():
     assert conv1.input[2] == "b" and inits["b"].data_type == TensorProto.FLOAT
 
 
-@pytest.mark.parametrize("name,zero_type", [("qdq-u8s8", TensorProto.UINT8), ("qdq-s8s8", TensorProto.INT8)])
+@pytest.mark.parametrize("name,zero_type", [("qdq-u8s8", TensorProto.UINT8), ("qdq-s8s8", TensorProto.INT8),
+                                            ("qdq-u8u8", TensorProto.UINT8)])
 def test_ort_schemes_quantise_outputs_and_bias_for_qlinearconv(name, zero_type, tmp_path):
     import onnx
     import onnxruntime as ort
@@ -82,3 +83,16 @@ def test_ort_schemes_share_one_calibration_apart_from_tensorrt(tmp_path, monkeyp
     assert second["cache_key"] == first["cache_key"]
     _, trt = qdq.quantize_qdq(conv_model(), CALIB, scheme=qdq.TENSORRT, **ARGS)
     assert trt["cache_key"] != first["cache_key"]
+
+
+def test_u8u8_weights_are_uint8_where_u8s8_weights_are_int8():
+    """The only difference: the weights' type (u8u8 exists for x86 CPUs without VNNI, where u8s8 saturates)."""
+    from evit_deploy.onnx import qdq
+
+    def weight_types(name: str) -> set[int]:
+        model, _ = qdq.quantize_qdq(conv_model(), CALIB, scheme=qdq.ORT_SCHEMES[name], **ARGS)
+        inits = {t.name: t for t in model.graph.initializer}
+        return {inits[n.input[0]].data_type for n in model.graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) == 4}
+
+    assert weight_types("qdq-u8s8") == {TensorProto.INT8} and weight_types("qdq-u8u8") == {TensorProto.UINT8}

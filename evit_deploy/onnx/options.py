@@ -36,8 +36,9 @@ class OnnxOptions(ControlOptions):
     bicubic: Literal["exact", "resize"] = "exact"
     keep_fp32: list[Literal["attention", "layernorm", "resize"]] = Field(
         default_factory=lambda: ["attention", "layernorm", "resize"])
-    # int8 (evit_deploy.onnx.int8): the Q/DQ scheme ORT's CPU kernels run fastest, chosen by measurement
-    int8_scheme: Literal["qdq-u8s8", "qdq-s8s8", "qoperator-u8s8"] = "qdq-u8s8"
+    # int8 (evit_deploy.onnx.int8): the Q/DQ scheme ORT's CPU kernels run fastest, chosen by measurement;
+    # qdq-u8u8 for x86 CPUs without VNNI, where u8s8 saturates (evit_deploy.machine.u8s8_saturates)
+    int8_scheme: Literal["qdq-u8s8", "qdq-s8s8", "qdq-u8u8", "qoperator-u8s8"] = "qdq-u8s8"
     quantize_ops: list[Literal["Conv", "Gemm", "MatMul", "Add", "Mul"]] = Field(default_factory=lambda: ["Conv", "Add"])
     # "int8": each HardSwish written as x * Clip(x + 3, 0, 6) / 6 and quantised (evit_deploy.onnx.hardswish:
     # ORT has no int8 HardSwish); "float": ORT runs it in float between DequantizeLinear and QuantizeLinear

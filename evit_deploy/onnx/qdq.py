@@ -57,6 +57,7 @@ class QdqScheme:
     ranges: str  # the cache key's part: schemes that calibrate the same tensors share their ranges
     quant_format: Literal["QDQ", "QOperator"] = "QDQ"
     activations: Literal["QInt8", "QUInt8"] = "QInt8"
+    weights: Literal["QInt8", "QUInt8"] = "QInt8"
     activation_symmetric: bool = True
     quantize_outputs: bool = False  # False: Q/DQ on the quantised ops' inputs only
     quantize_bias: bool = False
@@ -81,6 +82,14 @@ ORT_SCHEMES = {
     "qdq-s8s8": QdqScheme("qdq-s8s8", "QDQ: int8 asymmetric activations, int8 symmetric per-channel weights, "
                           "int32 bias, outputs quantised (ORT fuses DQ -> Conv -> Q into QLinearConv)", "ort-cpu",
                           activations="QInt8", activation_symmetric=False, quantize_outputs=True,
+                          quantize_bias=True),
+    # uint8 weights: ORT's u8u8 kernels widen to 16 bits before multiplying, where u8s8 on x86 CPUs
+    # without VNNI (AVX2 only: AMD Zen 2/3, Intel before Cascade Lake) adds pairs of u8 x s8 products
+    # in 16 bits with saturation (VPMADDUBSW) and clips large sums
+    "qdq-u8u8": QdqScheme("qdq-u8u8", "QDQ: uint8 asymmetric activations, uint8 symmetric per-channel weights "
+                          "(zero point 128), int32 bias, outputs quantised (ORT fuses DQ -> Conv -> Q into "
+                          "QLinearConv; no 16-bit saturation on CPUs without VNNI)", "ort-cpu",
+                          activations="QUInt8", weights="QUInt8", activation_symmetric=False, quantize_outputs=True,
                           quantize_bias=True),
     "qoperator-u8s8": QdqScheme("qoperator-u8s8", "QOperator: QLinearConv written out, uint8 asymmetric "
                                 "activations, int8 symmetric per-channel weights, int32 bias", "ort-cpu",
@@ -197,7 +206,7 @@ def quantize_qdq(
             per_channel=True,
             reduce_range=False,
             activation_type=getattr(QuantType, scheme.activations),
-            weight_type=QuantType.QInt8,
+            weight_type=getattr(QuantType, scheme.weights),
             nodes_to_exclude=excluded,
             calibrate_method=getattr(CalibrationMethod, METHODS[method]),
             extra_options=scheme.extra_options(op_types),

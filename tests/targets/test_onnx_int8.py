@@ -23,6 +23,15 @@ def seg_int8(tmp_path_factory, seeded_checkpoint, calib_photos) -> Path:
                       calib_samples=CALIB_SAMPLES).artifact
 
 
+@pytest.fixture(scope="module")
+def seg_int8_u8u8(tmp_path_factory, seeded_checkpoint, calib_photos) -> Path:
+    from evit_deploy import api
+
+    return api.export(SEG, target="onnx", config="onnx-int8", weights=seeded_checkpoint("efficientvit_seg_b1_cityscapes"),
+                      out=tmp_path_factory.mktemp("int8-u8u8"), resolution=(128, 256), calib=calib_photos,
+                      calib_samples=CALIB_SAMPLES, options={"int8_scheme": "qdq-u8u8"}).artifact
+
+
 def _manifest(artifact: Path) -> dict:
     return json.loads(artifact.with_name(artifact.stem + ".evit.json").read_text())
 
@@ -31,19 +40,30 @@ def _producers(model) -> dict[str, object]:
     return {o: n for n in model.graph.node for o in n.output}
 
 
-def test_int8_export_verifies_on_unseen_photos(cli, seg_int8, test_photos, precision_limited):
+def test_int8_export_verifies_on_unseen_photos(cli, seg_int8, test_photos, precision_limited, request):
     """Judged with the int8 profile (pixel agreement 0.99) on photos the calibration never saw. The
     seeded weights' margins are too thin for 0.99 in int8 (the reference with int8 weights alone
     misses it too, as verify says); the artifact must stay within 6 points of that reference
-    (the TensorRT Q/DQ graph's slack; this one measured 0.90 where TensorRT's gives 0.88)."""
+    (the TensorRT Q/DQ graph's slack; this one measured 0.90 where TensorRT's gives 0.88).
+
+    On an x86 CPU without VNNI ORT's u8s8 kernels saturate (here 0.83 where a VNNI Xeon gave 0.90):
+    verify says so, and the qdq-u8u8 scheme it points to is held to the bar instead."""
     from evit_deploy import api
+    from evit_deploy.machine import u8s8_saturates
 
     result = cli("verify", seg_int8, "--images", test_photos)
     report = api.verify(seg_int8, images=test_photos, record=False)
     assert result.code == (0 if report.passed else 1), result
     assert report.precision == "int8" and report.runner["backend"] == "onnxruntime"
-    precision_limited(report, "pixel_agreement", 0.99, slack=0.06)
-    assert report.outputs["logits"].cosine >= 0.99
+    saturates = u8s8_saturates()
+    assert any("this CPU has no VNNI" in note and "--int8-scheme qdq-u8u8" in note
+               for note in report.notes) == saturates, report.notes
+    judged = report
+    if saturates:
+        judged = api.verify(request.getfixturevalue("seg_int8_u8u8"), images=test_photos, record=False)
+        assert not any("this CPU has no VNNI" in note for note in judged.notes), judged.notes
+    precision_limited(judged, "pixel_agreement", 0.99, slack=0.06)
+    assert judged.outputs["logits"].cosine >= 0.99
 
 
 def test_manifest_records_the_scheme_and_the_islands(seg_int8):
