@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ from instrument import _conftest, weights_named
 sys.path.insert(0, str(ROOT))
 
 MODEL = "efficientvit-seg-b1-cityscapes"
-SCHEMES = ("qdq-u8s8", "qdq-s8s8", "qoperator-u8s8")
+SCHEMES = ("qdq-u8s8", "qdq-s8s8", "qoperator-u8s8", "qdq-u8u8")
 FLOAT_HARDSWISH = " float HardSwish"  # the candidate without evit's int8 HardSwish
 TARGET_SPEEDUP = 1.4  # int8 over fp32 on ORT's CPU provider (issue 18)
 TARGET_GAP = 0.015  # pixel agreement at most 1.5 points under the int8 weight-rounded bound
@@ -57,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="calibration views of each calibration photo (1-4)")
     parser.add_argument("--schemes", default=",".join(SCHEMES))
     parser.add_argument("--weights", default="seeded", help="seeded, instrument, or a checkpoint path")
+    parser.add_argument("--suffix", default="", help="appended to the result's name (another machine, another run)")
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"[\w.-]*", args.suffix):
+        parser.error(f"--suffix goes into a file name under benchmarks/results: letters, digits, _ . - only "
+                     f"(got {args.suffix!r})")
 
     weights, label = weights_named(args.weights)
     schemes = [s for s in args.schemes.split(",") if s]
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     speedups = {name: p50["onnx_fp32"] / p50[name] for name in candidates}
     best = max(speedups, key=speedups.__getitem__)
     gap = checks[best]["gap_to_bound"]
-    write_result("onnx_int8" + ("_instrument" if args.weights == "instrument" else ""), {
+    write_result("onnx_int8" + ("_instrument" if args.weights == "instrument" else "") + args.suffix, {
         "model": MODEL,
         "resolution": args.resolution,
         "threads": args.threads,
