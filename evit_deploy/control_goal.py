@@ -24,17 +24,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from evit_deploy.spec import InputSpec
 
 
-def reference_labels(model: torch.nn.Module, images: list[np.ndarray], class_axis: int) -> list[np.ndarray]:
-    """PyTorch's class per pixel (or per image) on ``images`` (NCHW), the agreement's reference."""
+def torch_predict(model: torch.nn.Module) -> Predict:
+    """PyTorch's own ``predict``: the reference every goal is measured against."""
     import torch
 
-    labels = []
-    with torch.inference_mode():
-        for image in images:
+    def predict(image: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
             out = model(torch.from_numpy(np.ascontiguousarray(image)))
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            labels.append(out.float().numpy().argmax(axis=class_axis))
-    return labels
+        return (out[0] if isinstance(out, (tuple, list)) else out).float().numpy()
+
+    return predict
+
+
+def reference_labels(model: torch.nn.Module, images: list[np.ndarray]) -> list[np.ndarray]:
+    """PyTorch's class per pixel (or per image) on ``images`` (NCHW), the agreement's reference."""
+    predict = torch_predict(model)
+    return [predict(image).argmax(axis=1) for image in images]
 
 
 def agreement(predicted: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> float:
@@ -76,7 +81,7 @@ class Goal:
 
 def agreement_goal(model: torch.nn.Module, held_out: list[np.ndarray], target: float) -> Goal:
     """Agreement with PyTorch's class per pixel (or image) on ``held_out`` (NCHW)."""
-    labels = reference_labels(model, held_out, 1)
+    labels = reference_labels(model, held_out)
 
     def score(predict: Predict) -> float:
         return agreement([np.asarray(predict(image)).argmax(axis=1) for image in held_out], labels)
@@ -86,19 +91,12 @@ def agreement_goal(model: torch.nn.Module, held_out: list[np.ndarray], target: f
 
 def task_goal(model: torch.nn.Module, ctx: ExportContext, spec: InputSpec, max_drop: float) -> Goal:
     """The task metric on ``--data``, at most ``max_drop`` points under PyTorch's on the same images."""
-    import torch
 
     if ctx.task_data is None:
         raise UsageError(f"--max-drop {max_drop:g} scores candidates on labelled data: add --data DIR")
     data = ctx.task_data(spec)
-
-    def reference(image: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = model(torch.from_numpy(np.ascontiguousarray(image)))
-        return (out[0] if isinstance(out, (tuple, list)) else out).float().numpy()
-
     ctx.progress(f"accuracy control: PyTorch's {data.metric} on {len(data)} labelled image(s)")
-    score = data.score(reference)
+    score = data.score(torch_predict(model))
     return Goal(data.score, score - max_drop / 100.0, data.metric, len(data), "labelled image(s) of --data",
                 max_drop, score)
 
@@ -121,4 +119,4 @@ class Timed:
         return {"ms_per_image": round(1000 * self.seconds / max(1, self.calls), 1)}
 
 
-__all__ = ["Goal", "Timed", "agreement", "agreement_goal", "reference_labels", "task_goal"]
+__all__ = ["Goal", "Timed", "agreement", "agreement_goal", "reference_labels", "task_goal", "torch_predict"]
